@@ -1,0 +1,388 @@
+"""Synthetic face masks drawn onto unmasked faces (the MaskTheFace method).
+
+A mask template is an RGBA image with six anchor points (MaskTheFace's masks.cfg):
+a upper-left, b nose-bridge top, c upper-right, d lower-left, e chin bottom, f lower-right.
+The anchors are mapped onto points derived from the face's 68 dlib landmarks, the template is
+warped with a piecewise-affine map (a fan of six triangles around the anchors' centroid, each
+triangle's affine map extended to its whole angular sector so that parts of the template outside
+the anchor hexagon, such as the ear loops, are carried along), recoloured or textured, and
+alpha-composited onto the image.
+
+Images are HxWx3 uint8 RGB; landmarks are (68, 2) float32 xy pixels; boxes are xyxy pixels.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ANCHOR_KEYS = ("mask_a", "mask_b", "mask_c", "mask_d", "mask_e", "mask_f")
+SIDE_SUFFIXES = ("_left", "_right")
+TEXTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# Anchor indices in the order they go round the mask outline (a b c f e d).
+_RING = (0, 1, 2, 5, 4, 3)
+
+# Landmark indices (iBUG 68-point layout).
+_JAW = slice(0, 17)
+_CHIN = 8
+_BRIDGE_TOP = 27
+_NOSE_BRIDGE_END = 30
+_NOSE_TIP = 33
+_UPPER_LIP_TOP = 51
+_BROWS = slice(17, 27)
+
+
+class TemplateConfigError(ValueError):
+    """masks.cfg is missing, malformed, or names a template file that does not exist."""
+
+
+@dataclass(frozen=True)
+class MaskTemplate:
+    """A mask template: rgba HxWx4 uint8 (RGB order, straight alpha), anchors (6, 2) float32 xy
+    template pixels in the order a, b, c, d, e, f."""
+
+    name: str
+    rgba: np.ndarray
+    anchors: np.ndarray
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """image: HxWx3 uint8 RGB masked image; mask: HxW bool, the pixels covered by the mask;
+    face_box: (4,) float32 xyxy pixels, the whole face (forehead to chin) united with the mask."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    face_box: np.ndarray
+
+
+def is_side_view(name: str) -> bool:
+    return name.endswith(SIDE_SUFFIXES)
+
+
+def load_templates(root: Path, *, include_side_views: bool = False) -> list[MaskTemplate]:
+    """Read root/masks.cfg and its templates (paths in the file, masks/templates/X.png, are
+    resolved as root/templates/X.png). Sections without a template (empty, inpaint) are skipped,
+    so are side-view variants (``*_left``/``*_right``) unless ``include_side_views``."""
+    root = Path(root)
+    cfg_path = root / "masks.cfg"
+    if not cfg_path.is_file():
+        raise TemplateConfigError(f"missing {cfg_path}")
+    parser = configparser.ConfigParser(strict=False)
+    try:
+        parser.read(cfg_path)
+    except configparser.Error as exc:
+        raise TemplateConfigError(f"cannot parse {cfg_path}: {exc}") from exc
+    templates = []
+    for name in parser.sections():
+        section = parser[name]
+        if "template" not in section or (is_side_view(name) and not include_side_views):
+            continue
+        path = root / "templates" / Path(section["template"]).name
+        bgra = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+            raise TemplateConfigError(f"template {name}: {path} is not a readable RGBA image")
+        try:
+            anchors = np.array(
+                [[float(v) for v in section[key].split(",")] for key in ANCHOR_KEYS], dtype=np.float32
+            )
+        except (KeyError, ValueError) as exc:
+            raise TemplateConfigError(f"template {name}: bad anchors ({exc})") from exc
+        if anchors.shape != (6, 2):
+            raise TemplateConfigError(f"template {name}: anchors must be six x, y pairs")
+        rgba = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
+        templates.append(MaskTemplate(name=name, rgba=rgba, anchors=anchors))
+    if not templates:
+        raise TemplateConfigError(f"no templates in {cfg_path}")
+    return templates
+
+
+def face_box_from_landmarks(landmarks: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Whole-face box (4,) float32 xyxy: jaw line at the sides and bottom, forehead on top
+    (brows raised by 0.35 of the brow-to-chin height, since dlib has no forehead points),
+    clipped to the image."""
+    lm = np.asarray(landmarks, dtype=np.float32)
+    h, w = image_shape[:2]
+    x0 = min(lm[_JAW, 0].min(), lm[_BROWS, 0].min())
+    x1 = max(lm[_JAW, 0].max(), lm[_BROWS, 0].max())
+    brow_y = lm[_BROWS, 1].min()
+    y1 = lm[_JAW, 1].max()
+    y0 = brow_y - 0.35 * (y1 - brow_y)
+    return np.array(
+        [np.clip(x0, 0, w), np.clip(y0, 0, h), np.clip(x1, 0, w), np.clip(y1, 0, h)], dtype=np.float32
+    )
+
+
+def _point_on_jaw_at_level(jaw_half: np.ndarray, levels: np.ndarray, level: float) -> np.ndarray:
+    """Point on a jaw half (ear to chin polyline) whose level along the face's vertical axis is
+    ``level``; clamped to the polyline's ends."""
+    # np.interp needs increasing sample positions; dlib's jaw is monotone except for jitter.
+    mono = np.maximum.accumulate(levels) + np.arange(len(levels)) * 1e-4
+    return np.array([np.interp(level, mono, jaw_half[:, 0]), np.interp(level, mono, jaw_half[:, 1])])
+
+
+def target_anchors(landmarks: np.ndarray, template: MaskTemplate, *, pulled_down: bool = False) -> np.ndarray:
+    """Image points (6, 2) float32 that the template's anchors a..f are mapped to.
+
+    b sits on the nose bridge (or between the nose tip and the upper lip when ``pulled_down``),
+    e just under the chin, and a/c, d/f on the jaw outline at the same relative heights between
+    b and e as in the template, so the template keeps its proportions.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    up_to_chin = lm[_CHIN] - lm[_BRIDGE_TOP]
+    face_len = float(np.hypot(*up_to_chin))
+    if face_len < 1e-3:
+        raise ValueError("degenerate landmarks: nose bridge and chin coincide")
+    axis = up_to_chin / face_len
+
+    if pulled_down:
+        top = lm[_NOSE_TIP] + 0.5 * (lm[_UPPER_LIP_TOP] - lm[_NOSE_TIP])
+        bottom = lm[_CHIN] + 0.12 * face_len * axis
+    else:
+        top = lm[_BRIDGE_TOP] + 0.4 * (lm[_NOSE_BRIDGE_END] - lm[_BRIDGE_TOP])
+        bottom = lm[_CHIN] + 0.04 * face_len * axis
+
+    def level(p):
+        return (p - lm[_BRIDGE_TOP]) @ axis
+
+    t = template.anchors.astype(np.float64)
+    t_len = t[4, 1] - t[1, 1]
+    frac = lambda i: (t[i, 1] - t[1, 1]) / t_len  # noqa: E731 - relative height of anchor i
+    top_level, bottom_level = level(top), level(bottom)
+    left, right = lm[0:9], lm[16:7:-1]
+    left_levels, right_levels = level(left), level(right)
+    out = np.empty((6, 2))
+    out[1], out[4] = top, bottom
+    for i, jaw, levels in ((0, left, left_levels), (3, left, left_levels), (2, right, right_levels), (5, right, right_levels)):
+        out[i] = _point_on_jaw_at_level(jaw, levels, top_level + frac(i) * (bottom_level - top_level))
+    return out.astype(np.float32)
+
+
+def _sector_affines(src: np.ndarray, dst: np.ndarray):
+    """For the fan of six triangles (centroid, ring[k], ring[k+1]) return, per sector, the
+    2x3 affine map dst->src and the two dst edge vectors bounding the sector."""
+    src_c, dst_c = src.mean(0), dst.mean(0)
+    sectors = []
+    for k in range(6):
+        i, j = _RING[k], _RING[(k + 1) % 6]
+        m = cv2.getAffineTransform(
+            np.float32([dst_c, dst[i], dst[j]]), np.float32([src_c, src[i], src[j]])
+        )
+        sectors.append((m, dst[i] - dst_c, dst[j] - dst_c))
+    return dst_c, sectors
+
+
+def _forward_points(src: np.ndarray, dst: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Map template points (N, 2) to the image with the piecewise-affine fan map."""
+    src_c, dst_c = src.mean(0), dst.mean(0)
+    out = np.zeros_like(pts, dtype=np.float64)
+    rel = pts - src_c
+    for k in range(6):
+        i, j = _RING[k], _RING[(k + 1) % 6]
+        m = cv2.getAffineTransform(np.float32([src_c, src[i], src[j]]), np.float32([dst_c, dst[i], dst[j]]))
+        inside = _in_sector(rel, src[i] - src_c, src[j] - src_c)
+        out[inside] = pts[inside] @ m[:, :2].T + m[:, 2]
+    return out
+
+
+def _in_sector(rel: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Which vectors (N, 2) lie in the angular sector from u to v (less than 180 degrees)."""
+    s = np.sign(u[0] * v[1] - u[1] * v[0]) or 1.0
+    cu = u[0] * rel[:, 1] - u[1] * rel[:, 0]
+    cv = rel[:, 0] * v[1] - rel[:, 1] * v[0]
+    return (s * cu >= 0) & (s * cv >= 0)
+
+
+def warp_template(
+    rgba_premul: np.ndarray, src: np.ndarray, dst: np.ndarray, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Warp a premultiplied float32 RGBA template (HxWx4, values 0..1) so that anchors ``src``
+    land on image points ``dst``. Returns the warped patch and its (x0, y0) offset in an image of
+    shape ``out_shape`` (H, W); the patch covers only the template's footprint."""
+    th, tw = rgba_premul.shape[:2]
+    n = 64
+    border = np.concatenate([
+        np.stack([np.linspace(0, tw - 1, n), np.zeros(n)], 1),
+        np.stack([np.linspace(0, tw - 1, n), np.full(n, th - 1)], 1),
+        np.stack([np.zeros(n), np.linspace(0, th - 1, n)], 1),
+        np.stack([np.full(n, tw - 1), np.linspace(0, th - 1, n)], 1),
+        src.astype(np.float64),
+    ])
+    fwd = _forward_points(src.astype(np.float64), dst.astype(np.float64), border)
+    h, w = out_shape
+    x0, y0 = (int(max(np.floor(fwd[:, k].min()) - 1, 0)) for k in (0, 1))
+    x1 = int(min(np.ceil(fwd[:, 0].max()) + 2, w))
+    y1 = int(min(np.ceil(fwd[:, 1].max()) + 2, h))
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((0, 0, 4), np.float32), (0, 0)
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    pts = np.stack([xs.ravel(), ys.ravel()], 1)
+    dst_c, sectors = _sector_affines(src, dst)
+    rel = pts - dst_c
+    map_x = np.full(len(pts), -1.0, np.float32)
+    map_y = np.full(len(pts), -1.0, np.float32)
+    for m, u, v in sectors:
+        inside = _in_sector(rel, u, v)
+        p = pts[inside]
+        map_x[inside] = p[:, 0] * m[0, 0] + p[:, 1] * m[0, 1] + m[0, 2]
+        map_y[inside] = p[:, 0] * m[1, 0] + p[:, 1] * m[1, 1] + m[1, 2]
+    shape = (y1 - y0, x1 - x0)
+    patch = cv2.remap(
+        rgba_premul, map_x.reshape(shape), map_y.reshape(shape), cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0),
+    )
+    return patch, (x0, y0)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+class MaskSynthesizer:
+    """Draws a randomly chosen, randomly coloured mask template onto a face.
+
+    p_recolor: probability of recolouring the template to a random colour (keeping its shading);
+    p_texture: probability of printing a texture from ``textures_root`` on it instead (needs
+    textures); brightness_range: random brightness factor, applied on top of a factor that
+    follows the face's own brightness so masks are not lit differently from the face.
+    """
+
+    def __init__(
+        self,
+        *,
+        templates_root: str | Path,
+        textures_root: str | Path | None = None,
+        p_recolor: float = 0.4,
+        p_texture: float = 0.2,
+        brightness_range: tuple[float, float] = (0.75, 1.1),
+        include_side_views: bool = False,
+    ) -> None:
+        self.templates = {t.name: t for t in load_templates(Path(templates_root), include_side_views=include_side_views)}
+        self.template_names = tuple(sorted(self.templates))
+        self.texture_paths: tuple[Path, ...] = ()
+        if textures_root is not None:
+            self.texture_paths = tuple(
+                sorted(p for p in Path(textures_root).rglob("*") if p.suffix.lower() in TEXTURE_SUFFIXES)
+            )
+        self.p_recolor = p_recolor
+        self.p_texture = p_texture if self.texture_paths else 0.0
+        self.brightness_range = brightness_range
+        self._texture_cache: dict[Path, np.ndarray] = {}
+
+    def _texture(self, path: Path) -> np.ndarray:
+        if path not in self._texture_cache:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise FileNotFoundError(f"unreadable texture {path}")
+            self._texture_cache[path] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+        return self._texture_cache[path]
+
+    def _styled_template(self, template: MaskTemplate, scale: float, rng: np.random.Generator) -> np.ndarray:
+        """Template resized by ``scale``, restyled, premultiplied: float32 HxWx4 in 0..1."""
+        # All random draws happen in a fixed order whatever the image, so one seed gives one style.
+        u_style, u_hue, u_sat, u_val, u_tex, u_off, u_tex_scale, u_bright = rng.random(8)
+        rgba = template.rgba.astype(np.float32) / 255.0
+        size = (max(int(round(rgba.shape[1] * scale)), 2), max(int(round(rgba.shape[0] * scale)), 2))
+        alpha = cv2.resize(rgba[..., 3], size, interpolation=cv2.INTER_AREA)
+        # Resize premultiplied colour so transparent pixels do not bleed into the edges.
+        rgb = cv2.resize(rgba[..., :3] * rgba[..., 3:], size, interpolation=cv2.INTER_AREA)
+        rgb = rgb / np.maximum(alpha[..., None], 1e-6)
+        # Shading: luminance relative to the template's bright parts, so folds and seams survive.
+        lum = _luminance(rgb)
+        visible = alpha > 0.5
+        ref = np.percentile(lum[visible], 90) if visible.any() else 1.0
+        shade = np.clip(lum / max(ref, 1e-3), 0.0, 1.2)[..., None]
+        if u_style < self.p_texture:
+            tex = self._texture(self.texture_paths[int(u_tex * len(self.texture_paths))])
+            # Texture repeats a few times across the mask, like printed fabric.
+            reps = 1.0 + 2.0 * u_tex_scale
+            tile_w = max(int(size[0] / reps), 8)
+            tile = cv2.resize(tex, (tile_w, max(int(tile_w * tex.shape[0] / tex.shape[1]), 8)), interpolation=cv2.INTER_AREA)
+            ny, nx = -(-size[1] // tile.shape[0]) + 1, -(-size[0] // tile.shape[1]) + 1
+            tiled = np.tile(tile, (ny, nx, 1))
+            oy, ox = int(u_off * tile.shape[0]), int(u_off * tile.shape[1])
+            rgb = tiled[oy:oy + size[1], ox:ox + size[0]] * shade
+        elif u_style < self.p_texture + self.p_recolor:
+            # Random colour with some mass on greys/black/white, which real masks often are.
+            sat = 0.0 if u_sat < 0.3 else (u_sat - 0.3) / 0.7
+            hsv = np.uint8([[[int(u_hue * 180), int(sat * 255), int((0.15 + 0.85 * u_val) * 255)]]])
+            colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
+            rgb = colour * shade
+        lo, hi = self.brightness_range
+        rgb = np.clip(rgb * (lo + (hi - lo) * u_bright), 0.0, 1.0)
+        return np.dstack([rgb * alpha[..., None], alpha]).astype(np.float32)
+
+    def apply(
+        self,
+        image: np.ndarray,
+        landmarks: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        template: str | None = None,
+        pulled_down: bool = False,
+    ) -> SynthResult:
+        """Draw a mask on ``image`` (HxWx3 uint8 RGB) for the face with ``landmarks`` ((68, 2)
+        xy pixels). ``template`` picks a template by name (random when None); ``pulled_down``
+        wears it under the nose. Deterministic for equal inputs and rng state."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
+        lm = np.asarray(landmarks, dtype=np.float32)
+        if lm.shape != (68, 2):
+            raise ValueError(f"expected (68, 2) landmarks, got {lm.shape}")
+        u_template = rng.random()
+        if template is None:
+            template = self.template_names[int(u_template * len(self.template_names))]
+        if template not in self.templates:
+            raise KeyError(f"unknown template {template!r}; have {self.template_names}")
+        tmpl = self.templates[template]
+        dst = target_anchors(lm, tmpl, pulled_down=pulled_down)
+
+        # Shrink the template close to its final size first: remap alone would alias.
+        src_w = np.linalg.norm(tmpl.anchors[2] - tmpl.anchors[0])
+        dst_w = np.linalg.norm(dst[2] - dst[0])
+        scale = float(np.clip(1.5 * dst_w / max(src_w, 1e-3), 0.02, 1.0))
+        styled = self._styled_template(tmpl, scale, rng)
+        src = tmpl.anchors * np.float32(scale)
+        patch, (x0, y0) = warp_template(styled, src, dst, image.shape[:2])
+
+        h, w = image.shape[:2]
+        out = image.copy()
+        mask = np.zeros((h, w), dtype=bool)
+        if patch.size:
+            ph, pw = patch.shape[:2]
+            region = out[y0:y0 + ph, x0:x0 + pw].astype(np.float32) / 255.0
+            alpha = patch[..., 3:]
+            light = self._face_light(image, lm)
+            comp = region * (1.0 - alpha) + patch[..., :3] * light
+            out[y0:y0 + ph, x0:x0 + pw] = np.clip(comp * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            mask[y0:y0 + ph, x0:x0 + pw] = patch[..., 3] > 0.5
+
+        box = face_box_from_landmarks(lm, image.shape)
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            box = np.array(
+                [min(box[0], xs.min()), min(box[1], ys.min()), max(box[2], xs.max() + 1), max(box[3], ys.max() + 1)],
+                dtype=np.float32,
+            )
+        return SynthResult(image=out, mask=mask, face_box=box)
+
+    @staticmethod
+    def _face_light(image: np.ndarray, lm: np.ndarray) -> float:
+        """Brightness factor for the mask from the face's median luminance, damped because skin
+        tone and lighting cannot be told apart."""
+        hull = cv2.convexHull(np.round(lm[:27]).astype(np.int32))
+        face = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillConvexPoly(face, hull, 1)
+        pixels = image[face.astype(bool)]
+        if len(pixels) == 0:
+            return 1.0
+        lum = float(np.median(_luminance(pixels.astype(np.float32)))) / 255.0
+        return float(np.clip(0.6 + 0.7 * lum, 0.6, 1.05))
