@@ -13,8 +13,10 @@ Images are HxWx3 uint8 RGB; landmarks are (68, 2) float32 xy pixels; boxes are x
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,21 +145,26 @@ def target_anchors(landmarks: np.ndarray, template: MaskTemplate, *, pulled_down
         raise ValueError("degenerate landmarks: nose bridge and chin coincide")
     axis = up_to_chin / face_len
 
-    if pulled_down:
-        top = lm[_NOSE_TIP] + 0.5 * (lm[_UPPER_LIP_TOP] - lm[_NOSE_TIP])
-        bottom = lm[_CHIN] + 0.12 * face_len * axis
-    else:
-        top = lm[_BRIDGE_TOP] + 0.4 * (lm[_NOSE_BRIDGE_END] - lm[_BRIDGE_TOP])
-        bottom = lm[_CHIN] + 0.04 * face_len * axis
-
     def level(p):
         return (p - lm[_BRIDGE_TOP]) @ axis
+
+    worn_top = lm[_BRIDGE_TOP] + 0.4 * (lm[_NOSE_BRIDGE_END] - lm[_BRIDGE_TOP])
+    worn_bottom = lm[_CHIN] + 0.04 * face_len * axis
+    left, right = lm[0:9], lm[16:7:-1]
+    if pulled_down:
+        # The same mask slid down below the nose: about as tall as when worn, so its lower part
+        # hangs below the chin, while the ear loops keep its sides on the jaw above the chin.
+        top = lm[_NOSE_TIP] + 0.4 * (lm[_UPPER_LIP_TOP] - lm[_NOSE_TIP])
+        height = 0.85 * (level(worn_bottom) - level(worn_top))
+        bottom = lm[_CHIN] + (level(top) + height - level(lm[_CHIN])) * axis
+        left, right = left[:6], right[:6]
+    else:
+        top, bottom = worn_top, worn_bottom
 
     t = template.anchors.astype(np.float64)
     t_len = t[4, 1] - t[1, 1]
     frac = lambda i: (t[i, 1] - t[1, 1]) / t_len  # noqa: E731 - relative height of anchor i
     top_level, bottom_level = level(top), level(bottom)
-    left, right = lm[0:9], lm[16:7:-1]
     left_levels, right_levels = level(left), level(right)
     out = np.empty((6, 2))
     out[1], out[4] = top, bottom
@@ -386,3 +393,62 @@ class MaskSynthesizer:
             return 1.0
         lum = float(np.median(_luminance(pixels.astype(np.float32)))) / 255.0
         return float(np.clip(0.6 + 0.7 * lum, 0.6, 1.05))
+
+
+def preview_grid(
+    *, synth: MaskSynthesizer, images_root: Path, cache, count: int = 16, columns: int = 8,
+    seed: int = 0, p_pulled_down: float = 0.15,
+) -> np.ndarray:
+    """Grid (HxWx3 uint8 RGB) of ``count`` random cached faces, each shown masked above its
+    mask label overlaid in white."""
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for i in rng.choice(len(cache.files), size=count, replace=False):
+        bgr = cv2.imread(str(images_root / cache.files[i]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(images_root / cache.files[i])
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        result = synth.apply(rgb, cache.landmarks[i], rng=rng, pulled_down=bool(rng.random() < p_pulled_down))
+        label = rgb.copy()
+        label[result.mask] = (0.4 * label[result.mask] + 153).astype(np.uint8)
+        x0, y0, x1, y1 = np.round(result.face_box).astype(int)
+        cv2.rectangle(label, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 1)
+        tiles.append(np.concatenate([result.image, label], 0))
+    rows = [np.concatenate(tiles[r:r + columns], 1) for r in range(0, len(tiles), columns)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(rows, 0)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Preview synthesized masks on cached faces.")
+    parser.add_argument("--images", type=Path, required=True, help="face image folder")
+    parser.add_argument("--landmarks", type=Path, required=True, help="cache from training.landmarks")
+    parser.add_argument("--templates", type=Path, required=True, help="MaskTheFace folder with masks.cfg")
+    parser.add_argument("--textures", type=Path, default=None)
+    parser.add_argument("--out", type=Path, required=True, help="output PNG")
+    parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.landmarks import load_landmark_cache
+
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        synth = MaskSynthesizer(templates_root=args.templates, textures_root=args.textures)
+        cache = load_landmark_cache(args.landmarks)
+        grid = preview_grid(synth=synth, images_root=args.images, cache=cache, count=args.count, seed=args.seed)
+    except (TemplateConfigError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
