@@ -8,6 +8,7 @@ from training.synth import (
     MaskSynthesizer,
     TemplateConfigError,
     face_box_from_landmarks,
+    face_turn,
     load_templates,
     target_anchors,
 )
@@ -65,15 +66,18 @@ def fake_templates(tmp_path_factory) -> Path:
     """A template folder laid out like MaskTheFace's: masks.cfg + templates/*.png."""
     root = tmp_path_factory.mktemp("masks")
     (root / "templates").mkdir()
-    anchors = np.array([[10, 20], [100, 5], [190, 20], [15, 80], [100, 115], [185, 80]])
-    rgba = np.zeros((120, 200, 4), np.uint8)
-    ring = anchors[[0, 1, 2, 5, 4, 3]]
-    cv2.fillPoly(rgba, [ring.astype(np.int32)], (200, 220, 235, 255))
-    cv2.polylines(rgba, [ring.astype(np.int32)], True, (120, 140, 160, 255), 3)
-    for name in ("plain", "plain_left"):
-        cv2.imwrite(str(root / "templates" / f"{name}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    # The side view looks like MaskTheFace's *_left templates: nose bridge and chin near the left.
+    anchor_sets = {
+        "plain": np.array([[10, 20], [100, 5], [190, 20], [15, 80], [100, 115], [185, 80]]),
+        "plain_left": np.array([[10, 20], [40, 5], [190, 20], [15, 80], [45, 115], [185, 80]]),
+    }
     lines = []
-    for name in ("plain", "plain_left"):
+    for name, anchors in anchor_sets.items():
+        rgba = np.zeros((120, 200, 4), np.uint8)
+        ring = anchors[[0, 1, 2, 5, 4, 3]].astype(np.int32)
+        cv2.fillPoly(rgba, [ring], (200, 220, 235, 255))
+        cv2.polylines(rgba, [ring], True, (120, 140, 160, 255), 3)
+        cv2.imwrite(str(root / "templates" / f"{name}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
         lines += [f"[{name}]", f"template: masks/templates/{name}.png"]
         lines += [f"mask_{k}: {x}, {y}" for k, (x, y) in zip("abcdef", anchors)]
         lines.append("")
@@ -156,6 +160,7 @@ def test_mask_placement_fake_template(fake_templates, pulled_down, degrees):
     synth = MaskSynthesizer(templates_root=fake_templates)
     result = synth.apply(draw_face(lm), lm, rng=np.random.default_rng(0), pulled_down=pulled_down)
     check_placement(result, lm, pulled_down=pulled_down)
+    assert result.template == "plain"
 
 
 def test_label_is_the_composited_area(fake_templates):
@@ -181,6 +186,26 @@ def test_deterministic_for_seed(fake_templates):
     assert any(not np.array_equal(runs[0].image, r.image) for r in runs[2:])
     # Geometry depends only on the landmarks, not on the style drawn.
     assert all(np.array_equal(runs[0].mask, r.mask) for r in runs[2:])
+
+
+def test_side_view_on_turned_face(fake_templates):
+    lm = canonical_landmarks()
+    turned = lm.copy()
+    # Head turned towards the image's left: the nearer the camera a point, the more it moves.
+    turned[27:36, 0] -= 0.15 * SIZE
+    turned[[8, *MOUTH], 0] -= 0.1 * SIZE
+    turned[EYES, 0] -= 0.05 * SIZE
+    assert face_turn(lm) == pytest.approx(0.5)
+    assert face_turn(turned) < 0.3
+    frontal_only = MaskSynthesizer(templates_root=fake_templates)
+    with_sides = MaskSynthesizer(templates_root=fake_templates, include_side_views=True)
+    assert with_sides.template_names == ("plain",)
+    assert with_sides.apply(draw_face(lm), lm, rng=np.random.default_rng(0)).template == "plain"
+    assert frontal_only.apply(draw_face(turned), turned, rng=np.random.default_rng(0)).template == "plain"
+    result = with_sides.apply(draw_face(turned), turned, rng=np.random.default_rng(0))
+    assert result.template == "plain_left"
+    assert covered(result.mask, turned[MOUTH]).all()
+    assert not covered(result.mask, turned[EYES]).any()
 
 
 def test_rejects_bad_inputs(fake_templates):

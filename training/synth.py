@@ -31,6 +31,7 @@ TEXTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # Anchor indices in the order they go round the mask outline (a b c f e d).
 _RING = (0, 1, 2, 5, 4, 3)
+_RESIZE_CACHE_SIZE = 64
 
 # Landmark indices (iBUG 68-point layout).
 _JAW = slice(0, 17)
@@ -59,11 +60,13 @@ class MaskTemplate:
 @dataclass(frozen=True)
 class SynthResult:
     """image: HxWx3 uint8 RGB masked image; mask: HxW bool, the pixels covered by the mask;
-    face_box: (4,) float32 xyxy pixels, the whole face (forehead to chin) united with the mask."""
+    face_box: (4,) float32 xyxy pixels, the whole face (forehead to chin) united with the mask;
+    template: name of the template drawn (a side view where one replaced the frontal one)."""
 
     image: np.ndarray
     mask: np.ndarray
     face_box: np.ndarray
+    template: str = ""
 
 
 def is_side_view(name: str) -> bool:
@@ -121,6 +124,15 @@ def face_box_from_landmarks(landmarks: np.ndarray, image_shape: tuple[int, ...])
     return np.array(
         [np.clip(x0, 0, w), np.clip(y0, 0, h), np.clip(x1, 0, w), np.clip(y1, 0, h)], dtype=np.float32
     )
+
+
+def face_turn(landmarks: np.ndarray) -> float:
+    """Where the nose lies across the face, 0..1 (0.5 frontal, small when the face is turned so
+    the nose points to the image's left, as in the ``*_left`` templates), measured between jaw
+    points 2 and 14 so that head roll does not matter."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    across = lm[14] - lm[2]
+    return float((lm[30] - lm[2]) @ across / max(across @ across, 1e-6))
 
 
 def _point_on_jaw_at_level(jaw_half: np.ndarray, levels: np.ndarray, level: float) -> np.ndarray:
@@ -260,6 +272,9 @@ class MaskSynthesizer:
     p_texture: probability of printing a texture from ``textures_root`` on it instead (needs
     textures); brightness_range: random brightness factor, applied on top of a factor that
     follows the face's own brightness so masks are not lit differently from the face.
+    include_side_views: load the ``*_left``/``*_right`` templates and use them instead of the
+    frontal one when the face is turned: when the nose sits closer than ``side_view_threshold``
+    (a fraction of the face width, see ``face_turn``) to either side of the face.
     """
 
     def __init__(
@@ -271,9 +286,12 @@ class MaskSynthesizer:
         p_texture: float = 0.2,
         brightness_range: tuple[float, float] = (0.75, 1.1),
         include_side_views: bool = False,
+        side_view_threshold: float = 0.3,
     ) -> None:
         self.templates = {t.name: t for t in load_templates(Path(templates_root), include_side_views=include_side_views)}
-        self.template_names = tuple(sorted(self.templates))
+        # Random picks are among frontal templates; side views replace them on turned faces.
+        self.template_names = tuple(sorted(n for n in self.templates if not is_side_view(n)))
+        self.side_view_threshold = side_view_threshold
         self.texture_paths: tuple[Path, ...] = ()
         if textures_root is not None:
             self.texture_paths = tuple(
@@ -283,6 +301,7 @@ class MaskSynthesizer:
         self.p_texture = p_texture if self.texture_paths else 0.0
         self.brightness_range = brightness_range
         self._texture_cache: dict[Path, np.ndarray] = {}
+        self._resize_cache: dict[tuple[str, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _texture(self, path: Path) -> np.ndarray:
         if path not in self._texture_cache:
@@ -292,21 +311,35 @@ class MaskSynthesizer:
             self._texture_cache[path] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
         return self._texture_cache[path]
 
-    def _styled_template(self, template: MaskTemplate, scale: float, rng: np.random.Generator) -> np.ndarray:
-        """Template resized by ``scale``, restyled, premultiplied: float32 HxWx4 in 0..1."""
-        # All random draws happen in a fixed order whatever the image, so one seed gives one style.
-        u_style, u_hue, u_sat, u_val, u_tex, u_off, u_tex_scale, u_bright = rng.random(8)
+    def _resized(self, template: MaskTemplate, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Template at ``scale``: straight RGB (HxWx3), alpha (HxW) and shading (HxWx1), float32
+        0..1. Cached, since video asks for nearly the same scale frame after frame."""
+        key = (template.name, scale)
+        if key in self._resize_cache:
+            return self._resize_cache[key]
         rgba = template.rgba.astype(np.float32) / 255.0
         size = (max(int(round(rgba.shape[1] * scale)), 2), max(int(round(rgba.shape[0] * scale)), 2))
         alpha = cv2.resize(rgba[..., 3], size, interpolation=cv2.INTER_AREA)
         # Resize premultiplied colour so transparent pixels do not bleed into the edges.
         rgb = cv2.resize(rgba[..., :3] * rgba[..., 3:], size, interpolation=cv2.INTER_AREA)
         rgb = rgb / np.maximum(alpha[..., None], 1e-6)
-        # Shading: luminance relative to the template's bright parts, so folds and seams survive.
+        # Shading: luminance relative to the template's bright parts, so folds and seams survive
+        # recolouring.
         lum = _luminance(rgb)
         visible = alpha > 0.5
         ref = np.percentile(lum[visible], 90) if visible.any() else 1.0
         shade = np.clip(lum / max(ref, 1e-3), 0.0, 1.2)[..., None]
+        if len(self._resize_cache) >= _RESIZE_CACHE_SIZE:
+            self._resize_cache.pop(next(iter(self._resize_cache)))
+        self._resize_cache[key] = (rgb, alpha, shade)
+        return rgb, alpha, shade
+
+    def _styled_template(self, template: MaskTemplate, scale: float, rng: np.random.Generator) -> np.ndarray:
+        """Template resized by ``scale``, restyled, premultiplied: float32 HxWx4 in 0..1."""
+        # All random draws happen in a fixed order whatever the image, so one seed gives one style.
+        u_style, u_hue, u_sat, u_val, u_tex, u_off, u_tex_scale, u_bright = rng.random(8)
+        rgb, alpha, shade = self._resized(template, scale)
+        size = (alpha.shape[1], alpha.shape[0])
         if u_style < self.p_texture:
             tex = self._texture(self.texture_paths[int(u_tex * len(self.texture_paths))])
             # Texture repeats a few times across the mask, like printed fabric.
@@ -324,8 +357,11 @@ class MaskSynthesizer:
             colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
             rgb = colour * shade
         lo, hi = self.brightness_range
-        rgb = np.clip(rgb * (lo + (hi - lo) * u_bright), 0.0, 1.0)
-        return np.dstack([rgb * alpha[..., None], alpha]).astype(np.float32)
+        out = np.empty((*alpha.shape, 4), np.float32)
+        np.multiply(rgb, (lo + (hi - lo) * u_bright) * alpha[..., None], out=out[..., :3])
+        np.minimum(out[..., :3], alpha[..., None], out=out[..., :3])
+        out[..., 3] = alpha
+        return out
 
     def apply(
         self,
@@ -348,14 +384,21 @@ class MaskSynthesizer:
         if template is None:
             template = self.template_names[int(u_template * len(self.template_names))]
         if template not in self.templates:
-            raise KeyError(f"unknown template {template!r}; have {self.template_names}")
+            raise KeyError(f"unknown template {template!r}; have {tuple(sorted(self.templates))}")
+        if not is_side_view(template):
+            turn = face_turn(lm)
+            side = "_left" if turn < self.side_view_threshold else "_right" if turn > 1 - self.side_view_threshold else ""
+            template = template + side if template + side in self.templates else template
         tmpl = self.templates[template]
         dst = target_anchors(lm, tmpl, pulled_down=pulled_down)
 
         # Shrink the template close to its final size first: remap alone would alias.
         src_w = np.linalg.norm(tmpl.anchors[2] - tmpl.anchors[0])
         dst_w = np.linalg.norm(dst[2] - dst[0])
-        scale = float(np.clip(1.5 * dst_w / max(src_w, 1e-3), 0.02, 1.0))
+        scale = float(np.clip(1.25 * dst_w / max(src_w, 1e-3), 0.02, 1.0))
+        # Quantised (steps of about 4%) so the resize cache hits; the anchors use the same value,
+        # so this costs no accuracy.
+        scale = float(2.0 ** (np.round(np.log2(scale) * 16) / 16))
         styled = self._styled_template(tmpl, scale, rng)
         src = tmpl.anchors * np.float32(scale)
         patch, (x0, y0) = warp_template(styled, src, dst, image.shape[:2])
@@ -379,16 +422,19 @@ class MaskSynthesizer:
                 [min(box[0], xs.min()), min(box[1], ys.min()), max(box[2], xs.max() + 1), max(box[3], ys.max() + 1)],
                 dtype=np.float32,
             )
-        return SynthResult(image=out, mask=mask, face_box=box)
+        return SynthResult(image=out, mask=mask, face_box=box, template=template)
 
     @staticmethod
     def _face_light(image: np.ndarray, lm: np.ndarray) -> float:
         """Brightness factor for the mask from the face's median luminance, damped because skin
         tone and lighting cannot be told apart."""
-        hull = cv2.convexHull(np.round(lm[:27]).astype(np.int32))
-        face = np.zeros(image.shape[:2], np.uint8)
-        cv2.fillConvexPoly(face, hull, 1)
-        pixels = image[face.astype(bool)]
+        h, w = image.shape[:2]
+        x0, y0 = np.clip(np.floor(lm.min(0)).astype(int), 0, [w, h])
+        x1, y1 = np.clip(np.ceil(lm.max(0)).astype(int) + 1, 0, [w, h])
+        crop = image[y0:y1, x0:x1]
+        face = np.zeros(crop.shape[:2], np.uint8)
+        cv2.fillConvexPoly(face, cv2.convexHull(np.round(lm[:27] - [x0, y0]).astype(np.int32)), 1)
+        pixels = crop[face.astype(bool)]
         if len(pixels) == 0:
             return 1.0
         lum = float(np.median(_luminance(pixels.astype(np.float32)))) / 255.0
