@@ -184,8 +184,10 @@ def test_deterministic_for_seed(fake_templates):
     assert np.array_equal(runs[0].mask, runs[1].mask)
     assert np.array_equal(runs[0].face_box, runs[1].face_box)
     assert any(not np.array_equal(runs[0].image, r.image) for r in runs[2:])
-    # Geometry depends only on the landmarks, not on the style drawn.
-    assert all(np.array_equal(runs[0].mask, r.mask) for r in runs[2:])
+    # Geometry depends on the landmarks; the style (and blur) only moves the edge a little.
+    for r in runs[2:]:
+        iou = (runs[0].mask & r.mask).sum() / (runs[0].mask | r.mask).sum()
+        assert iou > 0.95
 
 
 def test_side_view_on_turned_face(fake_templates):
@@ -206,6 +208,19 @@ def test_side_view_on_turned_face(fake_templates):
     assert result.template == "plain_left"
     assert covered(result.mask, turned[MOUTH]).all()
     assert not covered(result.mask, turned[EYES]).any()
+
+
+@pytest.mark.parametrize("shift", [(150, 0), (-200, -100), (0, 400)])
+def test_face_partly_or_wholly_outside_image(fake_templates, shift):
+    lm = canonical_landmarks() + np.float32(shift)
+    face = draw_face(canonical_landmarks())
+    result = MaskSynthesizer(templates_root=fake_templates).apply(face, lm, rng=np.random.default_rng(0))
+    assert result.mask.shape == (SIZE, SIZE)
+    assert (result.face_box >= 0).all() and (result.face_box <= SIZE).all()
+    inside = (np.round(lm[MOUTH]) >= 0).all(1) & (np.round(lm[MOUTH]) < SIZE).all(1)
+    assert covered(result.mask, lm[MOUTH][inside]).all()
+    if shift == (0, 400):  # the whole mask falls below the image
+        assert not result.mask.any() and np.array_equal(result.image, face)
 
 
 def test_rejects_bad_inputs(fake_templates):

@@ -337,7 +337,7 @@ class MaskSynthesizer:
     def _styled_template(self, template: MaskTemplate, scale: float, rng: np.random.Generator) -> np.ndarray:
         """Template resized by ``scale``, restyled, premultiplied: float32 HxWx4 in 0..1."""
         # All random draws happen in a fixed order whatever the image, so one seed gives one style.
-        u_style, u_hue, u_sat, u_val, u_tex, u_off, u_tex_scale, u_bright = rng.random(8)
+        u_style, u_hue, u_sat, u_val, u_tex, u_off, u_tex_scale, u_bright, u_grad = rng.random(9)
         rgb, alpha, shade = self._resized(template, scale)
         size = (alpha.shape[1], alpha.shape[0])
         if u_style < self.p_texture:
@@ -358,7 +358,10 @@ class MaskSynthesizer:
             rgb = colour * shade
         lo, hi = self.brightness_range
         out = np.empty((*alpha.shape, 4), np.float32)
-        np.multiply(rgb, (lo + (hi - lo) * u_bright) * alpha[..., None], out=out[..., :3])
+        # Light falling from one side: a left-to-right brightness ramp of up to +-20%.
+        ramp = 1.0 + (u_grad - 0.5) * 0.4 * np.linspace(-1.0, 1.0, alpha.shape[1], dtype=np.float32)
+        gain = (lo + (hi - lo) * u_bright) * alpha * ramp[None, :]
+        np.multiply(rgb, gain[..., None], out=out[..., :3])
         np.minimum(out[..., :3], alpha[..., None], out=out[..., :3])
         out[..., 3] = alpha
         return out
@@ -380,7 +383,7 @@ class MaskSynthesizer:
         lm = np.asarray(landmarks, dtype=np.float32)
         if lm.shape != (68, 2):
             raise ValueError(f"expected (68, 2) landmarks, got {lm.shape}")
-        u_template = rng.random()
+        u_template, u_blur = rng.random(2)
         if template is None:
             template = self.template_names[int(u_template * len(self.template_names))]
         if template not in self.templates:
@@ -402,6 +405,11 @@ class MaskSynthesizer:
         styled = self._styled_template(tmpl, scale, rng)
         src = tmpl.anchors * np.float32(scale)
         patch, (x0, y0) = warp_template(styled, src, dst, image.shape[:2])
+        # Camera blur, so a crisp pasted edge is no giveaway; capped since real blur does not
+        # grow with face size. The label below follows the blurred alpha.
+        sigma = u_blur * min(1.2, dst_w / 120.0)
+        if patch.size and sigma > 0.3:
+            patch = cv2.GaussianBlur(patch, (0, 0), sigma)
 
         h, w = image.shape[:2]
         out = image.copy()
