@@ -230,6 +230,9 @@ def test_rejects_bad_inputs(fake_templates):
         synth.apply(draw_face(lm).astype(np.float32), lm, rng=np.random.default_rng(0))
     with pytest.raises(ValueError):
         synth.apply(draw_face(lm), lm[:5], rng=np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        MaskSynthesizer(templates_root=fake_templates, textures_root=fake_templates / "textures",
+                        p_recolor=0.7, p_texture=0.5)
     with pytest.raises(KeyError):
         synth.apply(draw_face(lm), lm, rng=np.random.default_rng(0), template="nope")
 

@@ -173,15 +173,16 @@ def target_anchors(landmarks: np.ndarray, template: MaskTemplate, *, pulled_down
     else:
         top, bottom = worn_top, worn_bottom
 
-    t = template.anchors.astype(np.float64)
-    t_len = t[4, 1] - t[1, 1]
-    frac = lambda i: (t[i, 1] - t[1, 1]) / t_len  # noqa: E731 - relative height of anchor i
+    # Each anchor's height in the template, relative to b (0) and e (1).
+    ty = template.anchors[:, 1].astype(np.float64)
+    rel = (ty - ty[1]) / (ty[4] - ty[1])
     top_level, bottom_level = level(top), level(bottom)
-    left_levels, right_levels = level(left), level(right)
     out = np.empty((6, 2))
     out[1], out[4] = top, bottom
-    for i, jaw, levels in ((0, left, left_levels), (3, left, left_levels), (2, right, right_levels), (5, right, right_levels)):
-        out[i] = _point_on_jaw_at_level(jaw, levels, top_level + frac(i) * (bottom_level - top_level))
+    for jaw, corners in ((left, (0, 3)), (right, (2, 5))):
+        levels = level(jaw)
+        for i in corners:
+            out[i] = _point_on_jaw_at_level(jaw, levels, top_level + rel[i] * (bottom_level - top_level))
     return out.astype(np.float32)
 
 
@@ -297,8 +298,13 @@ class MaskSynthesizer:
             self.texture_paths = tuple(
                 sorted(p for p in Path(textures_root).rglob("*") if p.suffix.lower() in TEXTURE_SUFFIXES)
             )
+            if not self.texture_paths:
+                logger.warning("no textures under %s; masks will not be textured", textures_root)
         self.p_recolor = p_recolor
+        # Without textures p_texture is moot, so p_recolor alone may be 1.
         self.p_texture = p_texture if self.texture_paths else 0.0
+        if not (0.0 <= p_recolor <= 1.0 and 0.0 <= self.p_texture <= 1.0 and p_recolor + self.p_texture <= 1.0):
+            raise ValueError(f"need 0 <= p_recolor + p_texture <= 1, got {p_recolor} + {self.p_texture}")
         self.brightness_range = brightness_range
         self._texture_cache: dict[Path, np.ndarray] = {}
         self._resize_cache: dict[tuple[str, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
