@@ -1,0 +1,248 @@
+"""Face-completion generator, its discriminator, parsing net, data labels and metrics.
+
+Fast and self-contained: small untrained models, no ../shared data.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from engines.models.discriminators import build_discriminator
+from engines.models.generator import (
+    ContextualAttention,
+    GeneratorConfig,
+    GeneratorWeightsError,
+    build_generator,
+    load_generator,
+    save_generator,
+    square_crop_box,
+)
+from engines.models.parsing import PARSING_CLASSES, build_parsing_net
+from training.generator_data import parsing_labels
+from training.image_metrics import psnr, ssim
+
+# Operators TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10),
+# restricted to the plain tensor ops a conv net like this one can reasonably export to.
+TENSORRT_ONNX_OPS = frozenset({
+    "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil",
+    "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "DepthToSpace", "Div",
+    "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements",
+    "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid",
+    "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual",
+    "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "Not", "Or", "Pad",
+    "Pow", "PRelu", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "Round",
+    "Shape", "Sigmoid", "Sign", "Slice", "Softmax", "Softplus", "SpaceToDepth", "Split", "Sqrt",
+    "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
+})
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def small_generator():
+    torch.manual_seed(0)
+    return build_generator(config=GeneratorConfig(size=SIZE, width=8)).eval()
+
+
+def _inputs(n: int = 2, size: int = SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, size, size, generator=g)
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, size // 2: size - 6, size // 5: size - size // 5] = 1.0
+    return image, mask
+
+
+def test_output_shape_and_range(small_generator):
+    image, mask = _inputs()
+    with torch.no_grad():
+        out = small_generator(image, mask)
+    assert out.shape == image.shape and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_empty_hole_gives_valid_output(small_generator):
+    image, _ = _inputs()
+    with torch.no_grad():
+        out = small_generator(image, torch.zeros(2, 1, SIZE, SIZE))
+    assert torch.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_pixels_inside_the_hole_are_ignored(small_generator):
+    image, mask = _inputs()
+    scribbled = image.clone()
+    scribbled[mask.expand_as(image) > 0] = torch.rand(int(mask.sum().item()) * 3)
+    with torch.no_grad():
+        a, b = small_generator(image, mask), small_generator(scribbled, mask)
+    torch.testing.assert_close(a, b)
+
+
+def test_known_pixels_change_the_output(small_generator):
+    image, mask = _inputs()
+    with torch.no_grad():
+        a = small_generator(image, mask)
+        b = small_generator(1.0 - image, mask)
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_soft_mask_is_binarised(small_generator):
+    image, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(small_generator(image, mask * 0.9), small_generator(image, mask))
+
+
+def test_contextual_attention_softmax_stays_fp32_under_bf16_autocast(small_generator):
+    image, mask = _inputs()
+    seen = []
+    real_softmax = torch.softmax
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return real_softmax(x, *args, **kwargs)
+
+    with mock.patch.object(torch, "softmax", spy), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = small_generator(image, mask)
+    assert seen and all(d == torch.float32 for d in seen)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_contextual_attention_pastes_known_features_only():
+    torch.manual_seed(0)
+    ca = ContextualAttention(scale=10.0)
+    x = torch.randn(1, 4, 16, 16)
+    keys = torch.randn(1, 3, 8, 8)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ca(x.bfloat16() * 1e3, keys.bfloat16() * 1e3, mask)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # Outside the hole the features pass through untouched.
+    keep = mask.expand_as(x) == 0
+    torch.testing.assert_close(out[keep], (x.bfloat16() * 1e3).float()[keep])
+    # Inside, every value is a convex combination of known features (within their range).
+    known = (x.bfloat16() * 1e3).float()[keep]
+    assert out[~keep].min() >= known.min() - 1e-3 and out[~keep].max() <= known.max() + 1e-3
+
+
+def test_square_crop_box_is_square_centred_and_scaled():
+    face = np.array([10.0, 20.0, 70.0, 100.0])  # 60 x 80
+    box = square_crop_box(face, crop_scale=1.5)
+    assert box.dtype == np.float32 and box.shape == (4,)
+    assert box[2] - box[0] == pytest.approx(120.0) and box[3] - box[1] == pytest.approx(120.0)
+    assert (box[0] + box[2]) / 2 == pytest.approx(40.0) and (box[1] + box[3]) / 2 == pytest.approx(60.0)
+    assert box[0] <= face[0] and box[1] <= face[1] and box[2] >= face[2] and box[3] >= face[3]
+
+
+def test_square_crop_box_rejects_bad_boxes():
+    with pytest.raises(ValueError):
+        square_crop_box(np.array([10.0, 10.0, 5.0, 30.0]), crop_scale=1.2)
+    with pytest.raises(ValueError):
+        square_crop_box(np.array([1.0, 2.0, 3.0]), crop_scale=1.2)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        GeneratorConfig(size=100)
+    with pytest.raises(ValueError):
+        GeneratorConfig(crop_scale=0.8)
+
+
+def test_save_load_roundtrip(tmp_path, small_generator):
+    path = tmp_path / "g.pt"
+    save_generator(small_generator, small_generator.config, path, meta={"steps": 3})
+    loaded, config = load_generator(path)
+    assert config == small_generator.config
+    sd = torch.load(path, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
+    image, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image, mask), small_generator(image, mask), atol=1e-2, rtol=0)
+
+
+def test_load_missing_weights_raises(tmp_path):
+    with pytest.raises(GeneratorWeightsError):
+        load_generator(tmp_path / "nope.pt")
+
+
+def test_onnx_export_parity_and_tensorrt_ops(tmp_path, small_generator):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    image, mask = _inputs(n=1)
+    program = torch.onnx.export(small_generator, (image, mask), dynamo=True,
+                                input_names=["image", "mask"], output_names=["output"])
+    path = tmp_path / "g.onnx"
+    program.save(str(path))
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["image", "mask"]
+    assert [o.name for o in model.graph.output] == ["output"]
+    ops = {node.op_type for node in model.graph.node}
+    assert ops <= TENSORRT_ONNX_OPS, f"ops TensorRT cannot parse: {sorted(ops - TENSORRT_ONNX_OPS)}"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["output"], {"image": image.numpy(), "mask": mask.numpy()})
+    with torch.no_grad():
+        ref = small_generator(image, mask).numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-3, rtol=0)
+
+
+def test_discriminator_scores_patches():
+    disc = build_discriminator()
+    image, mask = _inputs()
+    scores = disc(image, mask)
+    assert scores.shape == (2, 1, SIZE // 16, SIZE // 16) and torch.isfinite(scores).all()
+
+
+def test_parsing_net_logits_shape():
+    net = build_parsing_net().eval()
+    with torch.no_grad():
+        logits = net(torch.rand(2, 3, SIZE, SIZE))
+    assert logits.shape == (2, len(PARSING_CLASSES), SIZE, SIZE) and logits.dtype == torch.float32
+
+
+def _frontal_landmarks(size: int) -> np.ndarray:
+    """A crude frontal 68-point face centred in a size x size crop."""
+    s = size / 128.0
+    lm = np.zeros((68, 2))
+    t = np.linspace(np.pi, 2 * np.pi, 17)
+    lm[0:17] = np.stack([64 - 40 * np.cos(t), 60 - 50 * np.sin(t)], 1)  # jaw, ear to ear via chin
+    lm[17:22] = np.stack([np.linspace(34, 58, 5), np.full(5, 40.0)], 1)
+    lm[22:27] = np.stack([np.linspace(70, 94, 5), np.full(5, 40.0)], 1)
+    lm[27:31] = np.stack([np.full(4, 64.0), np.linspace(48, 70, 4)], 1)
+    lm[31:36] = np.stack([np.linspace(56, 72, 5), np.full(5, 74.0)], 1)
+    for base, cx in ((36, 46.0), (42, 82.0)):
+        a = np.linspace(0, 2 * np.pi, 7)[:6]
+        lm[base:base + 6] = np.stack([cx - 8 * np.cos(a), 50 - 3 * np.sin(a)], 1)
+    a = np.linspace(0, 2 * np.pi, 13)[:12]
+    lm[48:60] = np.stack([64 - 16 * np.cos(a), 90 - 7 * np.sin(a)], 1)
+    a = np.linspace(0, 2 * np.pi, 9)[:8]
+    lm[60:68] = np.stack([64 - 10 * np.cos(a), 90 - 2 * np.sin(a)], 1)
+    return lm * s
+
+
+def test_parsing_labels_put_parts_where_the_landmarks_are():
+    labels = parsing_labels(_frontal_landmarks(128), 128)
+    cls = {n: i for i, n in enumerate(PARSING_CLASSES)}
+    assert labels.shape == (128, 128) and labels.dtype == np.uint8
+    assert labels[2, 2] == cls["background"]
+    assert labels[50, 46] == cls["eye_left"] and labels[50, 82] == cls["eye_right"]
+    assert labels[65, 64] == cls["nose"]
+    assert labels[90, 64] == cls["inner_mouth"]
+    assert labels[100, 40] == cls["skin"]
+    assert set(np.unique(labels)) == set(range(len(PARSING_CLASSES)))
+
+
+def test_metrics_identity_and_ordering():
+    a = torch.rand(2, 3, 32, 32)
+    noisy = (a + 0.05 * torch.randn_like(a)).clamp(0, 1)
+    very_noisy = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-5)
+    assert (psnr(a, noisy) > psnr(a, very_noisy)).all()
+    assert (ssim(a, noisy) > ssim(a, very_noisy)).all()
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    b = a.clone()
+    b[..., :4, :4] = 1 - b[..., :4, :4]  # error outside the mask only
+    assert (psnr(b, a, mask) > 90).all()
