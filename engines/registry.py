@@ -1,0 +1,208 @@
+"""The shipped models by name, and loading them on any backend behind the engine interface."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engines.runtime import BACKENDS, BackendUnavailableError, Engine, EngineError, EngineMismatchError, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+class WeightsNotFoundError(EngineError):
+    """The shipped weights file is missing."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to turn a weights file into a runnable module and describe its tensors.
+
+    load: weights path -> (module whose forward takes the inputs in order and returns the
+        outputs in order, model config).
+    specs: model config -> (input specs, output specs).
+    exporter: which torch ONNX exporter handles the graph ("legacy" for torchvision's
+        detection ops, "dynamo" for unfold/fold).
+    """
+
+    name: str
+    filename: str
+    load: Callable[[Path], tuple[nn.Module, Any]]
+    specs: Callable[[Any], tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]
+    exporter: str
+
+    @property
+    def weights(self) -> Path:
+        return WEIGHTS_DIR / self.filename
+
+
+def _load_detector(path: Path) -> tuple[nn.Module, Any]:
+    from engines.models.detector import DetectorExport, load_detector
+
+    model, config = load_detector(path)
+    return DetectorExport(model).eval(), config
+
+
+def _detector_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    h, w = config.input_size
+    return (
+        (TensorSpec("image", (1, 3, h, w), "float32"),),
+        (
+            TensorSpec("boxes", ("N", 4), "float32"),
+            TensorSpec("labels", ("N",), "int64"),
+            TensorSpec("scores", ("N",), "float32"),
+            TensorSpec("masks", ("N", 1, h, w), "float32"),
+        ),
+    )
+
+
+def _load_generator(path: Path) -> tuple[nn.Module, Any]:
+    from engines.models.generator import load_generator
+
+    model, config = load_generator(path)
+    return model.eval(), config
+
+
+def _generator_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    s = config.size
+    return (
+        (TensorSpec("image", ("N", 3, s, s), "float32"), TensorSpec("mask", ("N", 1, s, s), "float32")),
+        (TensorSpec("output", ("N", 3, s, s), "float32"),),
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    "detector": ModelSpec("detector", "detector_mobilenet_v3.pt", _load_detector, _detector_specs, "legacy"),
+    "generator": ModelSpec("generator", "generator_128.pt", _load_generator, _generator_specs, "dynamo"),
+}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_path(name: str, weights: Path | None = None) -> Path:
+    spec = MODELS[name]
+    path = weights or spec.weights
+    if not path.exists():
+        raise WeightsNotFoundError(f"{name}: weights {path} not found")
+    return path
+
+
+def onnx_path(name: str, artifacts: Path = ARTIFACTS_DIR) -> Path:
+    return artifacts / f"{name}.onnx"
+
+
+def read_sidecar(artifact: Path) -> dict[str, Any]:
+    sidecar = artifact.with_name(artifact.name + ".json")
+    if not sidecar.exists():
+        raise EngineMismatchError(f"{artifact}: no metadata sidecar {sidecar.name}; rebuild with build_engines.py")
+    return json.loads(sidecar.read_text())
+
+
+def check_sidecar(artifact: Path, *, model: str, weights: Path) -> dict[str, Any]:
+    """Refuse an artefact built from other weights or for another model."""
+    meta = read_sidecar(artifact)
+    if meta.get("model") != model:
+        raise EngineMismatchError(f"{artifact}: built for model {meta.get('model')!r}, not {model!r}; rebuild")
+    if meta.get("weights_sha256") != file_sha256(weights):
+        raise EngineMismatchError(f"{artifact}: built from other weights than {weights.name}; rebuild with build_engines.py")
+    return meta
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    engine: Engine
+    config: Any
+    weights: Path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError("--device cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def _artifact_ready(path: Path, *, model: str, weights: Path) -> bool:
+    try:
+        check_sidecar(path, model=model, weights=weights)
+    except EngineMismatchError as exc:
+        if path.exists():
+            logger.warning("%s", exc)
+        return False
+    return path.exists()
+
+
+def resolve_backend(name: str, backend: str, device: torch.device, *, weights: Path,
+                    artifacts: Path = ARTIFACTS_DIR) -> str:
+    """``auto``: TensorRT on CUDA when an engine is built, ONNX Runtime on CPU when its export is
+    built (faster than eager torch there), torch otherwise."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise EngineError(f"unknown backend {backend!r}")
+        return backend
+    if device.type == "cuda":
+        from engines.backends.tensorrt_backend import engine_path, tensorrt_available
+
+        if tensorrt_available() and _artifact_ready(engine_path(name, artifacts), model=name, weights=weights):
+            return "tensorrt"
+        return "torch"
+    if _artifact_ready(onnx_path(name, artifacts), model=name, weights=weights):
+        return "onnxruntime"
+    return "torch"
+
+
+def load_model(
+    name: str,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    weights: Path | None = None,
+    artifacts: Path = ARTIFACTS_DIR,
+    threads: int | None = None,
+) -> LoadedModel:
+    """Load a shipped model by name on a backend; ``auto`` picks and logs the fastest available."""
+    if name not in MODELS:
+        raise EngineError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    spec = MODELS[name]
+    path = weights_path(name, weights)
+    dev = resolve_device(device)
+    chosen = resolve_backend(name, backend, dev, weights=path, artifacts=artifacts)
+    module, config = spec.load(path)
+    inputs, outputs = spec.specs(config)
+    if chosen == "torch":
+        from engines.backends.torch_backend import TorchEngine
+
+        engine: Engine = TorchEngine(module, inputs=inputs, outputs=outputs, device=dev, half=dev.type == "cuda")
+    elif chosen == "onnxruntime":
+        from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
+
+        artifact = onnx_path(name, artifacts)
+        if not artifact.exists():
+            raise EngineMismatchError(f"{artifact} not found; run build_engines.py first")
+        check_sidecar(artifact, model=name, weights=path)
+        engine = OnnxRuntimeEngine(artifact, device=dev, threads=threads)
+    else:
+        from engines.backends.tensorrt_backend import TensorRTEngine, engine_path
+
+        engine = TensorRTEngine(engine_path(name, artifacts), model=name, weights=path, device=dev)
+    logger.info("%s: %s backend on %s (weights %s)", name, chosen, dev, path.name)
+    return LoadedModel(name=name, engine=engine, config=config, weights=path)

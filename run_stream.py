@@ -1,0 +1,179 @@
+"""Remove face masks from a video file, a stream, a webcam or photos.
+
+    python run_stream.py --input clip.mp4 --output unmasked.mp4
+    python run_stream.py --input 0 --show
+    python run_stream.py --input photos/ --output unmasked/ --detections faces.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from engines.registry import LoadedModel, file_sha256, load_model
+from engines.runtime import EngineError
+from stream.detect import DetectorSettings, FaceDetector
+from stream.inpaint import FaceInpainter
+from stream.pipeline import DetectStage, InpaintStage, Pipeline, PipelineConfig, TrackStage
+from stream.records import Frame
+from stream.report import RunStats
+from stream.sink import DetectionsSink, EncoderSettings, PreviewSink, Sink, SinkError, open_sink
+from stream.source import ImageSource, ReconnectPolicy, Source, SourceError, open_source
+from stream.track import FaceTracker, TrackerConfig
+
+logger = logging.getLogger("run_stream")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True,
+                   help="video file, image, image directory, rtsp/rtmp/http URL, webcam index or /dev/videoN")
+    p.add_argument("--output", help="video file (.mp4 .mkv .mov .avi .webm .ts), image, directory, or rtsp/rtmp/udp URL")
+    p.add_argument("--show", action="store_true", help="preview window (needs opencv-python with GUI)")
+    p.add_argument("--no-overlays", action="store_true", help="preview without boxes and track ids")
+    p.add_argument("--detections", type=Path, help="write per-frame faces as JSON lines (masks as COCO RLE)")
+    p.add_argument("--report", type=Path, help="write a JSON report: counts, FPS, per-stage latency, models")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--detect-every", type=int, default=1, metavar="N", help="run the detector on every N-th frame")
+    p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
+    p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score)
+    p.add_argument("--crf", type=int, default=EncoderSettings.crf, help="x264 quality (lower is better)")
+    p.add_argument("--preset", default=EncoderSettings.preset, help="x264 preset")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--queue-size", type=int, default=PipelineConfig.queue_size)
+    p.add_argument("--sequential", action="store_true", help="no threads, no overlap (a baseline)")
+    p.add_argument("--detector-weights", type=Path, help="detector weights (default: the shipped model)")
+    p.add_argument("--generator-weights", type=Path, help="generator weights (default: the shipped model)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+@dataclass(frozen=True)
+class Models:
+    detector: LoadedModel
+    generator: LoadedModel
+
+    def describe(self) -> dict[str, object]:
+        return {
+            m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
+                     "backend": m.engine.backend, "device": str(m.engine.device)}
+            for m in (self.detector, self.generator)
+        }
+
+
+def load_models(args: argparse.Namespace) -> Models:
+    kwargs = dict(backend=args.backend, device=args.device, threads=args.threads)
+    return Models(
+        detector=load_model("detector", weights=args.detector_weights, **kwargs),
+        generator=load_model("generator", weights=args.generator_weights, **kwargs),
+    )
+
+
+def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argparse.Namespace) -> Pipeline:
+    still = isinstance(source, ImageSource)
+    # Photos are unrelated to each other: every frame is detected and no track waits to be confirmed.
+    detect_every = 1 if still else args.detect_every
+    tracker = FaceTracker(TrackerConfig(initialization_delay=0, hit_counter_max=1) if still else TrackerConfig())
+    detector = FaceDetector(
+        models.detector.engine, models.detector.config,
+        settings=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
+    )
+    stages = [
+        DetectStage(detector, every=detect_every),
+        TrackStage(tracker, detect_every=detect_every),
+        InpaintStage(FaceInpainter(models.generator.engine, models.generator.config)),
+    ]
+    config = PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames)
+    return Pipeline(source, stages, sinks, config=config)
+
+
+def open_sinks(source: Source, args: argparse.Namespace) -> list[Sink]:
+    sinks: list[Sink] = []
+    try:
+        if args.output:
+            sinks.append(open_sink(args.output, source.info, settings=EncoderSettings(crf=args.crf, preset=args.preset)))
+        if args.detections:
+            sinks.append(DetectionsSink(args.detections))
+        if args.show:
+            sinks.append(PreviewSink(overlays=not args.no_overlays))
+    except SinkError:
+        for sink in sinks:
+            sink.close(complete=False)
+        raise
+    return sinks
+
+
+def write_report(path: Path, stats: RunStats, models: Models, source: Source) -> None:
+    report = {
+        "input": {"width": source.info.width, "height": source.info.height, "live": source.live,
+                  "rate": float(source.info.rate) if source.info.rate else None},
+        "run": stats.summary(),
+        "models": models.describe(),
+        "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace) -> RunStats:
+    if not (args.output or args.show or args.detections):
+        raise SinkError("nothing to do: give --output, --show or --detections")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    source = open_source(args.input, policy=ReconnectPolicy())
+    try:
+        models = load_models(args)
+        sinks = open_sinks(source, args)
+    except BaseException:
+        source.close()
+        raise
+    pipeline = build_pipeline(source, models, sinks, args)
+    progress = tqdm(total=source.info.frame_count, unit="frame", disable=args.no_progress, dynamic_ncols=True)
+    preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
+
+    def on_frame(frame: Frame) -> None:
+        progress.update(1)
+        if preview is not None and preview.closed_by_user:
+            pipeline.stop()
+
+    pipeline.on_frame = on_frame
+    try:
+        stats = pipeline.run()
+    finally:
+        progress.close()
+        if args.report:
+            write_report(args.report, pipeline.stats, models, source)
+    logger.info(
+        "%d frames in %.1f s (%.1f FPS), %d dropped, %d corrupt",
+        stats.frames_written, stats.wall_seconds, stats.fps, stats.frames_dropped, stats.frames_corrupt,
+    )
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (SourceError, SinkError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: output closed at the last written frame", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Detect: faces and the masks worn on them, from the Mask R-CNN engine, in frame pixels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from engines.models.detector import FACE, FACE_MASK, DetectorConfig
+from engines.runtime import Engine
+from stream.records import Detections
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """face_score / mask_score: minimum confidence of a face box and of a face_mask instance.
+    mask_overlap: share of a face_mask box that must lie inside a face box to belong to it.
+    """
+
+    face_score: float = 0.5
+    mask_score: float = 0.4
+    mask_overlap: float = 0.5
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Resize keeping aspect ratio, pad right and bottom; ``scale`` maps frame to input pixels."""
+
+    scale: float
+    width: int
+    height: int
+
+    @classmethod
+    def fit(cls, frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
+        scale = min(input_hw[0] / frame_hw[0], input_hw[1] / frame_hw[1])
+        return cls(scale, max(1, round(frame_hw[1] * scale)), max(1, round(frame_hw[0] * scale)))
+
+    def apply(self, image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+        """(H, W, 3) uint8 -> (input H, input W, 3) uint8 with zero padding."""
+        interp = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (self.width, self.height), interpolation=interp)
+        out = np.zeros((*input_hw, 3), np.uint8)
+        out[: self.height, : self.width] = resized
+        return out
+
+
+def _overlap(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """Share of each ``inner`` box (M, 4) covered by each ``outer`` box (F, 4): (M, F)."""
+    x1 = np.maximum(inner[:, None, 0], outer[None, :, 0])
+    y1 = np.maximum(inner[:, None, 1], outer[None, :, 1])
+    x2 = np.minimum(inner[:, None, 2], outer[None, :, 2])
+    y2 = np.minimum(inner[:, None, 3], outer[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (inner[:, 2] - inner[:, 0]) * (inner[:, 3] - inner[:, 1])
+    return inter / np.maximum(area[:, None], 1e-6)
+
+
+class FaceDetector:
+    """Runs the detector engine on a frame and pairs each face_mask with the face wearing it."""
+
+    def __init__(self, engine: Engine, config: DetectorConfig, *, settings: DetectorSettings = DetectorSettings()) -> None:
+        self.engine = engine
+        self.config = config
+        self.settings = settings
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        """image: (H, W, 3) uint8 RGB. Returns detections in the same pixel frame."""
+        h, w = image.shape[:2]
+        input_hw = tuple(self.config.input_size)
+        box = Letterbox.fit((h, w), input_hw)
+        tensor = torch.from_numpy(box.apply(image, input_hw)).permute(2, 0, 1)[None].float().div_(255.0)
+        out = self.engine.run({"image": tensor})
+        boxes = out["boxes"].cpu().numpy().astype(np.float32) / box.scale
+        labels = out["labels"].cpu().numpy()
+        scores = out["scores"].cpu().numpy().astype(np.float32)
+        faces = np.flatnonzero((labels == FACE) & (scores >= self.settings.face_score))
+        worn = np.flatnonzero((labels == FACE_MASK) & (scores >= self.settings.mask_score))
+        if len(faces) == 0:
+            return Detections.empty(h, w)
+        face_boxes = np.clip(boxes[faces], 0, [w, h, w, h]).astype(np.float32)
+        masks = np.zeros((len(faces), h, w), bool)
+        if len(worn):
+            overlap = _overlap(boxes[worn], face_boxes)
+            probs = out["masks"][torch.from_numpy(worn), 0].cpu().numpy()
+            for k, i in enumerate(worn):
+                owner = int(overlap[k].argmax())
+                if overlap[k, owner] < self.settings.mask_overlap:
+                    continue
+                valid = probs[k, : box.height, : box.width]
+                full = cv2.resize(valid, (w, h), interpolation=cv2.INTER_LINEAR)
+                masks[owner] |= full > 0.5
+        return Detections(boxes=face_boxes, scores=scores[faces], masks=masks)

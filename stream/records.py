@@ -1,0 +1,88 @@
+"""The typed records that flow through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one frame, in source-frame pixels.
+
+    boxes:  (N, 4) float32, xyxy pixels, the whole-face box.
+    scores: (N,) float32, face confidence in [0, 1].
+    masks:  (N, H, W) bool, full-frame segmentation of the mask worn on each face
+            (all False where the face wears none).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        if self.boxes.shape != (n, 4) or self.scores.shape != (n,) or len(self.masks) != n:
+            raise ValueError(
+                f"inconsistent detections: boxes {self.boxes.shape}, scores {self.scores.shape}, "
+                f"masks {self.masks.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> Detections:
+        return cls(
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+            masks=np.zeros((0, height, width), bool),
+        )
+
+
+@dataclass(frozen=True)
+class Track:
+    """One tracked face in one frame, in source-frame pixels.
+
+    box:  (4,) float32 xyxy pixels (smoothed when temporal smoothing is on).
+    mask: (H, W) bool full-frame mask region to reconstruct (may be all False).
+    """
+
+    track_id: int
+    box: np.ndarray
+    score: float
+    mask: np.ndarray
+
+
+@dataclass
+class Frame:
+    """One frame and everything the stages learned about it.
+
+    image:  (H, W, 3) uint8 RGB, the decoded frame; never modified in place.
+    output: (H, W, 3) uint8 RGB, the frame to encode; set by the inpaint stage.
+    pts:    presentation timestamp in ``time_base`` units (None for still images).
+    latency: seconds spent in each stage, keyed by stage name.
+    """
+
+    index: int
+    image: np.ndarray
+    pts: int | None = None
+    time_base: Fraction | None = None
+    file: str | None = None
+    detections: Detections | None = None
+    tracks: list[Track] = field(default_factory=list)
+    output: np.ndarray | None = None
+    latency: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float | None:
+        if self.pts is None or self.time_base is None:
+            return None
+        return float(self.pts * self.time_base)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.image.shape[0], self.image.shape[1]

@@ -1,0 +1,100 @@
+"""Run statistics: frame counts, throughput and per-stage latency, for the report and the benchmark."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream.records import Frame
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Milliseconds."""
+
+    p50: float
+    p95: float
+    mean: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> LatencySummary:
+        if not seconds:
+            return cls(float("nan"), float("nan"), float("nan"))
+        ms = np.asarray(seconds) * 1000.0
+        return cls(float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(ms.mean()))
+
+
+@dataclass
+class RunStats:
+    """Counts and timings of one run; thread-safe counters, summaries computed at the end.
+
+    frames_dropped: frames a live source lost because the pipeline fell behind.
+    frames_corrupt: frames or packets the decoder could not read and skipped.
+    """
+
+    stage_names: list[str]
+    frames_read: int = 0
+    frames_written: int = 0
+    frames_dropped: int = 0
+    frames_corrupt: int = 0
+    wall_seconds: float = 0.0
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    fps_timeline: list[tuple[float, float]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _t0: float = 0.0
+    _window: list[float] = field(default_factory=list, repr=False)
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def count_read(self) -> None:
+        with self._lock:
+            self.frames_read += 1
+
+    def count_dropped(self) -> None:
+        with self._lock:
+            self.frames_dropped += 1
+
+    def count_written(self, frame: Frame) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            self.frames_written += 1
+            for name, value in frame.latency.items():
+                if name == "decode_at":
+                    self.latencies.setdefault("end_to_end", []).append(now - value)
+                else:
+                    self.latencies.setdefault(name, []).append(value)
+            self._window.append(now)
+            if len(self._window) >= 10:
+                span = self._window[-1] - self._window[0]
+                self.fps_timeline.append((now - self._t0, (len(self._window) - 1) / span if span > 0 else 0.0))
+                self._window = self._window[-1:]
+
+    def finish(self, *, corrupt: int) -> None:
+        self.wall_seconds = time.perf_counter() - self._t0
+        self.frames_corrupt = corrupt
+
+    @property
+    def fps(self) -> float:
+        return self.frames_written / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+    def latency(self, name: str) -> LatencySummary:
+        return LatencySummary.of(self.latencies.get(name, []))
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-ready summary (the ``--report`` file's ``run`` section)."""
+        names = [*self.stage_names, "encode", "end_to_end"]
+        return {
+            "frames_read": self.frames_read,
+            "frames_written": self.frames_written,
+            "frames_dropped": self.frames_dropped,
+            "frames_corrupt": self.frames_corrupt,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "fps": round(self.fps, 2),
+            "latency_ms": {
+                n: {k: round(v, 2) for k, v in vars(self.latency(n)).items()} for n in names if n in self.latencies
+            },
+        }

@@ -1,0 +1,287 @@
+"""Sinks: encoded video (file or live stream), still images, detections JSONL and a preview window."""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from stream.records import Frame
+from stream.source import IMAGE_EXTENSIONS, SourceInfo
+
+logger = logging.getLogger(__name__)
+
+# extension -> (container format, video encoder)
+VIDEO_CONTAINERS: dict[str, tuple[str, str]] = {
+    ".mp4": ("mp4", "libx264"),
+    ".m4v": ("mp4", "libx264"),
+    ".mov": ("mov", "libx264"),
+    ".mkv": ("matroska", "libx264"),
+    ".avi": ("avi", "libx264"),
+    ".ts": ("mpegts", "libx264"),
+    ".flv": ("flv", "libx264"),
+    ".webm": ("webm", "libvpx-vp9"),
+}
+# URL scheme -> container format for live re-streaming
+STREAM_FORMATS = {"rtsp://": "rtsp", "rtmp://": "flv", "udp://": "mpegts", "srt://": "mpegts"}
+
+
+class SinkError(RuntimeError):
+    """The output cannot be created or written."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """H.264 settings: constant rate factor (lower is better) and x264 preset (faster is cheaper)."""
+
+    crf: int = 20
+    preset: str = "veryfast"
+
+
+class Sink(abc.ABC):
+    @abc.abstractmethod
+    def write(self, frame: Frame) -> None: ...
+
+    def close(self, *, complete: bool = True) -> None:
+        """Finish the output so it is valid; called once, also after an error or Ctrl-C
+        (``complete=False``: the input was not read to its end)."""
+
+
+def _check_writable_dir(directory: Path, what: str) -> None:
+    if not directory.is_dir():
+        raise SinkError(f"{what}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise SinkError(f"{what}: directory {directory} is not writable")
+
+
+class _AudioCopier:
+    """Copies the input's audio packets into the output, untouched, interleaved with the video."""
+
+    def __init__(self, source: Path, output: av.container.OutputContainer) -> None:
+        self._input = av.open(str(source))
+        in_stream = self._input.streams.audio[0]
+        self._out_stream = output.add_stream_from_template(in_stream)
+        self._output = output
+        self._tb = in_stream.time_base
+        self._packets: Iterator[av.Packet] = self._input.demux(in_stream)
+        self._pending: av.Packet | None = None
+        self.copied = 0
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Mux every audio packet that starts before ``seconds`` (None: all that are left)."""
+        while True:
+            packet = self._pending or next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                return
+            if packet.dts is None:  # demuxer flush packet
+                continue
+            if seconds is not None and packet.pts is not None and float(packet.pts * self._tb) > seconds:
+                self._pending = packet
+                return
+            packet.stream = self._out_stream
+            self._output.mux(packet)
+            self.copied += 1
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class VideoSink(Sink):
+    """H.264 (or VP9 for .webm) through PyAV to a file or a live URL, keeping source timestamps.
+
+    Files are written under a ``.partial`` name and renamed when finished, so an output that
+    looks complete always is; the audio of ``info.audio_path`` is copied through.
+    """
+
+    def __init__(self, target: str, info: SourceInfo, *, settings: EncoderSettings = EncoderSettings()) -> None:
+        self.target = target
+        self.live = target.startswith(tuple(STREAM_FORMATS))
+        if self.live:
+            fmt = next(f for scheme, f in STREAM_FORMATS.items() if target.startswith(scheme))
+            codec = "libx264"
+            self._final: Path | None = None
+            open_target = target
+        else:
+            path = Path(target)
+            if path.suffix.lower() not in VIDEO_CONTAINERS:
+                raise SinkError(f"{target}: no known video container for extension {path.suffix or '(none)'!r}")
+            _check_writable_dir(path.parent if str(path.parent) else Path("."), target)
+            fmt, codec = VIDEO_CONTAINERS[path.suffix.lower()]
+            self._final = path
+            open_target = str(path.with_name(f"{path.stem}.partial{path.suffix}"))
+        self._open_target = open_target
+        try:
+            options = {"rtsp_transport": "tcp"} if fmt == "rtsp" else {}
+            self._container = av.open(open_target, "w", format=fmt, options=options)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SinkError(f"{target}: cannot open for writing ({exc})") from exc
+        rate = info.rate or Fraction(25)
+        stream = self._container.add_stream(codec, rate=rate)
+        stream.width, stream.height = info.width, info.height
+        # yuv420p halves chroma resolution and so needs even sizes; odd frames keep full chroma.
+        even = info.width % 2 == 0 and info.height % 2 == 0
+        stream.pix_fmt = "yuv420p" if even or codec != "libx264" else "yuv444p"
+        # The muxer may pick its own stream time base when it writes the header; frames are
+        # stamped in the source's time base, which the encoder keeps.
+        self._time_base = info.time_base or 1 / rate
+        stream.time_base = self._time_base
+        stream.codec_context.time_base = self._time_base
+        if codec == "libx264":
+            opts = {"crf": str(settings.crf), "preset": settings.preset}
+            if self.live:
+                opts["tune"] = "zerolatency"
+            stream.options = opts
+        self._stream = stream
+        self._audio = (
+            _AudioCopier(info.audio_path, self._container)
+            if info.audio_path is not None and not self.live else None
+        )
+        self.frames_written = 0
+        self._last_seconds: float | None = None
+        self._next_pts = 0
+
+    def write(self, frame: Frame) -> None:
+        image = frame.output if frame.output is not None else frame.image
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        if frame.pts is not None and frame.time_base == self._time_base:
+            vf.pts = frame.pts
+        else:
+            vf.pts = self._next_pts
+        self._next_pts = vf.pts + 1
+        vf.time_base = self._time_base
+        if self._audio is not None and frame.seconds is not None:
+            self._audio.copy_until(frame.seconds)
+            self._last_seconds = frame.seconds
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self, *, complete: bool = True) -> None:
+        """Flush the encoder and write the trailer; with ``complete=False`` (interrupted run)
+        audio is cut where the video stopped."""
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._audio.copy_until(None if complete else self._last_seconds)
+                self._audio.close()
+            self._container.close()
+        except av.error.FFmpegError as exc:
+            raise SinkError(f"{self.target}: could not finish the output ({exc})") from exc
+        if self._final is not None:
+            if self.frames_written == 0:
+                os.unlink(self._open_target)
+                raise SinkError(f"{self.target}: no frame was written; no output left")
+            os.replace(self._open_target, self._final)
+
+
+class ImageSink(Sink):
+    """Writes frames as images: into a directory (source names, or frame numbers for video)
+    or to one image file (single-image input)."""
+
+    def __init__(self, target: Path, info: SourceInfo) -> None:
+        self.single = target.suffix.lower() in IMAGE_EXTENSIONS and not target.is_dir()
+        if self.single:
+            if info.frame_count != 1:
+                raise SinkError(f"{target}: an image file can take one frame; the input has more (use a directory)")
+            _check_writable_dir(target.parent if str(target.parent) else Path("."), str(target))
+        else:
+            if target.suffix:
+                raise SinkError(f"{target}: no known container for extension {target.suffix!r}")
+            target.mkdir(parents=True, exist_ok=True)
+            _check_writable_dir(target, str(target))
+        self.target = target
+        self.frames_written = 0
+
+    def write(self, frame: Frame) -> None:
+        image = frame.output if frame.output is not None else frame.image
+        if self.single:
+            path = self.target
+        else:
+            path = self.target / (frame.file or f"{frame.index:06d}.png")
+        # Write then rename, so an interrupted run never leaves a truncated image behind.
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise SinkError(f"{path}: cannot write image")
+        os.replace(tmp, path)
+        self.frames_written += 1
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, object]:
+    """COCO RLE of a (H, W) bool mask: {"size": [h, w], "counts": str}."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+class DetectionsSink(Sink):
+    """One JSON line per frame: tracks with box, score and the mask as COCO RLE."""
+
+    def __init__(self, path: Path) -> None:
+        _check_writable_dir(path.parent if str(path.parent) else Path("."), str(path))
+        self._file = open(path, "w", encoding="utf-8")
+
+    def write(self, frame: Frame) -> None:
+        faces = [
+            {
+                "track_id": t.track_id,
+                "box": [round(float(v), 2) for v in t.box],
+                "score": round(float(t.score), 4),
+                "mask_rle": encode_rle(t.mask),
+            }
+            for t in frame.tracks
+        ]
+        record = {"frame": frame.index, "pts": frame.seconds, "file": frame.file, "faces": faces}
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self, *, complete: bool = True) -> None:
+        self._file.close()
+
+
+class PreviewSink(Sink):
+    """An OpenCV window; needs OpenCV built with GUI support (``opencv-python``)."""
+
+    WINDOW = "unmask"
+
+    def __init__(self, *, overlays: bool = True) -> None:
+        try:
+            cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise SinkError("--show needs OpenCV with GUI support (pip install opencv-python) and a display") from exc
+        self.overlays = overlays
+        self.closed_by_user = False
+
+    def write(self, frame: Frame) -> None:
+        image = cv2.cvtColor(frame.output if frame.output is not None else frame.image, cv2.COLOR_RGB2BGR)
+        if self.overlays:
+            for t in frame.tracks:
+                x1, y1, x2, y2 = (int(v) for v in t.box)
+                cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
+                cv2.putText(image, f"#{t.track_id}", (x1, max(0, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.6, (0, 255, 0), 2)
+        cv2.imshow(self.WINDOW, image)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.closed_by_user = True
+
+    def close(self, *, complete: bool = True) -> None:
+        cv2.destroyWindow(self.WINDOW)
+
+
+def open_sink(target: str, info: SourceInfo, *, settings: EncoderSettings = EncoderSettings()) -> Sink:
+    """A sink for ``target``: a stream URL, a video file, an image file or a directory."""
+    if target.startswith(tuple(STREAM_FORMATS)):
+        return VideoSink(target, info, settings=settings)
+    path = Path(target)
+    if path.suffix.lower() in VIDEO_CONTAINERS:
+        return VideoSink(target, info, settings=settings)
+    return ImageSink(path, info)

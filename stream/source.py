@@ -1,0 +1,340 @@
+"""Sources: video files, network streams, webcams and still images, decoded to RGB frames."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from stream.records import Frame
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "udp://", "srt://", "tcp://")
+URL_SCHEMES = LIVE_SCHEMES + ("http://", "https://")
+
+# Live streams are stamped with wall-clock time: their own timestamps restart on reconnect.
+LIVE_TIME_BASE = Fraction(1, 1000)
+
+
+class SourceError(RuntimeError):
+    """The input cannot be opened or read."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the sinks need to know about the input.
+
+    rate: nominal frames per second (None for still images).
+    frame_count: frames expected, when the container says (None when unknown or live).
+    audio_path: a file whose audio stream is copied to the output (None when there is none).
+    """
+
+    width: int
+    height: int
+    rate: Fraction | None
+    time_base: Fraction | None
+    frame_count: int | None
+    live: bool
+    audio_path: Path | None = None
+
+
+class Source(abc.ABC):
+    """An iterable of frames. ``live`` sources may have frames dropped downstream."""
+
+    info: SourceInfo
+    corrupt_frames: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.info.live
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None:
+        """Release the device or connection; safe to call twice and from another thread."""
+
+
+def _first_video_stream(container: av.container.InputContainer, name: str) -> av.VideoStream:
+    if not container.streams.video:
+        raise SourceError(f"{name}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+class VideoFileSource(Source):
+    """A video file decoded with PyAV; every frame is kept, corrupt ones are skipped and counted."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise SourceError(f"{path}: no such file")
+        if path.is_dir():
+            raise SourceError(f"{path}: is a directory with no images")
+        try:
+            self._container = av.open(str(path), metadata_errors="ignore")
+        except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{path}: not a readable video ({exc.__class__.__name__})") from exc
+        stream = _first_video_stream(self._container, str(path))
+        if stream.codec_context.width <= 0:
+            self._container.close()
+            raise SourceError(f"{path}: video stream has no frame size (corrupt header?)")
+        self._stream = stream
+        self._path = path
+        has_audio = bool(self._container.streams.audio)
+        self.info = SourceInfo(
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            rate=stream.average_rate or stream.guessed_rate,
+            time_base=stream.time_base,
+            frame_count=stream.frames or None,
+            live=False,
+            audio_path=path if has_audio else None,
+        )
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        rate = self.info.rate or Fraction(25)
+        tb = self.info.time_base
+        try:
+            for packet in self._container.demux(self._stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as exc:
+                    # One damaged packet must not cost the rest of the video.
+                    self.corrupt_frames += 1
+                    logger.warning("%s: skipped a corrupt packet at pts %s (%s)", self._path, packet.pts, exc)
+                    continue
+                for vf in decoded:
+                    pts = vf.pts if vf.pts is not None else int(index / rate / tb)
+                    yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
+                    index += 1
+        except av.error.FFmpegError as exc:
+            # Demuxing failures mean the rest of the file is unreadable (truncated data).
+            self.corrupt_frames += 1
+            logger.warning("%s: stopped reading after %d frames: %s", self._path, index, exc)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How a network source retries.
+
+    open_timeout: seconds to keep trying before the first frame arrives.
+    give_up_after: seconds without a frame, once streaming, before the source ends with an error.
+    backoff: first wait between attempts, doubled each time up to max_backoff.
+    read_timeout: seconds a blocked read may wait before the connection counts as dropped.
+    """
+
+    open_timeout: float = 10.0
+    give_up_after: float = 30.0
+    backoff: float = 0.5
+    max_backoff: float = 5.0
+    read_timeout: float = 5.0
+
+
+class NetworkSource(Source):
+    """RTSP/RTMP/UDP/HTTP/HLS through PyAV, reconnecting with backoff when the stream drops."""
+
+    def __init__(self, url: str, *, policy: ReconnectPolicy = ReconnectPolicy()) -> None:
+        self.url = url
+        self.policy = policy
+        self._closed = threading.Event()
+        self._container: av.container.InputContainer | None = None
+        self.reconnects = 0
+        self._live = url.startswith(LIVE_SCHEMES)
+        container = self._open_with_retry(deadline=time.monotonic() + policy.open_timeout, first=True)
+        stream = container.streams.video[0]
+        self.info = SourceInfo(
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            rate=stream.average_rate or stream.guessed_rate or Fraction(30),
+            time_base=LIVE_TIME_BASE if self._live else stream.time_base,
+            frame_count=None,
+            live=self._live,
+        )
+
+    def _options(self) -> dict[str, str]:
+        if self.url.startswith(("rtsp://", "rtsps://")):
+            return {"rtsp_transport": "tcp", "fflags": "nobuffer", "flags": "low_delay", "max_delay": "500000"}
+        if self.url.startswith(("http://", "https://")):
+            return {"reconnect": "1", "reconnect_streamed": "1"}
+        return {"fflags": "nobuffer", "flags": "low_delay"}
+
+    def _open(self) -> av.container.InputContainer:
+        container = av.open(
+            self.url, options=self._options(), timeout=(self.policy.open_timeout, self.policy.read_timeout)
+        )
+        _first_video_stream(container, self.url)
+        return container
+
+    def _open_with_retry(self, *, deadline: float, first: bool) -> av.container.InputContainer:
+        wait = self.policy.backoff
+        while True:
+            try:
+                self._container = self._open()
+                return self._container
+            except (av.error.FFmpegError, OSError, SourceError) as exc:
+                if self._closed.is_set():
+                    raise SourceError(f"{self.url}: closed while connecting") from exc
+                if time.monotonic() + wait > deadline:
+                    verb = "cannot open" if first else "lost and could not reconnect to"
+                    raise SourceError(f"{self.url}: {verb} the stream ({exc})") from exc
+                logger.warning("%s: %s; retrying in %.1f s", self.url, exc, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, self.policy.max_backoff)
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        start = time.monotonic()
+        while not self._closed.is_set():
+            container = self._container
+            try:
+                assert container is not None
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for vf in container.decode(stream):
+                    if self._closed.is_set():
+                        return
+                    if self._live:
+                        pts, tb = int((time.monotonic() - start) / LIVE_TIME_BASE), LIVE_TIME_BASE
+                    else:
+                        pts, tb = vf.pts, stream.time_base
+                    yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
+                    index += 1
+                if not self._live:
+                    return
+                logger.warning("%s: stream ended; reconnecting", self.url)
+            except av.error.FFmpegError as exc:
+                if self._closed.is_set():
+                    return
+                logger.warning("%s: stream dropped (%s); reconnecting", self.url, exc)
+            self._close_container()
+            self.reconnects += 1
+            self._open_with_retry(deadline=time.monotonic() + self.policy.give_up_after, first=False)
+
+    def _close_container(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except av.error.FFmpegError:
+                pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._close_container()
+
+
+class WebcamSource(Source):
+    """A local camera through OpenCV (V4L2 on Linux): ``0`` or ``/dev/video0``."""
+
+    def __init__(self, device: int | str, *, width: int | None = None, height: int | None = None) -> None:
+        self._capture = cv2.VideoCapture(device)
+        if not self._capture.isOpened():
+            raise SourceError(f"webcam {device}: cannot open (no such device or it is busy)")
+        if width and height:
+            self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        ok, first = self._capture.read()
+        if not ok:
+            self._capture.release()
+            raise SourceError(f"webcam {device}: opened but delivers no frames")
+        self._first = first
+        self._device = device
+        fps = self._capture.get(cv2.CAP_PROP_FPS)
+        self.info = SourceInfo(
+            width=first.shape[1],
+            height=first.shape[0],
+            rate=Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(30),
+            time_base=LIVE_TIME_BASE,
+            frame_count=None,
+            live=True,
+        )
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Frame]:
+        start = time.monotonic()
+        index = 0
+        bgr: np.ndarray | None = self._first
+        while not self._closed.is_set():
+            if bgr is None:
+                ok, bgr = self._capture.read()
+                if not ok:
+                    raise SourceError(f"webcam {self._device}: stopped delivering frames")
+            pts = int((time.monotonic() - start) / LIVE_TIME_BASE)
+            yield Frame(index=index, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), pts=pts, time_base=LIVE_TIME_BASE)
+            index += 1
+            bgr = None
+
+    def close(self) -> None:
+        self._closed.set()
+        self._capture.release()
+
+
+class ImageSource(Source):
+    """One image or every image in a directory (sorted by name); never drops a frame."""
+
+    def __init__(self, path: Path) -> None:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise SourceError(f"{path}: directory has no images")
+        elif path.exists():
+            files = [path]
+        else:
+            raise SourceError(f"{path}: no such file")
+        self.files = files
+        first = self._read(files[0])
+        self.info = SourceInfo(
+            width=first.shape[1], height=first.shape[0], rate=None, time_base=None,
+            frame_count=len(files), live=False,
+        )
+
+    @staticmethod
+    def _read(path: Path) -> np.ndarray:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SourceError(f"{path}: not a readable image")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index, path in enumerate(self.files):
+            try:
+                image = self._read(path)
+            except SourceError as exc:
+                self.corrupt_frames += 1
+                logger.warning("%s; skipped", exc)
+                continue
+            yield Frame(index=index, image=image, file=path.name)
+
+
+_WEBCAM_PATH = re.compile(r"^/dev/video\d+$")
+
+
+def open_source(spec: str, *, policy: ReconnectPolicy = ReconnectPolicy()) -> Source:
+    """Open ``spec``: a camera index, /dev/videoN, a stream URL, an image, a directory or a video."""
+    if spec.isdigit():
+        return WebcamSource(int(spec))
+    if _WEBCAM_PATH.match(spec):
+        return WebcamSource(spec)
+    if spec.startswith(URL_SCHEMES):
+        return NetworkSource(spec, policy=policy)
+    path = Path(spec)
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageSource(path)
+    return VideoFileSource(path)
