@@ -45,6 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-every", type=int, default=1, metavar="N", help="run the detector on every N-th frame")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
     p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score)
+    p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
+                   help="seconds to keep trying to open a network stream")
+    p.add_argument("--reconnect-timeout", type=float, default=ReconnectPolicy.give_up_after,
+                   help="seconds without frames before a dropped network stream is given up")
     p.add_argument("--crf", type=int, default=EncoderSettings.crf, help="x264 quality (lower is better)")
     p.add_argument("--preset", default=EncoderSettings.preset, help="x264 preset")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -131,7 +135,9 @@ def run(args: argparse.Namespace) -> RunStats:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    source = open_source(args.input, policy=ReconnectPolicy())
+    source = open_source(
+        args.input, policy=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout)
+    )
     try:
         models = load_models(args)
         sinks = open_sinks(source, args)

@@ -120,6 +120,10 @@ class VideoSink(Sink):
             fmt, codec = VIDEO_CONTAINERS[path.suffix.lower()]
             self._final = path
             open_target = str(path.with_name(f"{path.stem}.partial{path.suffix}"))
+            try:  # PyAV opens the file lazily; find out now, before any work is done
+                open(open_target, "wb").close()
+            except OSError as exc:
+                raise SinkError(f"{target}: cannot write ({exc.strerror})") from exc
         self._open_target = open_target
         try:
             options = {"rtsp_transport": "tcp"} if fmt == "rtsp" else {}
@@ -160,11 +164,14 @@ class VideoSink(Sink):
             vf.pts = self._next_pts
         self._next_pts = vf.pts + 1
         vf.time_base = self._time_base
-        if self._audio is not None and frame.seconds is not None:
-            self._audio.copy_until(frame.seconds)
-            self._last_seconds = frame.seconds
-        for packet in self._stream.encode(vf):
-            self._container.mux(packet)
+        try:
+            if self._audio is not None and frame.seconds is not None:
+                self._audio.copy_until(frame.seconds)
+                self._last_seconds = frame.seconds
+            for packet in self._stream.encode(vf):
+                self._container.mux(packet)
+        except av.error.FFmpegError as exc:
+            raise SinkError(f"{self.target}: cannot write frame {frame.index} ({exc})") from exc
         self.frames_written += 1
 
     def close(self, *, complete: bool = True) -> None:

@@ -118,6 +118,12 @@ class VideoFileSource(Source):
                     logger.warning("%s: skipped a corrupt packet at pts %s (%s)", self._path, packet.pts, exc)
                     continue
                 for vf in decoded:
+                    # The decoder still needs damaged data for its references; the damaged
+                    # picture itself is not worth showing.
+                    if packet.is_corrupt or vf.is_corrupt:
+                        self.corrupt_frames += 1
+                        logger.warning("%s: skipped a corrupt frame at pts %s", self._path, vf.pts)
+                        continue
                     pts = vf.pts if vf.pts is not None else int(index / rate / tb)
                     yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
                     index += 1

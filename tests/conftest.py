@@ -3,3 +3,30 @@ from pathlib import Path
 
 # Tests import the top-level packages (stream, engines, training) from a plain checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
+    """Small untrained networks of the shipped architectures, for plumbing tests."""
+    from engines.models.detector import DetectorConfig, build_detector, save_detector
+    from engines.models.generator import GeneratorConfig, build_generator, save_generator
+
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    det_cfg = DetectorConfig(input_size=(128, 128))
+    save_detector(build_detector(det_cfg), det_cfg, root / "detector.pt", meta={"untrained": True})
+    gen_cfg = GeneratorConfig(size=64, width=8)
+    save_generator(build_generator(config=gen_cfg), gen_cfg, root / "generator.pt", meta={"untrained": True})
+    return root / "detector.pt", root / "generator.pt"

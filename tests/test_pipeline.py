@@ -1,0 +1,239 @@
+"""The streaming pipeline end to end: real files made with PyAV, real threads, small real networks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import run_stream
+from stream.pipeline import Pipeline, PipelineConfig, Stage
+from stream.records import Frame
+from stream.sink import VideoSink
+from stream.source import Source, SourceInfo, VideoFileSource
+from tests.media import audio_packets, make_video, video_timestamps
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(tiny_weights, *args: str) -> int:
+    det, gen = tiny_weights
+    return run_stream.main(
+        [*args, "--detector-weights", str(det), "--generator-weights", str(gen), "--no-progress", "--log-level", "WARNING"]
+    )
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_file_keeps_every_frame_timestamps_and_audio(tmp_path, tiny_weights, sequential):
+    src = make_video(tmp_path / "in.mp4", frames=40)
+    out = tmp_path / "out.mp4"
+    args = ["--input", str(src), "--output", str(out), "--report", str(tmp_path / "r.json")]
+    assert cli(tiny_weights, *args, *(["--sequential"] if sequential else [])) == 0
+    assert video_timestamps(out) == pytest.approx(video_timestamps(src), abs=1e-6)
+    assert audio_packets(out) == pytest.approx(audio_packets(src))
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_mkv_output_and_variable_timestamps_survive(tmp_path, tiny_weights):
+    src = tmp_path / "in.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, pts in enumerate([0, 40, 80, 200, 240, 300]):  # irregular spacing, as from a webcam
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 30, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for p in stream.encode(frame):
+                out.mux(p)
+        for p in stream.encode(None):
+            out.mux(p)
+    dst = tmp_path / "out.mkv"
+    assert cli(tiny_weights, "--input", str(src), "--output", str(dst)) == 0
+    assert video_timestamps(dst) == pytest.approx(video_timestamps(src), abs=1e-3)
+
+
+class _Boom(Stage):
+    name = "boom"
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def process(self, frame: Frame) -> None:
+        if frame.index == self.at:
+            raise ValueError("stage failed on purpose")
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_stage_exception_stops_closes_output_and_reraises(tmp_path, sequential):
+    src = make_video(tmp_path / "in.mp4", frames=60)
+    source = VideoFileSource(src)
+    out = tmp_path / "out.mp4"
+    sink = VideoSink(str(out), source.info)
+    pipeline = Pipeline(source, [_Boom(at=30)], [sink], config=PipelineConfig(sequential=sequential))
+    done = threading.Event()
+    errors = []
+
+    def target():
+        try:
+            pipeline.run()
+        except ValueError as exc:
+            errors.append(exc)
+        done.set()
+
+    threading.Thread(target=target, daemon=True).start()
+    assert done.wait(30), "pipeline hung after a stage error"
+    assert errors and "on purpose" in str(errors[0])
+    written = video_timestamps(out)
+    assert 0 < len(written) <= 30
+    count, seconds = audio_packets(out)
+    assert count > 0 and seconds <= len(written) / 25 + 0.1  # audio cut where the video stopped
+
+
+def test_ctrl_c_leaves_playable_file_and_exits(tmp_path, tiny_weights):
+    src = make_video(tmp_path / "in.mp4", frames=1500, audio=True)
+    out = tmp_path / "out.mp4"
+    det, gen = tiny_weights
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run_stream.py"), "--input", str(src), "--output", str(out),
+         "--detector-weights", str(det), "--generator-weights", str(gen), "--no-progress"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    partial = tmp_path / "out.partial.mp4"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 2000):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("run_stream did not exit after Ctrl-C")
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    frames = video_timestamps(out)
+    assert 0 < len(frames) < 1500
+    assert audio_packets(out)[0] > 0
+
+
+class _LiveSource(Source):
+    """Frames as fast as a camera at 200 FPS would deliver them."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.info = SourceInfo(width=64, height=48, rate=Fraction(200), time_base=Fraction(1, 1000),
+                               frame_count=None, live=True)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(self.count):
+            time.sleep(0.005)
+            yield Frame(index=i, image=np.zeros((48, 64, 3), np.uint8), pts=i * 5, time_base=Fraction(1, 1000))
+
+
+class _Slow(Stage):
+    name = "slow"
+
+    def process(self, frame: Frame) -> None:
+        time.sleep(0.02)
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def write(self, frame: Frame) -> None:
+        self.indices.append(frame.index)
+
+    def close(self, *, complete: bool = True) -> None:
+        pass
+
+
+def test_live_source_drops_oldest_and_counts():
+    sink = _Collect()
+    stats = Pipeline(_LiveSource(200), [_Slow()], [sink], config=PipelineConfig(queue_size=2)).run()
+    assert stats.frames_dropped > 50
+    assert stats.frames_written + stats.frames_dropped == stats.frames_read == 200
+    assert sink.indices == sorted(sink.indices)
+    assert sink.indices[-1] >= 190  # the newest frames survive, not the oldest
+
+
+def test_file_source_never_drops(tmp_path):
+    src = make_video(tmp_path / "in.mp4", frames=50, audio=False)
+    sink = _Collect()
+    stats = Pipeline(VideoFileSource(src), [_Slow()], [sink], config=PipelineConfig(queue_size=2)).run()
+    assert stats.frames_dropped == 0
+    assert sink.indices == list(range(50))
+
+
+def test_photo_directory_in_photo_directory_out(tmp_path, tiny_weights):
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "b.png"):
+        cv2.imwrite(str(photos / name), np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8))
+    out = tmp_path / "out"
+    det = tmp_path / "faces.jsonl"
+    assert cli(tiny_weights, "--input", str(photos), "--output", str(out), "--detections", str(det)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.png"]
+    lines = det.read_text().splitlines()
+    assert [__import__("json").loads(line)["file"] for line in lines] == ["a.jpg", "b.png"]
+    single = tmp_path / "single.png"
+    assert cli(tiny_weights, "--input", str(photos / "b.png"), "--output", str(single)) == 0
+    assert cv2.imread(str(single)).shape == (60, 80, 3)
+
+
+def _bad(tmp_path, tiny_weights, capsys, *args: str) -> str:
+    code = cli(tiny_weights, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_weights, capsys):
+    good = make_video(tmp_path / "good.mp4", frames=5)
+    out = tmp_path / "out.mp4"
+    assert "no such file" in _bad(tmp_path, tiny_weights, capsys, "--input", str(tmp_path / "nope.mp4"), "--output", str(out))
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 100)
+    assert "not a readable video" in _bad(tmp_path, tiny_weights, capsys, "--input", str(text), "--output", str(out))
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    assert "truncated.mp4" in _bad(tmp_path, tiny_weights, capsys, "--input", str(truncated), "--output", str(out))
+    assert "cannot open" in _bad(tmp_path, tiny_weights, capsys, "--input", "rtsp://127.0.0.1:9/none",
+                                 "--open-timeout", "1", "--output", str(out))
+    assert "webcam 57" in _bad(tmp_path, tiny_weights, capsys, "--input", "57", "--output", str(out))
+    assert "does not exist" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good),
+                                    "--output", str(tmp_path / "missing" / "out.mp4"))
+    assert "no known" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(tmp_path / "out.xyz"))
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_unwritable_output_location(tmp_path, tiny_weights, capsys):
+    good = make_video(tmp_path / "good.mp4", frames=5)
+    # sysfs refuses new files even for root, so this holds for any user.
+    assert "/sys/out.mp4" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", "/sys/out.mp4")
+
+
+def test_corrupt_packet_in_the_middle_is_skipped_and_counted(tmp_path):
+    src = make_video(tmp_path / "in.ts", frames=60, audio=False, codec="mpeg4")
+    data = bytearray(src.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4000] = bytes(4000)
+    broken = tmp_path / "broken.ts"
+    broken.write_bytes(bytes(data))
+    source = VideoFileSource(broken)
+    sink = _Collect()
+    stats = Pipeline(source, [], [sink]).run()
+    assert 40 <= stats.frames_written < 60
+    assert stats.frames_corrupt >= 1
