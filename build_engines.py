@@ -1,0 +1,102 @@
+"""Export every shipped model to ONNX and build the runtime artefacts the pipeline uses.
+
+    python build_engines.py                      # ONNX (+ ONNX Runtime check) for all models
+    python build_engines.py --tensorrt           # also TensorRT engines (needs TensorRT + CUDA)
+    python build_engines.py --models generator --tensorrt --precision fp16
+
+One step per model: export → check (ONNX checker, TensorRT op set, ONNX Runtime parity
+against PyTorch) → build. Artefacts go to artifacts/ with a .json metadata sidecar each; the
+pipeline refuses an artefact whose sidecar does not match the weights or the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from engines.build import TensorRTSettings, build_tensorrt, check_tensorrt_ops
+from engines.export import ExportError, example_inputs, export_onnx
+from engines.registry import ARTIFACTS_DIR, MODELS, load_model
+from engines.runtime import EngineError
+
+logger = logging.getLogger("build_engines")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
+    p.add_argument("--artifacts", type=Path, default=ARTIFACTS_DIR)
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines")
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch of face crops (generator)")
+    p.add_argument("--workspace-mib", type=int, default=2048)
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--calibration", type=Path, help="directory of images for int8 calibration")
+    p.add_argument("--parity-atol", type=float, default=1e-3, help="largest allowed ONNX Runtime vs torch error")
+    return p
+
+
+def check_parity(name: str, artifacts: Path, atol: float) -> float:
+    """Max absolute difference between ONNX Runtime and PyTorch on the tracing inputs."""
+    reference = load_model(name, backend="torch", device="cpu")
+    exported = load_model(name, backend="onnxruntime", device="cpu", artifacts=artifacts)
+    feeds = dict(zip((s.name for s in reference.engine.inputs), example_inputs(reference.engine.inputs)))
+    want, got = reference.engine.run(feeds), exported.engine.run(feeds)
+    worst = 0.0
+    for spec in reference.engine.outputs:
+        a, b = want[spec.name], got[spec.name]
+        if a.shape != b.shape:
+            raise ExportError(f"{name}: output {spec.name} has shape {tuple(b.shape)} in ONNX Runtime, {tuple(a.shape)} in torch")
+        if a.numel():
+            worst = max(worst, float((a.double() - b.double()).abs().max()))
+    if worst > atol:
+        raise ExportError(f"{name}: ONNX Runtime differs from torch by {worst:.2e} (> {atol:.0e})")
+    return worst
+
+
+def load_calibration(directory: Path | None, limit: int = 200) -> list:
+    if directory is None:
+        return []
+    import cv2
+
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:limit]
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in files]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+    torch.set_flush_denormal(True)
+    trt_ready = False
+    if args.tensorrt:
+        from engines.backends.tensorrt_backend import tensorrt_available
+
+        trt_ready = tensorrt_available() and torch.cuda.is_available()
+        if not trt_ready:
+            print("TensorRT or CUDA is not available here: skipping TensorRT engines, building the rest", file=sys.stderr)
+    try:
+        for name in args.models:
+            path = export_onnx(name, artifacts=args.artifacts)
+            worst = check_parity(name, args.artifacts, args.parity_atol)
+            check_tensorrt_ops(path)
+            print(f"{name}: {path} (ONNX Runtime vs torch max |diff| {worst:.1e}; ops fit TensorRT)")
+            if trt_ready:
+                from engines.backends.tensorrt_backend import engine_path
+
+                settings = TensorRTSettings(precision=args.precision, max_batch=args.max_batch,
+                                            workspace_mib=args.workspace_mib)
+                plan = build_tensorrt(path, engine_path(name, args.artifacts), settings=settings,
+                                      timing_cache=args.timing_cache, calibration=load_calibration(args.calibration))
+                print(f"{name}: {plan} ({args.precision})")
+    except (ExportError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

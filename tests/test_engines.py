@@ -1,0 +1,127 @@
+"""Engine interface, ONNX export, backend parity against PyTorch, artefact metadata."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from engines.export import TENSORRT_ONNX_OPS, example_inputs, export_onnx, graph_ops
+from engines.registry import check_sidecar, load_model, resolve_backend
+from engines.runtime import BackendUnavailableError, EngineError, EngineMismatchError, TensorSpec
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_weights, tmp_path_factory) -> Path:
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    det, gen = tiny_weights
+    export_onnx("detector", weights=det, artifacts=artifacts)
+    export_onnx("generator", weights=gen, artifacts=artifacts)
+    return artifacts
+
+
+def _weights(tiny_weights, name: str) -> Path:
+    return dict(zip(("detector", "generator"), tiny_weights))[name]
+
+
+@pytest.mark.parametrize("name", ["detector", "generator"])
+def test_onnxruntime_matches_torch(name, tiny_weights, exported):
+    w = _weights(tiny_weights, name)
+    ref = load_model(name, backend="torch", device="cpu", weights=w)
+    ort = load_model(name, backend="onnxruntime", device="cpu", weights=w, artifacts=exported)
+    assert [s.name for s in ort.engine.inputs] == [s.name for s in ref.engine.inputs]
+    assert sorted(s.name for s in ort.engine.outputs) == sorted(s.name for s in ref.engine.outputs)
+    batch = 1 if name == "detector" else 3  # the generator takes any number of face crops
+    feeds = dict(zip((s.name for s in ref.engine.inputs), example_inputs(ref.engine.inputs, batch=batch)))
+    want, got = ref.engine.run(feeds), ort.engine.run(feeds)
+    for spec in ref.engine.outputs:
+        assert got[spec.name].shape == want[spec.name].shape, spec.name
+        assert got[spec.name].dtype == want[spec.name].dtype, spec.name
+        torch.testing.assert_close(got[spec.name], want[spec.name], atol=2e-3, rtol=1e-3)
+    if name == "detector":
+        assert len(want["boxes"]) > 0, "parity on an empty result proves nothing"
+
+
+@pytest.mark.parametrize("name", ["detector", "generator"])
+def test_exported_graph_fits_tensorrt_parser(name, exported):
+    model = onnx.load(str(exported / f"{name}.onnx"))
+    onnx.checker.check_model(model)
+    ops = graph_ops(model)
+    assert ops <= TENSORRT_ONNX_OPS, sorted(ops - TENSORRT_ONNX_OPS)
+    if name == "generator":
+        # Contextual attention lives in the graph as a softmax over patch similarities.
+        assert "Softmax" in ops
+    else:
+        assert {"NonMaxSuppression", "RoiAlign"} <= ops
+
+
+def test_sidecar_refuses_other_weights(tiny_weights, exported, tmp_path):
+    det, gen = tiny_weights
+    meta = check_sidecar(exported / "detector.onnx", model="detector", weights=det)
+    assert meta["weights_sha256"] and meta["onnx_sha256"] and meta["inputs"][0]["name"] == "image"
+    with pytest.raises(EngineMismatchError, match="other weights"):
+        check_sidecar(exported / "detector.onnx", model="detector", weights=gen)
+    with pytest.raises(EngineMismatchError, match="built for model"):
+        check_sidecar(exported / "detector.onnx", model="generator", weights=det)
+    lonely = tmp_path / "detector.onnx"
+    shutil.copy(exported / "detector.onnx", lonely)
+    with pytest.raises(EngineMismatchError, match="sidecar"):
+        load_model("detector", backend="onnxruntime", device="cpu", weights=det, artifacts=tmp_path)
+
+
+def test_auto_backend_prefers_fresh_onnx_on_cpu(tiny_weights, exported, tmp_path):
+    det, gen = tiny_weights
+    cpu = torch.device("cpu")
+    assert resolve_backend("detector", "auto", cpu, weights=det, artifacts=exported) == "onnxruntime"
+    assert resolve_backend("detector", "auto", cpu, weights=det, artifacts=tmp_path) == "torch"
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    shutil.copy(exported / "detector.onnx", stale / "detector.onnx")
+    sidecar = json.loads((exported / "detector.onnx.json").read_text())
+    sidecar["weights_sha256"] = "0" * 64
+    (stale / "detector.onnx.json").write_text(json.dumps(sidecar))
+    assert resolve_backend("detector", "auto", cpu, weights=det, artifacts=stale) == "torch"
+
+
+def test_engine_checks_names_shapes_dtypes(tiny_weights):
+    engine = load_model("generator", backend="torch", device="cpu", weights=tiny_weights[1]).engine
+    image, mask = example_inputs(engine.inputs)
+    with pytest.raises(EngineError, match="do not match"):
+        engine.run({"image": image})
+    with pytest.raises(EngineError, match="shape"):
+        engine.run({"image": image[:, :, :8], "mask": mask})
+    with pytest.raises(EngineError, match="dtype"):
+        engine.run({"image": image.double(), "mask": mask})
+    out = engine.run({"image": image, "mask": mask})
+    assert set(out) == {"output"} and out["output"].shape == image.shape
+
+
+def test_tensor_spec_allows_dynamic_dims():
+    spec = TensorSpec("x", ("N", 3), "float32")
+    spec.check(torch.zeros(5, 3))
+    with pytest.raises(EngineError):
+        spec.check(torch.zeros(5, 4))
+
+
+def test_tensorrt_backend_refuses_clearly_without_tensorrt(tiny_weights, tmp_path):
+    from engines.backends.tensorrt_backend import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("TensorRT is installed here; covered by the GPU checks")
+    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+        load_model("detector", backend="tensorrt", device="cpu", weights=tiny_weights[0], artifacts=tmp_path)
+
+
+def test_tensorrt_machine_check_refuses_other_gpu(monkeypatch, tmp_path):
+    from engines.backends import tensorrt_backend
+
+    here = {"tensorrt_version": "10.3.0", "cuda_version": "12.6", "gpu": "NVIDIA H100"}
+    monkeypatch.setattr(tensorrt_backend, "machine_fingerprint", lambda device: here)
+    tensorrt_backend.check_machine(dict(here), torch.device("cpu"), tmp_path / "x.plan")
+    with pytest.raises(EngineMismatchError, match="rebuild"):
+        tensorrt_backend.check_machine({**here, "gpu": "NVIDIA A10"}, torch.device("cpu"), tmp_path / "x.plan")
+
