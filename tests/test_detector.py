@@ -1,0 +1,177 @@
+"""Detector: export wrapper, ONNX parity, save/load, scene dataset, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.models.detector import (
+    CLASS_NAMES,
+    FACE,
+    FACE_MASK,
+    OUTPUT_NAMES,
+    DetectorConfig,
+    DetectorConfigError,
+    DetectorExport,
+    build_detector,
+    load_detector,
+    load_detector_meta,
+    save_detector,
+)
+from training.detector_data import letterbox
+from training.evaluate_detector import average_precision, mask_scores
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+LANDMARKS = REPO / "cache" / "utkface_landmarks.npz"
+SIZE = (128, 160)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    # Score threshold 0: an untrained model still returns detections to compare.
+    config = DetectorConfig(input_size=SIZE, box_score_thresh=0.0, box_detections_per_img=5)
+    return build_detector(config).eval(), config
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # Smooth blobs rather than white noise, closer to what the network sees.
+    small = torch.rand(1, 3, SIZE[0] // 16, SIZE[1] // 16, generator=g)
+    return torch.nn.functional.interpolate(small, size=SIZE, mode="bilinear", align_corners=False)
+
+
+def test_constants():
+    assert CLASS_NAMES[FACE] == "face" and CLASS_NAMES[FACE_MASK] == "face_mask" and CLASS_NAMES[0] == "__background__"
+
+
+def test_config_validation():
+    with pytest.raises(DetectorConfigError):
+        DetectorConfig(backbone="vgg")
+    with pytest.raises(DetectorConfigError):
+        DetectorConfig(input_size=(100, 320))
+    config = DetectorConfig(backbone="resnet18", norm="groupnorm")
+    assert DetectorConfig.from_dict(config.to_dict()) == config
+
+
+def test_export_outputs(small_model):
+    model, config = small_model
+    with torch.inference_mode():
+        boxes, labels, scores, masks = DetectorExport(model)(_image())
+    n = boxes.shape[0]
+    assert n > 0
+    assert boxes.shape == (n, 4) and boxes.dtype == torch.float32
+    assert labels.shape == (n,) and labels.dtype == torch.int64
+    assert scores.shape == (n,) and scores.dtype == torch.float32
+    assert masks.shape == (n, 1, *config.input_size) and masks.dtype == torch.float32
+    assert set(labels.tolist()) <= {FACE, FACE_MASK}
+    assert float(masks.min()) >= 0.0 and float(masks.max()) <= 1.0
+    assert torch.all(boxes[:, 2] >= boxes[:, 0]) and torch.all(boxes[:, 3] >= boxes[:, 1])
+    assert float(boxes[:, 2].max()) <= SIZE[1] and float(boxes[:, 3].max()) <= SIZE[0]
+    assert torch.all(scores[:-1] >= scores[1:])
+
+
+def test_onnx_matches_torch(small_model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model, _ = small_model
+    wrapper = DetectorExport(model)
+    image = _image(1)
+    path = tmp_path / "detector.onnx"
+    with torch.inference_mode():
+        expected = wrapper(image)
+    torch.onnx.export(
+        wrapper, (image,), str(path), dynamo=False, opset_version=17,
+        input_names=["image"], output_names=list(OUTPUT_NAMES),
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    got = session.run(None, {"image": image.numpy()})
+    assert expected[0].shape[0] > 0
+    for name, e, g in zip(OUTPUT_NAMES, expected, got):
+        assert g.shape == tuple(e.shape), name
+        np.testing.assert_allclose(g, e.numpy(), rtol=1e-3, atol=2e-3, err_msg=name)
+
+
+def test_save_load_roundtrip(small_model, tmp_path):
+    model, config = small_model
+    path = tmp_path / "det.pt"
+    save_detector(model, config, path, meta={"steps": 7, "data": "none"})
+    loaded, loaded_config = load_detector(path)
+    assert loaded_config == config and not loaded.training
+    assert load_detector_meta(path)["steps"] == 7
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    ref = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == ref[k].dtype
+        if v.is_floating_point():
+            torch.testing.assert_close(v, ref[k], rtol=1e-2, atol=1e-3)
+
+
+def test_letterbox_pads_right_bottom():
+    image = np.full((240, 320, 3), 200, np.uint8)
+    canvas, scale = letterbox(image, (320, 320))
+    assert canvas.shape == (320, 320, 3) and scale == pytest.approx(1.0)
+    assert canvas[:240].min() == 200 and canvas[240:].max() == 0
+    canvas, scale = letterbox(np.full((960, 480, 3), 9, np.uint8), (320, 320))
+    assert scale == pytest.approx(1 / 3) and canvas[:, :160].min() == 9 and canvas[:, 160:].max() == 0
+
+
+def test_average_precision_and_mask_scores():
+    gt = {0: np.array([[0, 0, 10, 10]], float), 1: np.array([[5, 5, 20, 20]], float)}
+    perfect = [(0, 0.9, np.array([0, 0, 10, 10.0])), (1, 0.8, np.array([5, 5, 20, 20.0]))]
+    assert average_precision(perfect, gt) == pytest.approx(1.0)
+    # A confident false positive ranks first: precision 1/2 at recall 0.5 and 2/3 at recall 1.
+    worse = [(0, 0.95, np.array([50, 50, 60, 60.0]))] + perfect
+    assert average_precision(worse, gt) == pytest.approx(2 / 3)
+    a = np.zeros((10, 10), bool)
+    a[:5] = True
+    b = np.zeros((10, 10), bool)
+    b[:, :5] = True
+    (iou, f), = mask_scores([a], [b, a])
+    assert iou == pytest.approx(1.0) and f == pytest.approx(1.0)
+    assert mask_scores([a], []) == [(0.0, 0.0)]
+
+
+needs_data = pytest.mark.skipif(
+    not (DATA / "faces" / "utkface").is_dir() or not LANDMARKS.is_file(),
+    reason="needs ../shared/data and cache/utkface_landmarks.npz",
+)
+
+
+@needs_data
+def test_scene_targets_are_consistent():
+    from training.detector_data import DetectorDataConfig, DetectorSceneDataset
+
+    ds = DetectorSceneDataset(
+        data_root=DATA, landmarks=LANDMARKS, config=DetectorDataConfig(input_size=(320, 320)), split="train", seed=3
+    )
+    n_masks = 0
+    for i in range(6):
+        image, target = ds[i]
+        assert image.shape == (3, 320, 320) and image.dtype == torch.float32
+        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
+        assert boxes.shape == (len(labels), 4) and masks.shape == (len(labels), 320, 320)
+        assert set(labels.tolist()) <= {FACE, FACE_MASK}
+        assert torch.all(boxes[:, 2] > boxes[:, 0]) and torch.all(boxes[:, 3] > boxes[:, 1])
+        assert bool(torch.all(boxes >= 0)) and bool(torch.all(boxes <= 320))
+        faces = boxes[labels == FACE]
+        for box, mask in zip(boxes[labels == FACE_MASK], masks[labels == FACE_MASK]):
+            n_masks += 1
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            # The worn mask lies (almost entirely) inside one of the face boxes.
+            inside = max(
+                float(((xs >= f[0] - 2) & (xs <= f[2] + 2) & (ys >= f[1] - 2) & (ys <= f[3] + 2)).float().mean())
+                for f in faces
+            )
+            assert inside > 0.95
+    assert n_masks > 0
+    # Same index, same scene.
+    again, _ = ds[0]
+    assert torch.equal(again, ds[0][0])

@@ -1,0 +1,278 @@
+"""Evaluate the face / face-mask detector.
+
+    python -m training.evaluate_detector --weights engines/weights/detector_mobilenet_v3.pt \
+        --data ../shared/data --json runs/detector/eval.json
+
+Metrics, on three sets:
+
+* synthetic: the fixed validation scenes (``DetectorSceneDataset(split="val")``, indices
+  ``0..n-1``; UTKFace faces never used in training);
+* segmentation: the held-out IWM/CWM images (every 5th by sorted name per set), letterboxed
+  like the pipeline does, scored at the original 512x512 resolution;
+* photos: /photos/masked (no labels): detection rate = fraction of images with a face_mask
+  detection scoring at least ``--score``.
+
+``face_mask`` mask IoU / F-score: for every ground-truth worn mask, the best IoU (and the
+F-score, i.e. Dice, of that prediction) over predicted face_mask instances with score >=
+``--score`` (0 when there is none), averaged over ground-truth instances. ``face`` AP50:
+all-point interpolated average precision of face boxes at IoU 0.5 over all detections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engines.models.detector import FACE, FACE_MASK, DetectorExport, load_detector, load_detector_meta
+from training.detector_data import (
+    DataUnavailableError,
+    DetectorDataConfig,
+    DetectorSceneDataset,
+    letterbox,
+    segmentation_files,
+    segmentation_instances,
+)
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) of xyxy boxes."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float64)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def average_precision(
+    detections: list[tuple[int, float, np.ndarray]], gt_boxes: dict[int, np.ndarray], *, iou: float = 0.5
+) -> float:
+    """All-point interpolated AP. detections: (image id, score, xyxy box); gt_boxes: image id ->
+    (G, 4) boxes. Each ground truth matches at most one detection, highest score first."""
+    n_gt = sum(len(b) for b in gt_boxes.values())
+    if n_gt == 0:
+        return float("nan")
+    used = {k: np.zeros(len(v), bool) for k, v in gt_boxes.items()}
+    tp = []
+    for img, _, box in sorted(detections, key=lambda d: -d[1]):
+        gts = gt_boxes.get(img, np.zeros((0, 4)))
+        if len(gts) == 0:
+            tp.append(0)
+            continue
+        ious = box_iou(box[None], gts)[0]
+        ious[used[img]] = -1
+        j = int(ious.argmax())
+        if ious[j] >= iou:
+            used[img][j] = True
+            tp.append(1)
+        else:
+            tp.append(0)
+    if not tp:
+        return 0.0
+    tp_arr = np.array(tp, np.float64)
+    ctp = np.cumsum(tp_arr)
+    recall = ctp / n_gt
+    precision = ctp / np.arange(1, len(tp_arr) + 1)
+    # Precision envelope, then area under the step curve.
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def mask_scores(gt_masks: list[np.ndarray], pred_masks: list[np.ndarray]) -> list[tuple[float, float]]:
+    """Per ground-truth mask: (best IoU, F-score of that prediction); (0, 0) without predictions."""
+    out = []
+    for gt in gt_masks:
+        best = (0.0, 0.0)
+        for pm in pred_masks:
+            inter = float(np.logical_and(gt, pm).sum())
+            union = float(np.logical_or(gt, pm).sum())
+            if union == 0:
+                continue
+            iou = inter / union
+            if iou > best[0]:
+                best = (iou, 2 * inter / max(float(gt.sum() + pm.sum()), 1.0))
+        out.append(best)
+    return out
+
+
+class Predictor:
+    """Runs the export wrapper on HxWx3 uint8 RGB images of any size (letterboxed to the input)."""
+
+    def __init__(self, weights: Path) -> None:
+        model, self.config = load_detector(weights)
+        self.model = DetectorExport(model).eval()
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray, *, letterboxed: bool = False) -> dict[str, np.ndarray]:
+        """Detections in the coordinates of ``image``: boxes (N, 4) xyxy, labels (N,), scores (N,),
+        masks (N, h, w) float32 probabilities at the image's resolution."""
+        h, w = image.shape[:2]
+        if letterboxed:
+            canvas, scale = image, 1.0
+        else:
+            canvas, scale = letterbox(image, self.config.input_size)
+        x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255.0)
+        boxes, labels, scores, masks = (t.numpy() for t in self.model(x))
+        masks = masks[:, 0]
+        if not letterboxed:
+            ch, cw = round(h * scale), round(w * scale)
+            masks = np.stack([cv2.resize(m[:ch, :cw], (w, h), interpolation=cv2.INTER_LINEAR) for m in masks]) \
+                if len(masks) else np.zeros((0, h, w), np.float32)
+            boxes = boxes / scale
+        return {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks}
+
+
+def _summarise(face_dets, face_gt, mask_pairs, n_images, n_found) -> dict:
+    ious = [p[0] for p in mask_pairs]
+    fs = [p[1] for p in mask_pairs]
+    return {
+        "images": n_images,
+        "face_AP50": average_precision(face_dets, face_gt),
+        "face_mask_instances": len(mask_pairs),
+        "face_mask_mIoU": float(np.mean(ious)) if ious else float("nan"),
+        "face_mask_F": float(np.mean(fs)) if fs else float("nan"),
+        "face_mask_recall_iou50": float(np.mean([i >= 0.5 for i in ious])) if ious else float("nan"),
+        "face_mask_found_rate": n_found / max(n_images, 1),
+    }
+
+
+def _score_image(pred, gt_face_boxes, gt_worn, img_id, score, face_dets, face_gt, mask_pairs) -> bool:
+    for b, l, s in zip(pred["boxes"], pred["labels"], pred["scores"]):
+        if l == FACE:
+            face_dets.append((img_id, float(s), b))
+    face_gt[img_id] = np.asarray(gt_face_boxes, np.float64).reshape(-1, 4)
+    keep = (pred["labels"] == FACE_MASK) & (pred["scores"] >= score)
+    pm = [m > 0.5 for m in pred["masks"][keep]]
+    mask_pairs.extend(mask_scores(gt_worn, pm))
+    return bool(keep.any())
+
+
+def evaluate_synthetic(predictor: Predictor, data: Path, landmarks: Path, n: int, score: float) -> dict:
+    ds = DetectorSceneDataset(
+        data_root=data, landmarks=landmarks, config=DetectorDataConfig(input_size=predictor.config.input_size),
+        split="val", seed=0,
+    )
+    face_dets, face_gt, pairs, found = [], {}, [], 0
+    for i in tqdm(range(n), desc="synthetic", unit="img"):
+        image, instances, _ = ds.scene(i)
+        pred = predictor(image, letterboxed=True)
+        gt_boxes = [inst.face_box for inst in instances]
+        gt_worn = [inst.worn for inst in instances if inst.worn is not None and inst.worn.sum() >= 12]
+        found += _score_image(pred, gt_boxes, gt_worn, i, score, face_dets, face_gt, pairs)
+    return _summarise(face_dets, face_gt, pairs, n, found)
+
+
+def evaluate_segmentation(predictor: Predictor, root: Path, score: float) -> dict:
+    files = segmentation_files(root, "val")
+    if not files:
+        raise DataUnavailableError(f"no IWM/CWM images under {root}")
+    face_dets, face_gt, pairs, found = [], {}, [], 0
+    for i, (img_path, gt_path) in enumerate(tqdm(files, desc="segmentation", unit="img")):
+        image = cv2.cvtColor(cv2.imread(str(img_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        inst = segmentation_instances(cv2.imread(str(gt_path), cv2.IMREAD_COLOR))
+        pred = predictor(image)
+        boxes = []
+        for face, _ in inst:
+            ys, xs = np.nonzero(face)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        worn = [w for _, w in inst if w.any()]
+        found += _score_image(pred, boxes, worn, i, score, face_dets, face_gt, pairs)
+    return _summarise(face_dets, face_gt, pairs, len(files), found)
+
+
+def evaluate_photos(predictor: Predictor, folder: Path, score: float) -> dict:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataUnavailableError(f"no images in {folder}")
+    found, n = 0, 0
+    for p in tqdm(paths, desc="photos", unit="img"):
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            continue
+        pred = predictor(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        n += 1
+        found += bool(((pred["labels"] == FACE_MASK) & (pred["scores"] >= score)).any())
+    return {"images": n, "face_mask_found_rate": found / max(n, 1)}
+
+
+def format_table(results: dict) -> str:
+    cols = ["images", "face_AP50", "face_mask_mIoU", "face_mask_F", "face_mask_recall_iou50", "face_mask_found_rate"]
+    lines = ["set".ljust(14) + "".join(c.rjust(24) for c in cols)]
+    for name, r in results.items():
+        if not isinstance(r, dict) or "images" not in r:
+            continue
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append(("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)).rjust(24))
+        lines.append(name.ljust(14) + "".join(cells))
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate the face / face-mask detector.")
+    p.add_argument("--weights", type=Path, default=Path("engines/weights/detector_mobilenet_v3.pt"))
+    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
+    p.add_argument("--synthetic", type=int, default=200, help="number of synthetic validation scenes")
+    p.add_argument("--score", type=float, default=0.5, help="score threshold for masks and detection rate")
+    p.add_argument("--sets", nargs="+", default=["synthetic", "segmentation", "photos"],
+                   choices=["synthetic", "segmentation", "photos"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    cv2.setNumThreads(1)
+    if not args.weights.is_file():
+        logger.error("no weights at %s", args.weights)
+        return 2
+    predictor = Predictor(args.weights)
+    results: dict = {"weights": str(args.weights), "meta": load_detector_meta(args.weights), "score": args.score}
+    t0 = time.time()
+    try:
+        if "synthetic" in args.sets:
+            results["synthetic"] = evaluate_synthetic(predictor, args.data, args.landmarks, args.synthetic, args.score)
+        if "segmentation" in args.sets:
+            results["segmentation"] = evaluate_segmentation(
+                predictor, args.data / "segmentation" / "training", args.score
+            )
+        if "photos" in args.sets:
+            results["photos"] = evaluate_photos(predictor, args.data / "photos" / "masked", args.score)
+    except DataUnavailableError as exc:
+        logger.error("%s", exc)
+        return 2
+    results["seconds"] = round(time.time() - t0, 1)
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
