@@ -21,14 +21,24 @@ from engines.registry import LoadedModel, file_sha256, load_model
 from engines.runtime import EngineError
 from stream.detect import DetectorSettings, FaceDetector
 from stream.inpaint import FaceInpainter
-from stream.pipeline import DetectStage, InpaintStage, Pipeline, PipelineConfig, TrackStage
+from stream.pipeline import DetectSchedule, DetectStage, InpaintStage, Pipeline, PipelineConfig, TrackStage
 from stream.records import Frame
 from stream.report import RunStats
+from stream.smoothing import SceneCutDetector, TemporalConfig
 from stream.sink import DetectionsSink, EncoderSettings, PreviewSink, Sink, SinkError, open_sink
 from stream.source import ImageSource, ReconnectPolicy, Source, SourceError, open_source
 from stream.track import FaceTracker, TrackerConfig
 
 logger = logging.getLogger("run_stream")
+
+
+def _detect_every(value: str) -> DetectSchedule:
+    if value == "auto":
+        return DetectSchedule(auto=True)
+    try:
+        return DetectSchedule(every=int(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from exc
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,7 +52,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write a JSON report: counts, FPS, per-stage latency, models")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--detect-every", type=int, default=1, metavar="N", help="run the detector on every N-th frame")
+    p.add_argument("--detect-every", type=_detect_every, default="1", metavar="N|auto",
+                   help="run the detector on every N-th frame, or 'auto': more often while faces move fast")
+    p.add_argument("--temporal", default="on", choices=["on", "off"],
+                   help="smooth boxes, masks and reconstructions over time (off: frame by frame)")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
     p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score)
     p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
@@ -85,17 +98,20 @@ def load_models(args: argparse.Namespace) -> Models:
 
 def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argparse.Namespace) -> Pipeline:
     still = isinstance(source, ImageSource)
-    # Photos are unrelated to each other: every frame is detected and no track waits to be confirmed.
-    detect_every = 1 if still else args.detect_every
-    tracker = FaceTracker(TrackerConfig(initialization_delay=0, hit_counter_max=1) if still else TrackerConfig())
+    temporal = TemporalConfig(enabled=args.temporal == "on" and not still)
+    # Photos are unrelated to each other: every one is detected and no track waits to be confirmed.
+    schedule = DetectSchedule() if still else args.detect_every
+    tracker_config = TrackerConfig(initialization_delay=0, hit_counter_max=1) if still else TrackerConfig()
+    rate = float(source.info.rate) if source.info.rate else 25.0
     detector = FaceDetector(
         models.detector.engine, models.detector.config,
         settings=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
     )
     stages = [
-        DetectStage(detector, every=detect_every),
-        TrackStage(tracker, detect_every=detect_every),
-        InpaintStage(FaceInpainter(models.generator.engine, models.generator.config)),
+        DetectStage(detector, schedule=schedule,
+                    scene_cuts=SceneCutDetector(temporal.scene_cut) if temporal.enabled else None),
+        TrackStage(FaceTracker(tracker_config, temporal=temporal, rate=rate)),
+        InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal)),
     ]
     config = PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames)
     return Pipeline(source, stages, sinks, config=config)

@@ -12,6 +12,7 @@ import torch
 from engines.models.generator import GeneratorConfig, square_crop_box
 from engines.runtime import Engine
 from stream.records import Track
+from stream.smoothing import TemporalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +61,59 @@ class CropWindow:
         frame[fy1:fy2, fx1:fx2] = np.clip(a * p + (1 - a) * region + 0.5, 0, 255).astype(np.uint8)
 
 
-class FaceInpainter:
-    """Crops every masked face, runs the generator on the batch, composites and pastes back."""
+@dataclass
+class _FaceState:
+    """What the previous frame left for one track, in that frame's crop coordinates (S x S).
 
-    def __init__(self, engine: Engine, config: GeneratorConfig, *, settings: InpaintSettings = InpaintSettings()) -> None:
+    hole_avg: running average of the hole mask, float32 [0, 1].
+    generated: the reconstruction that was shown, float32 RGB [0, 255].
+    crop: the input crop, float32 RGB [0, 255], to tell how much the visible face changed.
+    """
+
+    window: CropWindow
+    hole_avg: np.ndarray
+    generated: np.ndarray
+    crop: np.ndarray
+
+
+def _align(previous: CropWindow, current: CropWindow, size: int, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Resample arrays from ``previous``'s crop coordinates into ``current``'s (both S x S)."""
+    scale = current.side / previous.side
+    shift_x = (current.x1 - previous.x1) * size / previous.side
+    shift_y = (current.y1 - previous.y1) * size / previous.side
+    # Maps a pixel of the current crop to where it was in the previous crop.
+    matrix = np.array([[scale, 0, shift_x], [0, scale, shift_y]], np.float32)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return [cv2.warpAffine(a, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE) for a in arrays]
+
+
+class FaceInpainter:
+    """Crops every masked face, runs the generator on the batch, composites and pastes back.
+
+    With ``temporal.enabled``, per track: the hole is a running average of the masks (a pixel
+    leaves the hole gradually, never enters it late), and the reconstruction is blended with the
+    previous one, aligned to the new crop, in proportion to how little the visible face changed.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: GeneratorConfig,
+        *,
+        settings: InpaintSettings = InpaintSettings(),
+        temporal: TemporalConfig = TemporalConfig(),
+    ) -> None:
         self.engine = engine
         self.config = config
         self.settings = settings
+        self.temporal = temporal
         size = 2 * config.mask_dilation + 1
         self._dilate = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) if config.mask_dilation else None
+        self._states: dict[int, _FaceState] = {}
+
+    def reset(self) -> None:
+        """Drop all temporal state (scene cut)."""
+        self._states.clear()
 
     def prepare(self, image: np.ndarray, track: Track) -> tuple[CropWindow, np.ndarray, np.ndarray]:
         """(window, crop (S, S, 3) uint8 RGB, hole (S, S) float32 {0, 1}) at generator size S."""
@@ -80,19 +125,55 @@ class FaceInpainter:
             hole = cv2.dilate(hole, self._dilate)
         return window, crop, hole.astype(np.float32)
 
+    def _steady_hole(self, track_id: int, window: CropWindow, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hole to fill, running average); new mask pixels are always in the hole."""
+        state = self._states.get(track_id)
+        if state is None:
+            return hole, hole
+        (previous,) = _align(state.window, window, self.config.size, state.hole_avg)
+        m = self.temporal.mask_momentum
+        average = m * hole + (1 - m) * previous
+        return np.maximum(hole, (average > 0.25).astype(np.float32)), average
+
+    def _steady_output(self, track_id: int, window: CropWindow, crop: np.ndarray, hole: np.ndarray,
+                       generated: np.ndarray) -> np.ndarray:
+        state = self._states.get(track_id)
+        if state is None:
+            return generated
+        previous, previous_crop = _align(state.window, window, self.config.size, state.generated, state.crop)
+        visible = hole < 0.5
+        change = float(np.abs(crop - previous_crop)[visible].mean()) / 255.0 if visible.any() else 1.0
+        m = self.temporal.output_momentum
+        weight = m + (1 - m) * min(change / self.temporal.change_full, 1.0)
+        return weight * generated + (1 - weight) * previous
+
     def __call__(self, image: np.ndarray, tracks: list[Track]) -> np.ndarray:
         """image: (H, W, 3) uint8 RGB. Returns a new frame with every masked face reconstructed."""
         todo = [t for t in tracks if t.mask.any()]
+        temporal = self.temporal.enabled
+        if temporal:
+            live = {t.track_id for t in todo}
+            self._states = {k: v for k, v in self._states.items() if k in live}
         if not todo:
             return image
-        prepared = [self.prepare(image, t) for t in todo]
+        prepared = []
+        for track in todo:
+            window, crop, hole = self.prepare(image, track)
+            average = hole
+            if temporal:
+                hole, average = self._steady_hole(track.track_id, window, hole)
+            prepared.append((window, crop, hole, average))
         crops = torch.from_numpy(np.stack([p[1] for p in prepared])).permute(0, 3, 1, 2).float().div_(255.0)
         holes = torch.from_numpy(np.stack([p[2] for p in prepared]))[:, None]
         predicted = self.engine.run({"image": crops.contiguous(), "mask": holes.contiguous()})["output"]
         predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy()
         k = 2 * self.settings.feather + 1
-        for (window, crop, hole), generated in zip(prepared, predicted):
+        for track, (window, crop, hole, average), generated in zip(todo, prepared, predicted):
+            crop_f = crop.astype(np.float32)
+            if temporal:
+                generated = self._steady_output(track.track_id, window, crop_f, hole, generated)
+                self._states[track.track_id] = _FaceState(window, average, generated, crop_f)
             # Feather outwards only: the whole hole stays generated, the seam fades over the border.
             soft = cv2.GaussianBlur(cv2.dilate(hole, np.ones((k, k), np.uint8)), (k, k), 0)
             soft = np.maximum(soft, hole)

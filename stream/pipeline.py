@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from stream.detect import FaceDetector
 from stream.inpaint import FaceInpainter
 from stream.records import Frame
 from stream.report import RunStats
 from stream.sink import Sink
+from stream.smoothing import SceneCutDetector
 from stream.source import Source
 from stream.track import FaceTracker
 
@@ -44,31 +47,85 @@ class Stage(abc.ABC):
     def process(self, frame: Frame) -> None: ...
 
 
+@dataclass(frozen=True)
+class DetectSchedule:
+    """When the detector runs; the tracker carries faces on the frames in between.
+
+    every: run on every N-th frame (1: every frame).
+    auto: adapt instead: detect on every frame while faces move fast or confidence is low,
+        back off to every ``max_every`` frames while they are steady.
+    fast_motion: centre shift per frame, as a share of the face size, that counts as fast.
+    low_score: face confidence below which the next frame is detected again.
+    """
+
+    every: int = 1
+    auto: bool = False
+    max_every: int = 4
+    fast_motion: float = 0.04
+    low_score: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.max_every < 1:
+            raise ValueError("detection intervals must be >= 1")
+
+
+def _centre_motion(previous: np.ndarray, current: np.ndarray) -> float:
+    """Largest centre shift from a previous face to the nearest current one, relative to face size."""
+    if len(previous) == 0 or len(current) == 0:
+        return 0.0
+    pc = (previous[:, :2] + previous[:, 2:]) / 2
+    cc = (current[:, :2] + current[:, 2:]) / 2
+    size = np.maximum(current[:, 2:] - current[:, :2], 1).max(axis=1)
+    dist = np.linalg.norm(cc[:, None] - pc[None], axis=2).min(axis=1)
+    return float((dist / size).max())
+
+
 class DetectStage(Stage):
-    """Runs the detector every ``every`` frames; the tracker carries faces in between."""
+    """Runs the detector on the frames the schedule picks and on scene cuts."""
 
     name = "detect"
 
-    def __init__(self, detector: FaceDetector, *, every: int = 1) -> None:
-        if every < 1:
-            raise ValueError(f"detect every must be >= 1, got {every}")
+    def __init__(self, detector: FaceDetector, *, schedule: DetectSchedule = DetectSchedule(),
+                 scene_cuts: SceneCutDetector | None = None) -> None:
         self.detector = detector
-        self.every = every
+        self.schedule = schedule
+        self.scene_cuts = scene_cuts
+        self._last: int | None = None
+        self._last_boxes = np.zeros((0, 4), np.float32)
+        self._interval = schedule.every
 
     def process(self, frame: Frame) -> None:
-        if frame.index % self.every == 0:
-            frame.detections = self.detector(frame.image)
+        if self.scene_cuts is not None:
+            frame.scene_cut = self.scene_cuts(frame.image)
+        due = self._last is None or frame.index - self._last >= self._interval
+        if not (due or frame.scene_cut):
+            return
+        detections = self.detector(frame.image)
+        frame.detections = detections
+        if self.schedule.auto:
+            elapsed = 1 if self._last is None else max(frame.index - self._last, 1)
+            moving = _centre_motion(self._last_boxes, detections.boxes) / elapsed > self.schedule.fast_motion
+            unsure = len(detections) > 0 and float(detections.scores.min()) < self.schedule.low_score
+            self._interval = 1 if moving or unsure else min(self._interval + 1, self.schedule.max_every)
+        self._last, self._last_boxes = frame.index, detections.boxes
 
 
 class TrackStage(Stage):
     name = "track"
 
-    def __init__(self, tracker: FaceTracker, *, detect_every: int = 1) -> None:
+    def __init__(self, tracker: FaceTracker) -> None:
         self.tracker = tracker
-        self.detect_every = detect_every
+        self._last_detection: int | None = None
 
     def process(self, frame: Frame) -> None:
-        frame.tracks = self.tracker.update(frame.detections, frame_hw=frame.size, period=self.detect_every)
+        if frame.scene_cut:
+            self.tracker.reset()
+        period = 1
+        if frame.detections is not None:
+            if self._last_detection is not None:
+                period = max(frame.index - self._last_detection, 1)
+            self._last_detection = frame.index
+        frame.tracks = self.tracker.update(frame.detections, frame_hw=frame.size, period=period)
 
 
 class InpaintStage(Stage):
@@ -78,6 +135,8 @@ class InpaintStage(Stage):
         self.inpainter = inpainter
 
     def process(self, frame: Frame) -> None:
+        if frame.scene_cut:
+            self.inpainter.reset()
         frame.output = self.inpainter(frame.image, frame.tracks)
 
 

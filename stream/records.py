@@ -62,6 +62,7 @@ class Frame:
 
     image:  (H, W, 3) uint8 RGB, the decoded frame; never modified in place.
     output: (H, W, 3) uint8 RGB, the frame to encode; set by the inpaint stage.
+    scene_cut: the picture changed completely here; temporal state must not carry over.
     pts:    presentation timestamp in ``time_base`` units (None for still images).
     latency: seconds spent in each stage, keyed by stage name.
     """
@@ -74,6 +75,7 @@ class Frame:
     detections: Detections | None = None
     tracks: list[Track] = field(default_factory=list)
     output: np.ndarray | None = None
+    scene_cut: bool = False
     latency: dict[str, float] = field(default_factory=dict)
 
     @property

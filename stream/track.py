@@ -10,6 +10,7 @@ import numpy as np
 from norfair import Detection, Tracker
 
 from stream.records import Detections, Track
+from stream.smoothing import OneEuroFilter, TemporalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +54,53 @@ def warp_mask(mask: np.ndarray, src_box: np.ndarray, dst_box: np.ndarray) -> np.
 
 
 class FaceTracker:
-    """Assigns ids to faces and predicts their boxes on frames the detector skips."""
+    """Assigns ids to faces, predicts their boxes on frames the detector skips, and (with
+    ``temporal.enabled``) smooths each box with a One Euro filter so face crops do not jitter.
 
-    def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
+    ``rate`` is the video frame rate (frames per second) the filters are tuned for.
+    """
+
+    def __init__(
+        self, config: TrackerConfig = TrackerConfig(), *, temporal: TemporalConfig = TemporalConfig(), rate: float = 25.0
+    ) -> None:
         self.config = config
+        self.temporal = temporal
+        self.rate = rate
+        self._max_id = 0
+        self._id_offset = 0
+        self._start()
+
+    def reset(self) -> None:
+        """Forget every track (scene cut); later ids continue after the ones already given."""
+        self._id_offset = self._max_id
+        self._start()
+
+    def _start(self) -> None:
         self._tracker = Tracker(
             distance_function="iou",
-            distance_threshold=config.max_iou_distance,
-            hit_counter_max=config.hit_counter_max,
-            initialization_delay=config.initialization_delay,
+            distance_threshold=self.config.max_iou_distance,
+            hit_counter_max=self.config.hit_counter_max,
+            initialization_delay=self.config.initialization_delay,
         )
+        self._filters: dict[int, OneEuroFilter] = {}
+
+    def _smooth(self, track_id: int, box: np.ndarray) -> np.ndarray:
+        if not self.temporal.enabled:
+            return box
+        f = self._filters.get(track_id)
+        if f is None:
+            f = self._filters[track_id] = OneEuroFilter(
+                rate=self.rate, min_cutoff=self.temporal.min_cutoff, beta=self.temporal.beta,
+                d_cutoff=self.temporal.d_cutoff,
+            )
+        return f(box)
 
     def update(self, detections: Detections | None, *, frame_hw: tuple[int, int], period: int = 1) -> list[Track]:
         """Advance one frame. ``detections`` is None on frames the detector skipped; ``period``
         is the number of frames since the previous detection."""
         if detections is None:
             objects = self._tracker.update()
+            matched: set[int] = set()
         else:
             norfair_dets = [
                 Detection(
@@ -79,14 +111,21 @@ class FaceTracker:
                 for i in range(len(detections))
             ]
             objects = self._tracker.update(detections=norfair_dets, period=period)
+            matched = {id(d) for d in norfair_dets}
         h, w = frame_hw
         tracks = []
         for obj in objects:
             if obj.id is None:
                 continue
+            track_id = obj.id + self._id_offset
+            self._max_id = max(self._max_id, track_id)
             seen: _Observation = obj.last_detection.data
-            box = np.clip(obj.estimate.reshape(4), 0, [w, h, w, h]).astype(np.float32)
+            # A fresh detection is the best evidence; the Kalman estimate fills the gaps.
+            raw = seen.box if id(obj.last_detection) in matched else obj.estimate.reshape(4)
+            box = np.clip(self._smooth(track_id, raw), 0, [w, h, w, h]).astype(np.float32)
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 continue
-            tracks.append(Track(obj.id, box, seen.score, warp_mask(seen.mask, seen.box, box)))
+            tracks.append(Track(track_id, box, seen.score, warp_mask(seen.mask, seen.box, box)))
+        live = {t.track_id for t in tracks}
+        self._filters = {k: v for k, v in self._filters.items() if k in live}
         return sorted(tracks, key=lambda t: t.track_id)
