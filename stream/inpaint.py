@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InpaintSettings:
-    """feather: width in crop pixels of the soft seam between generated and original pixels."""
+    """feather: width of the soft seam between generated and original pixels, as a share of
+    the crop side (so it looks the same at every generator resolution)."""
 
-    feather: int = 7
+    feather: float = 0.04
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class FaceInpainter:
         predicted = self.engine.run({"image": crops.contiguous(), "mask": holes.contiguous()})["output"]
         predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy()
-        k = 2 * self.settings.feather + 1
+        k = 2 * max(1, round(self.settings.feather * self.config.size)) + 1
         for track, (window, crop, hole, average), generated in zip(todo, prepared, predicted):
             crop_f = crop.astype(np.float32)
             if temporal:

@@ -1,0 +1,180 @@
+"""Detect / track / inpaint stages and the temporal filters, on small synthetic inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from engines.models.generator import GeneratorConfig
+from engines.runtime import Engine, TensorSpec
+from stream.detect import Letterbox
+from stream.inpaint import CropWindow, FaceInpainter
+from stream.pipeline import DetectSchedule, DetectStage
+from stream.records import Detections, Frame, Track
+from stream.sink import DetectionsSink
+from stream.smoothing import OneEuroFilter, SceneCutDetector, TemporalConfig
+from stream.track import FaceTracker, TrackerConfig, warp_mask
+
+
+def _detections(boxes, h=120, w=160, score=0.9):
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    masks = np.zeros((len(boxes), h, w), bool)
+    for m, b in zip(masks, boxes):
+        x1, y1, x2, y2 = b.astype(int)
+        m[(y1 + y2) // 2 : y2, x1:x2] = True  # lower half of the face
+    return Detections(boxes=boxes, scores=np.full(len(boxes), score, np.float32), masks=masks)
+
+
+def test_tracker_keeps_ids_through_motion_and_misses():
+    tracker = FaceTracker(TrackerConfig(initialization_delay=0), temporal=TemporalConfig(enabled=False))
+    ids = []
+    for t in range(30):
+        dets = None if t % 5 == 4 else _detections([[10 + t, 20, 50 + t, 70], [100, 20 - t * 0.3, 140, 70 - t * 0.3]])
+        tracks = tracker.update(dets, frame_hw=(120, 160))
+        ids.append(tuple(tr.track_id for tr in tracks))
+    assert len(set(ids)) == 1 and len(ids[0]) == 2
+
+
+def test_tracker_ids_stay_unique_after_scene_cut_reset():
+    tracker = FaceTracker(TrackerConfig(initialization_delay=0))
+    before = tracker.update(_detections([[10, 20, 50, 70]]), frame_hw=(120, 160))
+    tracker.reset()
+    after = tracker.update(_detections([[10, 20, 50, 70]]), frame_hw=(120, 160))
+    assert before[0].track_id != after[0].track_id
+
+
+def test_temporal_box_is_steadier_than_raw():
+    rng = np.random.default_rng(0)
+    raw_tracker = FaceTracker(TrackerConfig(initialization_delay=0), temporal=TemporalConfig(enabled=False))
+    smooth_tracker = FaceTracker(TrackerConfig(initialization_delay=0), temporal=TemporalConfig(enabled=True))
+    raw, smooth = [], []
+    for _ in range(60):
+        box = np.array([40, 30, 100, 100], np.float32) + rng.normal(0, 2.0, 4).astype(np.float32)
+        raw.append(raw_tracker.update(_detections([box]), frame_hw=(120, 160))[0].box)
+        smooth.append(smooth_tracker.update(_detections([box]), frame_hw=(120, 160))[0].box)
+    jitter = lambda boxes: float(np.abs(np.diff(np.stack(boxes), axis=0)).mean())  # noqa: E731
+    assert jitter(smooth) < 0.5 * jitter(raw)
+
+
+def test_one_euro_follows_fast_motion():
+    f = OneEuroFilter(rate=25, min_cutoff=1.0, beta=0.02)
+    out = [f(np.array([t * 20.0])) for t in range(40)]
+    assert abs(float(out[-1][0]) - 39 * 20.0) < 40  # lags by less than two frames' motion
+
+
+def test_scene_cut_detector():
+    cut = SceneCutDetector(0.25)
+    dark, bright = np.zeros((50, 50, 3), np.uint8), np.full((50, 50, 3), 200, np.uint8)
+    assert [cut(dark), cut(dark + 5), cut(bright), cut(bright)] == [False, False, True, False]
+
+
+def test_warp_mask_follows_box():
+    mask = np.zeros((100, 100), bool)
+    mask[40:60, 20:40] = True
+    moved = warp_mask(mask, np.array([20, 40, 40, 60.0]), np.array([50, 10, 90, 50.0]))
+    ys, xs = np.nonzero(moved)
+    got = np.array([xs.min(), xs.max(), ys.min(), ys.max()])
+    assert np.abs(got - [50, 89, 10, 49]).max() <= 1  # nearest-neighbour rounding at the edges
+
+
+def test_letterbox_maps_back():
+    box = Letterbox.fit((480, 640), (320, 320))
+    assert (box.width, box.height, box.scale) == (320, 240, 0.5)
+    out = box.apply(np.full((480, 640, 3), 255, np.uint8), (320, 320))
+    assert out.shape == (320, 320, 3) and out[239, 319].all() and not out[240:].any()
+
+
+class _MeanEngine(Engine):
+    """Fills the hole with a constant colour: enough to check cropping and compositing."""
+
+    backend = "test"
+    device = torch.device("cpu")
+    inputs = (TensorSpec("image", ("N", 3, 32, 32), "float32"), TensorSpec("mask", ("N", 1, 32, 32), "float32"))
+    outputs = (TensorSpec("output", ("N", 3, 32, 32), "float32"),)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.calls = 0
+
+    def _run(self, feeds, stream):
+        self.calls += 1
+        return {"output": torch.full_like(feeds["image"], self.value)}
+
+
+def test_inpainter_changes_only_the_mask_region():
+    image = np.full((120, 160, 3), 100, np.uint8)
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, np.zeros((120, 160), bool))
+    track.mask[60:95, 50:90] = True
+    config = GeneratorConfig(size=32, width=4, mask_dilation=1)
+    inpainter = FaceInpainter(_MeanEngine(1.0), config, temporal=TemporalConfig(enabled=False))
+    out = inpainter(image, [track])
+    assert (out[70:85, 60:80] > 240).all()  # the hole is filled with the generated colour
+    assert (out[:40] == 100).all() and (out[:, :30] == 100).all()  # far from the mask: untouched
+    unmasked = Track(2, track.box, 0.9, np.zeros((120, 160), bool))
+    assert inpainter(image, [unmasked]) is image
+
+
+def test_temporal_inpainter_steadies_a_flickering_generator():
+    image = np.full((120, 160, 3), 100, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config = GeneratorConfig(size=32, width=4, mask_dilation=1)
+    engine = _MeanEngine(0.0)
+    inpainter = FaceInpainter(engine, config, temporal=TemporalConfig(output_momentum=0.5))
+    values = []
+    for t in range(6):
+        engine.value = float(t % 2)  # a generator that flips black/white every frame
+        values.append(float(inpainter(image, [track])[75, 70].mean()))
+    assert max(abs(a - b) for a, b in zip(values[2:], values[3:])) < 0.6 * 255
+
+
+def test_crop_window_pads_outside_the_frame():
+    image = np.arange(100, dtype=np.uint8).reshape(10, 10)
+    window = CropWindow(x1=-5, y1=-5, side=10)
+    cut = window.cut(image)
+    assert cut.shape == (10, 10) and cut[5, 5] == image[0, 0] and cut[0, 0] == image[0, 0]
+
+
+def test_auto_schedule_backs_off_when_still_and_detects_on_motion():
+    class Fixed:
+        def __init__(self):
+            self.box = np.array([[40, 20, 100, 100]], np.float32)
+            self.calls = []
+
+        def __call__(self, image):
+            self.calls.append(True)
+            return _detections(self.box)
+
+    det = Fixed()
+    stage = DetectStage(det, schedule=DetectSchedule(auto=True, max_every=4))
+    image = np.zeros((120, 160, 3), np.uint8)
+    for i in range(40):
+        stage.process(Frame(index=i, image=image))
+    still_calls = len(det.calls)
+    assert still_calls <= 16
+    det.calls.clear()
+    for i in range(40, 60):
+        det.box = det.box + np.array([[8, 0, 8, 0]], np.float32)  # fast sideways motion
+        stage.process(Frame(index=i, image=image))
+    assert len(det.calls) >= 15
+
+
+def test_detections_jsonl_round_trips_rle(tmp_path):
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 5:25] = True
+    frame = Frame(index=3, image=np.zeros((40, 60, 3), np.uint8), pts=6, time_base=__import__("fractions").Fraction(1, 2))
+    frame.tracks = [Track(7, np.array([1, 2, 30, 35], np.float32), 0.91, mask)]
+    sink = DetectionsSink(tmp_path / "d.jsonl")
+    sink.write(frame)
+    sink.close()
+    record = json.loads((tmp_path / "d.jsonl").read_text())
+    assert record["frame"] == 3 and record["pts"] == 3.0 and record["file"] is None
+    face = record["faces"][0]
+    assert face["track_id"] == 7 and face["box"] == [1, 2, 30, 35] and face["score"] == pytest.approx(0.91)
+    rle = {"size": face["mask_rle"]["size"], "counts": face["mask_rle"]["counts"].encode()}
+    assert (mask_utils.decode(rle).astype(bool) == mask).all()
