@@ -1,0 +1,285 @@
+"""Temporal stability of the streaming pipeline on synthetic masked clips, smoothing on vs off.
+
+    python -m training.evaluate_temporal --clips cache/masked_clips --out runs/temporal.json
+
+For every ``<name>_masked.mp4`` in --clips (made by ``training.masked_clips``, next to
+``<name>_gt.mp4`` and ``<name>_masks.npz``) this runs
+
+    python run_stream.py --input <name>_masked.mp4 --output <work>/<name>_<mode>.mp4 \\
+        --detections <work>/<name>_<mode>.jsonl --temporal <mode> --no-progress
+
+for mode ``on`` and ``off`` and compares each output with the ground truth:
+
+- temporal error inside the mask region (``training.temporal_metrics.temporal_error``): how far
+  the output's frame-to-frame change departs from the ground truth's, 0..255 units, lower is
+  better; on/off < 1 means smoothing helps;
+- mean per-frame PSNR inside the region and over the whole frame (dB, capped at ``PSNR_CAP``);
+- CLEAR-MOT identity switches of the written tracks against the clip's face boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from training.masked_clips import ClipMasks, load_clip_masks
+from training.temporal_metrics import IdSwitchCounter, TemporalErrorAccumulator, frame_psnr
+
+logger = logging.getLogger(__name__)
+
+MODES = ("on", "off")
+# Identical frames have infinite PSNR; a cap keeps means and on-off differences finite.
+PSNR_CAP = 100.0
+
+
+class EvaluationError(RuntimeError):
+    """A clip is incomplete, the pipeline failed, or its output does not match the ground truth."""
+
+
+@dataclass(frozen=True)
+class ClipFiles:
+    name: str
+    masked: Path
+    gt: Path
+    masks: Path
+
+
+def find_clips(root: Path, only: Sequence[str] | None = None) -> list[ClipFiles]:
+    """Clips in ``root`` that have all three files, sorted by name."""
+    clips = []
+    for masked in sorted(root.glob("*_masked.mp4")):
+        name = masked.name[: -len("_masked.mp4")]
+        if only and name not in only:
+            continue
+        gt, masks = root / f"{name}_gt.mp4", root / f"{name}_masks.npz"
+        if not (gt.is_file() and masks.is_file()):
+            logger.warning("skipping %s: missing %s", name, gt.name if not gt.is_file() else masks.name)
+            continue
+        clips.append(ClipFiles(name=name, masked=masked, gt=gt, masks=masks))
+    return clips
+
+
+def stream_command(
+    clip: ClipFiles, *, mode: str, output: Path, detections: Path, run_stream: Path, python: str,
+    detect_every: int, max_frames: int | None, extra: Sequence[str],
+) -> list[str]:
+    cmd = [python, str(run_stream), "--input", str(clip.masked), "--output", str(output),
+           "--detections", str(detections), "--temporal", mode, "--no-progress"]
+    if detect_every != 1:
+        cmd += ["--detect-every", str(detect_every)]
+    if max_frames is not None:
+        cmd += ["--max-frames", str(max_frames)]
+    return cmd + list(extra)
+
+
+def run_stream_once(cmd: list[str], *, cwd: Path, timeout: float | None) -> None:
+    logger.info("running %s", shlex.join(cmd))
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise EvaluationError(f"pipeline timed out after {timeout} s: {shlex.join(cmd)}") from exc
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise EvaluationError(f"pipeline exited with {proc.returncode}: {shlex.join(cmd)}\n{tail}")
+
+
+def iter_rgb(path: Path) -> Iterator[np.ndarray]:
+    """Decoded frames of a video as HxWx3 uint8 RGB."""
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as exc:
+        raise EvaluationError(f"cannot decode {path}: {exc}") from exc
+
+
+def read_tracks(path: Path) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """Detections JSONL (one ``{"frame": i, "faces": [{"track_id": int, "box": [x1, y1, x2, y2],
+    ...}]}`` per line) as frame index -> [(track_id, (4,) float64 xyxy box)]."""
+    tracks: dict[int, list[tuple[int, np.ndarray]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                tracks[int(record["frame"])] = [
+                    (int(face["track_id"]), np.asarray(face["box"], dtype=np.float64)) for face in record["faces"]
+                ]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise EvaluationError(f"{path}:{n}: bad detections record ({exc})") from exc
+    return tracks
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """frames: frames compared; temporal_error: inside the mask region (0..255, lower is better);
+    temporal_error_frame: the same over the whole frame; psnr_region / psnr_frame: mean per-frame
+    PSNR in dB (each frame capped at PSNR_CAP); id_switches: None without detections."""
+
+    frames: int
+    temporal_error: float
+    temporal_error_frame: float
+    psnr_region: float
+    psnr_frame: float
+    id_switches: int | None
+
+
+def measure_output(
+    output: Path, gt: Path, masks: ClipMasks, *, detections: Path | None = None,
+    max_frames: int | None = None, iou: float = 0.5,
+) -> OutputMetrics:
+    """Compare a pipeline output video with the ground-truth video frame by frame (in decode
+    order), inside the union of the clip's face masks and over the whole frame."""
+    region_err, frame_err = TemporalErrorAccumulator(), TemporalErrorAccumulator()
+    psnr_region, psnr_frame = [], []
+    tracks = read_tracks(detections) if detections is not None else None
+    counter = IdSwitchCounter(iou=iou)
+    limit = len(masks.pts) if max_frames is None else min(max_frames, len(masks.pts))
+    t = 0
+    for out, ref in zip(iter_rgb(output), iter_rgb(gt)):
+        if t >= limit:
+            break
+        if out.shape != ref.shape:
+            raise EvaluationError(f"{output} frame {t} is {out.shape}, ground truth {ref.shape}")
+        region = masks.region(t)
+        if region.shape != ref.shape[:2]:
+            raise EvaluationError(f"masks are {region.shape}, ground truth frames {ref.shape[:2]}")
+        region_err.update(out, ref, region)
+        frame_err.update(out, ref, np.ones(region.shape, bool))
+        psnr_region.append(min(frame_psnr(out, ref, region), PSNR_CAP))
+        psnr_frame.append(min(frame_psnr(out, ref), PSNR_CAP))
+        if tracks is not None:
+            counter.update(tracks.get(t, []), masks.gt_boxes(t))
+        t += 1
+    if t == 0:
+        raise EvaluationError(f"no frames to compare in {output}")
+    if t < limit:
+        logger.warning("%s: compared %d frames, the clip has %d", output.name, t, limit)
+    finite_region = [p for p in psnr_region if not math.isnan(p)]
+    return OutputMetrics(
+        frames=t, temporal_error=region_err.value, temporal_error_frame=frame_err.value,
+        psnr_region=float(np.mean(finite_region)) if finite_region else float("nan"),
+        psnr_frame=float(np.mean(psnr_frame)), id_switches=None if tracks is None else counter.switches,
+    )
+
+
+def compare(on: OutputMetrics, off: OutputMetrics) -> dict[str, float]:
+    """Smoothing's effect: temporal error ratio on/off (below 1 is better), PSNR differences
+    on - off (above 0 is better)."""
+    return {
+        "temporal_error_ratio": on.temporal_error / off.temporal_error if off.temporal_error > 0 else float("nan"),
+        "psnr_region_diff": on.psnr_region - off.psnr_region,
+        "psnr_frame_diff": on.psnr_frame - off.psnr_frame,
+    }
+
+
+def format_table(results: dict[str, dict[str, OutputMetrics]]) -> str:
+    head = (f"{'clip':28s} {'frames':>6s} | {'TE on':>6s} {'TE off':>6s} {'ratio':>6s} | "
+            f"{'PSNRr on':>8s} {'off':>6s} {'diff':>6s} | {'PSNRf on':>8s} {'off':>6s} {'diff':>6s} | "
+            f"{'IDsw on':>7s} {'off':>4s}")
+    lines = [head, "-" * len(head)]
+
+    def ids(m: OutputMetrics) -> str:
+        return "-" if m.id_switches is None else str(m.id_switches)
+
+    for name, r in results.items():
+        on, off = r["on"], r["off"]
+        c = compare(on, off)
+        lines.append(
+            f"{name[:28]:28s} {on.frames:6d} | {on.temporal_error:6.2f} {off.temporal_error:6.2f} "
+            f"{c['temporal_error_ratio']:6.3f} | {on.psnr_region:8.2f} {off.psnr_region:6.2f} "
+            f"{c['psnr_region_diff']:+6.2f} | {on.psnr_frame:8.2f} {off.psnr_frame:6.2f} "
+            f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s}"
+        )
+    return "\n".join(lines)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", type=Path, required=True, help="folder made by training.masked_clips")
+    p.add_argument("--detections-every", type=int, default=1, metavar="N",
+                   help="passed to run_stream.py as --detect-every")
+    p.add_argument("--max-frames", type=int, help="frames per clip (also passed to run_stream.py)")
+    p.add_argument("--out", type=Path, default=Path("runs/temporal.json"), help="JSON results")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these clips")
+    p.add_argument("--work", type=Path, help="keep pipeline outputs here (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true",
+                   help="do not run the pipeline; read <work>/<name>_<mode>.mp4 and .jsonl made before")
+    p.add_argument("--run-stream", type=Path, default=Path("run_stream.py"))
+    p.add_argument("--stream-args", default="", help="extra run_stream.py arguments, e.g. '--backend torch'")
+    p.add_argument("--timeout", type=float, help="seconds per pipeline run")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU to match a track to a ground-truth face")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.reuse and args.work is None:
+        logger.error("--reuse needs --work")
+        return 2
+    clips = find_clips(args.clips, args.only) if args.clips.is_dir() else []
+    if not clips:
+        logger.error("no complete clips in %s", args.clips)
+        return 2
+    run_stream = args.run_stream.resolve()
+    with tempfile.TemporaryDirectory(prefix="temporal_") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results: dict[str, dict[str, OutputMetrics]] = {}
+        for clip in clips:
+            masks = load_clip_masks(clip.masks)
+            results[clip.name] = {}
+            for mode in MODES:
+                output, detections = work / f"{clip.name}_{mode}.mp4", work / f"{clip.name}_{mode}.jsonl"
+                try:
+                    if not args.reuse:
+                        cmd = stream_command(
+                            clip, mode=mode, output=output.resolve(), detections=detections.resolve(),
+                            run_stream=run_stream, python=sys.executable, detect_every=args.detections_every,
+                            max_frames=args.max_frames, extra=shlex.split(args.stream_args),
+                        )
+                        run_stream_once(cmd, cwd=run_stream.parent, timeout=args.timeout)
+                    results[clip.name][mode] = measure_output(
+                        output, clip.gt, masks, detections=detections if detections.is_file() else None,
+                        max_frames=args.max_frames, iou=args.iou,
+                    )
+                except (EvaluationError, OSError) as exc:
+                    logger.error("%s (%s): %s", clip.name, mode, exc)
+                    return 1
+    print(format_table(results))
+    report = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "clips": {
+            name: {**{m: asdict(r[m]) for m in MODES}, **compare(r["on"], r["off"])} for name, r in results.items()
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
