@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from engines.registry import LoadedModel, file_sha256, load_model
 from engines.runtime import EngineError
+from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
 from stream.detect import DetectorSettings, FaceDetector
 from stream.inpaint import FaceInpainter
 from stream.pipeline import DetectSchedule, DetectStage, InpaintStage, Pipeline, PipelineConfig, TrackStage
@@ -67,6 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--queue-size", type=int, default=PipelineConfig.queue_size)
     p.add_argument("--sequential", action="store_true", help="no threads, no overlap (a baseline)")
+    p.add_argument("--benchmark", type=Path, metavar="DIR", nargs="?", const=Path("runs/benchmark"),
+                   help="run --max-frames (default 300) frames threaded and then sequentially; print "
+                        "latency and FPS, write DIR/benchmark.json and DIR/benchmark.png")
     p.add_argument("--detector-weights", type=Path, help="detector weights (default: the shipped model)")
     p.add_argument("--generator-weights", type=Path, help="generator weights (default: the shipped model)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime")
@@ -145,15 +150,16 @@ def write_report(path: Path, stats: RunStats, models: Models, source: Source) ->
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _open_input(args: argparse.Namespace) -> Source:
+    return open_source(
+        args.input, policy=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout)
+    )
+
+
 def run(args: argparse.Namespace) -> RunStats:
     if not (args.output or args.show or args.detections):
         raise SinkError("nothing to do: give --output, --show or --detections")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    source = open_source(
-        args.input, policy=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout)
-    )
+    source = _open_input(args)
     try:
         models = load_models(args)
         sinks = open_sinks(source, args)
@@ -183,11 +189,50 @@ def run(args: argparse.Namespace) -> RunStats:
     return stats
 
 
+def benchmark(args: argparse.Namespace) -> BenchmarkResult:
+    """Threaded, then sequential, on the same models and settings; encodes to a scratch file
+    unless --output is given, so encoding is part of the measured cost."""
+    models = load_models(args)
+    scratch = tempfile.TemporaryDirectory()
+    if args.max_frames is None:
+        args.max_frames = 300
+
+    def make_pipeline(sequential: bool) -> Pipeline:
+        source = _open_input(args)
+        run_args = argparse.Namespace(**{**vars(args), "sequential": sequential, "show": False,
+                                         "output": args.output or str(Path(scratch.name) / "bench.mp4")})
+        return build_pipeline(source, models, open_sinks(source, run_args), run_args)
+
+    with scratch:
+        result = run_benchmark(make_pipeline, compare_sequential=not args.sequential)
+    print(format_table(result))
+    probe = _open_input(args)
+    probe.close()
+    context = {
+        "input": f"{Path(args.input).name} {probe.info.width}x{probe.info.height}",
+        "backend": args.backend,
+        "device": args.device,
+        "models": models.describe(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    json_path, png_path = write_outputs(result, args.benchmark, context)
+    print(f"wrote {json_path} and {png_path}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
     try:
-        run(args)
+        if args.benchmark:
+            benchmark(args)
+        else:
+            run(args)
     except (SourceError, SinkError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

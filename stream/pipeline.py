@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from stream.detect import FaceDetector
 from stream.inpaint import FaceInpainter
@@ -258,6 +259,8 @@ class Pipeline:
             self._fail(exc)
 
     def _stage_loop(self, stage: Stage, inq, out) -> None:
+        # Denormal floats make CPU convolutions many times slower; the flag is per thread.
+        torch.set_flush_denormal(True)
         try:
             while True:
                 item = self._get(inq)

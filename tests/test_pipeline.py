@@ -237,3 +237,15 @@ def test_corrupt_packet_in_the_middle_is_skipped_and_counted(tmp_path):
     stats = Pipeline(source, [], [sink]).run()
     assert 40 <= stats.frames_written < 60
     assert stats.frames_corrupt >= 1
+
+
+def test_benchmark_writes_json_and_chart(tmp_path, tiny_weights, capsys):
+    src = make_video(tmp_path / "in.mp4", frames=12, audio=False)
+    out = tmp_path / "bench"
+    assert cli(tiny_weights, "--input", str(src), "--benchmark", str(out), "--max-frames", "10") == 0
+    printed = capsys.readouterr().out
+    assert "pipeline gain over sequential" in printed and "detect" in printed
+    report = __import__("json").loads((out / "benchmark.json").read_text())
+    assert report["threaded"]["frames_written"] == report["sequential"]["frames_written"] == 10
+    assert report["gain"] > 0 and "detector" in report["models"]
+    assert (out / "benchmark.png").stat().st_size > 10_000
