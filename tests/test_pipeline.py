@@ -249,3 +249,38 @@ def test_benchmark_writes_json_and_chart(tmp_path, tiny_weights, capsys):
     assert report["threaded"]["frames_written"] == report["sequential"]["frames_written"] == 10
     assert report["gain"] > 0 and "detector" in report["models"]
     assert (out / "benchmark.png").stat().st_size > 10_000
+
+
+def test_restream_to_udp_is_received(tmp_path, tiny_weights):
+    from tests.rtsp_server import free_loopback_port
+
+    src = make_video(tmp_path / "in.mp4", frames=150, audio=False)
+    url = f"udp://127.0.0.1:{free_loopback_port()}"
+    received = []
+
+    def receive():
+        with av.open(url + "?timeout=20000000", format="mpegts", timeout=20) as container:
+            for frame in container.decode(video=0):
+                received.append(frame.pts)
+                if len(received) >= 20:
+                    return
+
+    listener = threading.Thread(target=receive, daemon=True)
+    listener.start()
+    time.sleep(0.5)
+    assert cli(tiny_weights, "--input", str(src), "--output", url) == 0
+    listener.join(20)
+    assert len(received) >= 20
+
+
+def test_show_without_gui_is_a_clear_error(tmp_path, tiny_weights, capsys):
+    import cv2
+
+    try:
+        cv2.namedWindow("probe")
+        cv2.destroyWindow("probe")
+        pytest.skip("this OpenCV has a GUI")
+    except cv2.error:
+        pass
+    src = make_video(tmp_path / "in.mp4", frames=3, audio=False)
+    assert "--show needs OpenCV with GUI" in _bad(tmp_path, tiny_weights, capsys, "--input", str(src), "--show")
