@@ -6,6 +6,7 @@ import abc
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -255,6 +256,16 @@ class DetectionsSink(Sink):
         self._file.close()
 
 
+def draw_overlays(image: np.ndarray, frame: Frame) -> None:
+    """Outline each tracked face's mask region and box with its id, in place (BGR or RGB)."""
+    for t in frame.tracks:
+        x1, y1, x2, y2 = (int(v) for v in t.box)
+        contours, _ = cv2.findContours(t.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(image, contours, -1, (255, 0, 255), 1)
+        cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
+        cv2.putText(image, f"#{t.track_id}", (x1, max(12, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 0), 2)
+
+
 class PreviewSink(Sink):
     """An OpenCV window; needs OpenCV built with GUI support (``opencv-python``)."""
 
@@ -267,15 +278,15 @@ class PreviewSink(Sink):
             raise SinkError("--show needs OpenCV with GUI support (pip install opencv-python) and a display") from exc
         self.overlays = overlays
         self.closed_by_user = False
+        self._shown: list[float] = []
 
     def write(self, frame: Frame) -> None:
         image = cv2.cvtColor(frame.output if frame.output is not None else frame.image, cv2.COLOR_RGB2BGR)
         if self.overlays:
-            for t in frame.tracks:
-                x1, y1, x2, y2 = (int(v) for v in t.box)
-                cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
-                cv2.putText(image, f"#{t.track_id}", (x1, max(0, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX,
-                            0.6, (0, 255, 0), 2)
+            draw_overlays(image, frame)
+            now = time.perf_counter()
+            self._shown = [t for t in self._shown if now - t < 1.0] + [now]
+            cv2.putText(image, f"{len(self._shown)} FPS", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 255), 2)
         cv2.imshow(self.WINDOW, image)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.closed_by_user = True

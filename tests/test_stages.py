@@ -178,3 +178,17 @@ def test_detections_jsonl_round_trips_rle(tmp_path):
     assert face["track_id"] == 7 and face["box"] == [1, 2, 30, 35] and face["score"] == pytest.approx(0.91)
     rle = {"size": face["mask_rle"]["size"], "counts": face["mask_rle"]["counts"].encode()}
     assert (mask_utils.decode(rle).astype(bool) == mask).all()
+
+
+def test_preview_overlays_outline_mask_and_box():
+    from stream.sink import draw_overlays
+
+    frame = Frame(index=0, image=np.zeros((60, 60, 3), np.uint8))
+    mask = np.zeros((60, 60), bool)
+    mask[30:40, 15:35] = True
+    frame.tracks = [Track(3, np.array([10, 10, 50, 50], np.float32), 0.9, mask)]
+    image = frame.image.copy()
+    draw_overlays(image, frame)
+    assert tuple(image[30, 20]) == (255, 0, 255)  # mask outline
+    assert tuple(image[50, 30]) == (0, 255, 0)  # box edge
+    assert not image[35, 25].any()  # inside the mask stays as it was
