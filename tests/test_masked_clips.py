@@ -137,9 +137,9 @@ def test_stream_command_follows_the_contract(tmp_path):
     clip = evaluate_temporal.ClipFiles("a", tmp_path / "a_masked.mp4", tmp_path / "a_gt.mp4", tmp_path / "a_masks.npz")
     cmd = evaluate_temporal.stream_command(
         clip, mode="off", output=tmp_path / "o.mp4", detections=tmp_path / "o.jsonl", run_stream=tmp_path / "run_stream.py",
-        python="python", detect_every=3, max_frames=10, extra=["--backend", "torch"],
+        python="python", detect_every="3", max_frames=10, extra=["--backend", "torch"],
     )
-    assert cmd == ["python", str(tmp_path / "run_stream.py"), "--input", str(clip.masked), "--output",
+    assert cmd == ["python", str(tmp_path / "run_stream.py"), "--input", str(clip.masked.resolve()), "--output",
                    str(tmp_path / "o.mp4"), "--detections", str(tmp_path / "o.jsonl"), "--temporal", "off",
                    "--no-progress", "--detect-every", "3", "--max-frames", "10", "--backend", "torch"]
 

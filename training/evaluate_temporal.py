@@ -73,11 +73,11 @@ def find_clips(root: Path, only: Sequence[str] | None = None) -> list[ClipFiles]
 
 def stream_command(
     clip: ClipFiles, *, mode: str, output: Path, detections: Path, run_stream: Path, python: str,
-    detect_every: int, max_frames: int | None, extra: Sequence[str],
+    detect_every: str, max_frames: int | None, extra: Sequence[str],
 ) -> list[str]:
-    cmd = [python, str(run_stream), "--input", str(clip.masked), "--output", str(output),
+    cmd = [python, str(run_stream), "--input", str(clip.masked.resolve()), "--output", str(output),
            "--detections", str(detections), "--temporal", mode, "--no-progress"]
-    if detect_every != 1:
+    if str(detect_every) != "1":
         cmd += ["--detect-every", str(detect_every)]
     if max_frames is not None:
         cmd += ["--max-frames", str(max_frames)]
@@ -218,7 +218,7 @@ def _json_safe(value):
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=Path, required=True, help="folder made by training.masked_clips")
-    p.add_argument("--detections-every", type=int, default=1, metavar="N",
+    p.add_argument("--detections-every", default="1", metavar="N|auto",
                    help="passed to run_stream.py as --detect-every")
     p.add_argument("--max-frames", type=int, help="frames per clip (also passed to run_stream.py)")
     p.add_argument("--out", type=Path, default=Path("runs/temporal.json"), help="JSON results")
