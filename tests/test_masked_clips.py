@@ -113,12 +113,12 @@ def test_measure_output_on_a_synthetic_clip(tmp_path):
     assert same.frames == len(gt)
     assert same.temporal_error == 0.0 and same.temporal_error_frame == 0.0
     assert same.psnr_region == evaluate_temporal.PSNR_CAP
-    assert same.id_switches == 1
+    assert same.id_switches == 1 and same.matched == 1.0
 
     frozen = np.repeat(gt[:1], len(gt), 0)  # an output that ignores the motion
     _write_video(tmp_path / "frozen.mp4", frozen, masks.pts)
     stuck = evaluate_temporal.measure_output(tmp_path / "frozen.mp4", tmp_path / "gt.mp4", masks, max_frames=4)
-    assert stuck.frames == 4 and stuck.id_switches is None
+    assert stuck.frames == 4 and stuck.id_switches is None and stuck.matched is None
     assert stuck.temporal_error > 1.0 and stuck.psnr_frame < 40.0
     c = evaluate_temporal.compare(same, stuck)
     assert c["temporal_error_ratio"] == 0.0 and c["psnr_frame_diff"] > 0
@@ -187,7 +187,7 @@ def test_clip_maker_and_evaluator_on_real_clips(shared_data, tmp_path):
     assert set(report["clips"]) == {*names, "multi"}
     for r in report["clips"].values():
         for mode in evaluate_temporal.MODES:
-            assert r[mode]["frames"] == 5 and r[mode]["id_switches"] == 0
+            assert r[mode]["frames"] == 5 and r[mode]["id_switches"] == 0 and r[mode]["matched"] == 1.0
             # The mask differs from the face under it; the rest of the frame only by coding noise.
             assert r[mode]["psnr_region"] < r[mode]["psnr_frame"] < evaluate_temporal.PSNR_CAP
             assert math.isfinite(r[mode]["temporal_error"])

@@ -150,6 +150,10 @@ def test_lost_then_recovered_with_same_id_is_no_switch_but_new_id_is():
 def test_track_far_from_gt_is_not_matched():
     gts = [[(0, A)]] * 3
     assert id_switches([[(1, A)], [(2, B)], [(1, A)]], gts) == 0
+    counter = IdSwitchCounter()
+    for tracks, g in zip([[(1, A)], [(2, B)], [(1, A)]], gts):
+        counter.update(tracks, g)
+    assert (counter.matched_count, counter.gt_count) == (2, 3)
 
 
 def test_kept_correspondence_beats_a_better_new_match():

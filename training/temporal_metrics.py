@@ -127,12 +127,16 @@ class IdSwitchCounter:
     greedily by decreasing IoU (with a handful of faces per frame this agrees with the Hungarian
     matching of the CLEAR-MOT paper except in contrived ties). A switch is counted when a
     ground-truth object gets matched to a track id other than the one it was last matched to,
-    even after frames where it was unmatched.
+    even after frames where it was unmatched. ``gt_count`` and ``matched_count`` count
+    ground-truth objects seen and matched, so a tracker whose boxes never overlap the ground
+    truth enough (no matches, hence no switches) can be told from a perfect one.
     """
 
     def __init__(self, *, iou: float = 0.5) -> None:
         self.iou = float(iou)
         self.switches = 0
+        self.gt_count = 0
+        self.matched_count = 0
         self._last_track: dict[int, int] = {}
         self._current: dict[int, int] = {}
 
@@ -162,6 +166,8 @@ class IdSwitchCounter:
                 self.switches += 1
             self._last_track[g] = t
         self._current = match
+        self.gt_count += len(gts)
+        self.matched_count += len(match)
         return match
 
 
