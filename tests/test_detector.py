@@ -175,3 +175,16 @@ def test_scene_targets_are_consistent():
     # Same index, same scene.
     again, _ = ds[0]
     assert torch.equal(again, ds[0][0])
+
+
+SHIPPED = REPO / "engines" / "weights" / "detector_mobilenet_v3.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped detector weights")
+def test_shipped_weights_run():
+    model, config = load_detector(SHIPPED)
+    assert config.backbone == "mobilenet_v3" and not model.training
+    assert int(load_detector_meta(SHIPPED)["steps"]) > 0
+    with torch.inference_mode():
+        boxes, labels, scores, masks = DetectorExport(model)(torch.zeros(1, 3, *config.input_size))
+    assert masks.shape[1:] == (1, *config.input_size) and boxes.shape == (len(labels), 4)
