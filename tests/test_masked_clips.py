@@ -113,7 +113,7 @@ def test_measure_output_on_a_synthetic_clip(tmp_path):
     assert same.frames == len(gt)
     assert same.temporal_error == 0.0 and same.temporal_error_frame == 0.0
     assert same.psnr_region == evaluate_temporal.PSNR_CAP
-    assert same.id_switches == 1 and same.matched == 1.0
+    assert same.id_switches == 1 and same.matched == 1.0 and same.extra_tracks == 0.0
 
     frozen = np.repeat(gt[:1], len(gt), 0)  # an output that ignores the motion
     _write_video(tmp_path / "frozen.mp4", frozen, masks.pts)

@@ -153,7 +153,7 @@ def test_track_far_from_gt_is_not_matched():
     counter = IdSwitchCounter()
     for tracks, g in zip([[(1, A)], [(2, B)], [(1, A)]], gts):
         counter.update(tracks, g)
-    assert (counter.matched_count, counter.gt_count) == (2, 3)
+    assert (counter.matched_count, counter.gt_count, counter.track_count) == (2, 3, 3)
 
 
 def test_kept_correspondence_beats_a_better_new_match():

@@ -130,7 +130,8 @@ class OutputMetrics:
     PSNR in dB (each frame capped at PSNR_CAP); id_switches: None without detections;
     matched: fraction of ground-truth face-frames matched to a track (None without detections),
     low when the tracker misses faces or its boxes overlap the ground truth too little to judge
-    identities."""
+    identities; extra_tracks: tracks per frame matched to no face (duplicates, false positives;
+    None without detections)."""
 
     frames: int
     temporal_error: float
@@ -139,6 +140,7 @@ class OutputMetrics:
     psnr_frame: float
     id_switches: int | None
     matched: float | None
+    extra_tracks: float | None
 
 
 def measure_output(
@@ -178,6 +180,7 @@ def measure_output(
         psnr_region=float(np.mean(finite_region)) if finite_region else float("nan"),
         psnr_frame=float(np.mean(psnr_frame)), id_switches=None if tracks is None else counter.switches,
         matched=None if tracks is None else counter.matched_count / max(counter.gt_count, 1),
+        extra_tracks=None if tracks is None else (counter.track_count - counter.matched_count) / t,
     )
 
 
@@ -194,7 +197,7 @@ def compare(on: OutputMetrics, off: OutputMetrics) -> dict[str, float]:
 def format_table(results: dict[str, dict[str, OutputMetrics]]) -> str:
     head = (f"{'clip':28s} {'frames':>6s} | {'TE on':>6s} {'TE off':>6s} {'ratio':>6s} | "
             f"{'PSNRr on':>8s} {'off':>6s} {'diff':>6s} | {'PSNRf on':>8s} {'off':>6s} {'diff':>6s} | "
-            f"{'IDsw on':>7s} {'off':>4s} | {'match on':>8s} {'off':>5s}")
+            f"{'IDsw on':>7s} {'off':>4s} | {'match on':>8s} {'off':>5s} | {'extra on':>8s} {'off':>5s}")
     lines = [head, "-" * len(head)]
 
     def ids(m: OutputMetrics) -> str:
@@ -203,6 +206,9 @@ def format_table(results: dict[str, dict[str, OutputMetrics]]) -> str:
     def matched(m: OutputMetrics) -> str:
         return "-" if m.matched is None else f"{m.matched:.2f}"
 
+    def extra(m: OutputMetrics) -> str:
+        return "-" if m.extra_tracks is None else f"{m.extra_tracks:.2f}"
+
     for name, r in results.items():
         on, off = r["on"], r["off"]
         c = compare(on, off)
@@ -210,7 +216,8 @@ def format_table(results: dict[str, dict[str, OutputMetrics]]) -> str:
             f"{name[:28]:28s} {on.frames:6d} | {on.temporal_error:6.2f} {off.temporal_error:6.2f} "
             f"{c['temporal_error_ratio']:6.3f} | {on.psnr_region:8.2f} {off.psnr_region:6.2f} "
             f"{c['psnr_region_diff']:+6.2f} | {on.psnr_frame:8.2f} {off.psnr_frame:6.2f} "
-            f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s} | {matched(on):>8s} {matched(off):>5s}"
+            f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s} | {matched(on):>8s} {matched(off):>5s} | "
+            f"{extra(on):>8s} {extra(off):>5s}"
         )
     return "\n".join(lines)
 

@@ -53,7 +53,10 @@ class TemporalErrorAccumulator:
         union = prev[2] | region
         if not union.any():
             return None
-        diff = (cur[0][union] - prev[0][union]) - (cur[1][union] - prev[1][union])
+        if union.all():  # whole-frame scoring: skip the gather
+            diff = (cur[0] - prev[0]) - (cur[1] - prev[1])
+        else:
+            diff = (cur[0][union] - prev[0][union]) - (cur[1][union] - prev[1][union])
         err = float(np.abs(diff).mean())
         self.frame_errors.append(err)
         return err
@@ -127,15 +130,17 @@ class IdSwitchCounter:
     greedily by decreasing IoU (with a handful of faces per frame this agrees with the Hungarian
     matching of the CLEAR-MOT paper except in contrived ties). A switch is counted when a
     ground-truth object gets matched to a track id other than the one it was last matched to,
-    even after frames where it was unmatched. ``gt_count`` and ``matched_count`` count
-    ground-truth objects seen and matched, so a tracker whose boxes never overlap the ground
-    truth enough (no matches, hence no switches) can be told from a perfect one.
+    even after frames where it was unmatched. ``gt_count``, ``track_count`` and
+    ``matched_count`` count ground-truth objects, tracks and matches seen so far, so a tracker
+    whose boxes never overlap the ground truth enough (no matches, hence no switches) can be
+    told from a perfect one, and unmatched (duplicate or false) tracks show up.
     """
 
     def __init__(self, *, iou: float = 0.5) -> None:
         self.iou = float(iou)
         self.switches = 0
         self.gt_count = 0
+        self.track_count = 0
         self.matched_count = 0
         self._last_track: dict[int, int] = {}
         self._current: dict[int, int] = {}
@@ -167,6 +172,7 @@ class IdSwitchCounter:
             self._last_track[g] = t
         self._current = match
         self.gt_count += len(gts)
+        self.track_count += len(tracks)
         self.matched_count += len(match)
         return match
 
