@@ -45,6 +45,11 @@ class OnnxRuntimeEngine(Engine):
         # Two stages share two cores on a laptop-class CPU; oversubscribing threads costs more
         # than it gains, so the caller may cap them.
         options.intra_op_num_threads = threads or int(os.environ.get("ORT_THREADS", "0"))
+        # Spinning worker threads steal the core from the pipeline's other stages.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The legacy exporter annotates some detector intermediates with the traced instance
+        # count; ORT warns on every run when the real count differs, which is expected.
+        options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
