@@ -54,8 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write a JSON report: counts, FPS, per-stage latency, models")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--detect-every", type=_detect_every, default="1", metavar="N|auto",
-                   help="run the detector on every N-th frame, or 'auto': more often while faces move fast")
+    p.add_argument("--detect-every", type=_detect_every, default="auto", metavar="N|auto",
+                   help="run the detector on every N-th frame, or 'auto' (default): every frame while "
+                        "faces move fast or are uncertain, up to every 4th while they are steady")
     p.add_argument("--temporal", default="on", choices=["on", "off"],
                    help="smooth boxes, masks and reconstructions over time (off: frame by frame)")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
