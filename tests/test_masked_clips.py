@@ -192,3 +192,4 @@ def test_clip_maker_and_evaluator_on_real_clips(shared_data, tmp_path):
             assert r[mode]["psnr_region"] < r[mode]["psnr_frame"] < evaluate_temporal.PSNR_CAP
             assert math.isfinite(r[mode]["temporal_error"])
         assert r["temporal_error_ratio"] == 1.0
+        assert r["input"]["temporal_error"] == r["on"]["temporal_error"]  # the fake output is the input
