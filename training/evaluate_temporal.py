@@ -80,8 +80,8 @@ def stream_command(
 ) -> list[str]:
     cmd = [python, str(run_stream), "--input", str(clip.masked.resolve()), "--output", str(output),
            "--detections", str(detections), "--temporal", mode, "--no-progress"]
-    if str(detect_every) != "1":
-        cmd += ["--detect-every", str(detect_every)]
+    # Always passed: run_stream.py's own default schedule may change.
+    cmd += ["--detect-every", str(detect_every)]
     if max_frames is not None:
         cmd += ["--max-frames", str(max_frames)]
     return cmd + list(extra)
