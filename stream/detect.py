@@ -20,11 +20,13 @@ logger = logging.getLogger(__name__)
 class DetectorSettings:
     """face_score / mask_score: minimum confidence of a face box and of a face_mask instance.
     mask_overlap: share of a face_mask box that must lie inside a face box to belong to it.
+    nested_face: share of a face box inside a higher-scoring face box above which it is dropped.
     """
 
     face_score: float = 0.5
     mask_score: float = 0.4
     mask_overlap: float = 0.5
+    nested_face: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ class FaceDetector:
         worn = np.flatnonzero((labels == FACE_MASK) & (scores >= self.settings.mask_score))
         if len(faces) == 0:
             return Detections.empty(h, w)
+        # A face box lying mostly inside a higher-scoring one is a part of that face (often the
+        # mask itself), not another person: it would start a second track on the same face.
+        inside = _overlap(boxes[faces], boxes[faces])
+        keep = [i for i in range(len(faces)) if not any(inside[i, j] > self.settings.nested_face for j in range(i))]
+        faces = faces[keep]
         face_boxes = np.clip(boxes[faces], 0, [w, h, w, h]).astype(np.float32)
         masks = np.zeros((len(faces), h, w), bool)
         if len(worn):

@@ -192,3 +192,39 @@ def test_preview_overlays_outline_mask_and_box():
     assert tuple(image[30, 20]) == (255, 0, 255)  # mask outline
     assert tuple(image[50, 30]) == (0, 255, 0)  # box edge
     assert not image[35, 25].any()  # inside the mask stays as it was
+
+
+class _FixedDetectorEngine(Engine):
+    """Returns given raw detector outputs (input pixels of a 64x64 letterboxed frame)."""
+
+    backend = "test"
+    device = torch.device("cpu")
+    inputs = (TensorSpec("image", (1, 3, 64, 64), "float32"),)
+    outputs = ()
+
+    def __init__(self, boxes, labels, scores, masks):
+        self.result = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+                       "scores": torch.tensor(scores), "masks": torch.from_numpy(masks)}
+
+    def _run(self, feeds, stream):
+        return self.result
+
+
+def test_detector_pairs_masks_with_faces_and_drops_nested_face_boxes():
+    from engines.models.detector import DetectorConfig
+    from stream.detect import FaceDetector
+
+    masks = np.zeros((4, 1, 64, 64), np.float32)
+    masks[2, 0, 20:30, 12:28] = 0.9  # the worn mask of the first face
+    engine = _FixedDetectorEngine(
+        boxes=[[10, 5, 30, 35], [12, 18, 28, 32], [12, 20, 28, 30], [40, 5, 60, 35]],
+        labels=[1, 1, 2, 1],  # face, face box on the mask itself, face_mask, second face
+        scores=[0.95, 0.7, 0.9, 0.9],
+        masks=masks,
+    )
+    detector = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))
+    found = detector(np.zeros((128, 128, 3), np.uint8))  # letterbox scale 0.5
+    assert len(found) == 2
+    np.testing.assert_allclose(found.boxes[0], [20, 10, 60, 70])
+    assert found.masks[0].sum() > 0.8 * (20 * 32) and not found.masks[1].any()
+    assert found.masks[0][50, 40] and not found.masks[0][10, 40]
