@@ -59,6 +59,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "faces move fast or are uncertain, up to every 4th while they are steady")
     p.add_argument("--temporal", default="on", choices=["on", "off"],
                    help="smooth boxes, masks and reconstructions over time (off: frame by frame)")
+    p.add_argument("--output-momentum", type=float, default=TemporalConfig.output_momentum,
+                   help="weight of a new reconstruction while the face is still (lower: steadier)")
+    p.add_argument("--mask-momentum", type=float, default=TemporalConfig.mask_momentum,
+                   help="weight of a new mask in its running average (lower: steadier outline)")
+    p.add_argument("--box-cutoff", type=float, default=TemporalConfig.min_cutoff,
+                   help="One Euro min cutoff in Hz for face boxes (lower: steadier crops at rest)")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
     p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score)
     p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
@@ -104,7 +110,10 @@ def load_models(args: argparse.Namespace) -> Models:
 
 def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argparse.Namespace) -> Pipeline:
     still = isinstance(source, ImageSource)
-    temporal = TemporalConfig(enabled=args.temporal == "on" and not still)
+    temporal = TemporalConfig(
+        enabled=args.temporal == "on" and not still, output_momentum=args.output_momentum,
+        mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff,
+    )
     # Photos are unrelated to each other: every one is detected and no track waits to be confirmed.
     schedule = DetectSchedule() if still else args.detect_every
     tracker_config = TrackerConfig(initialization_delay=0, hit_counter_max=1) if still else TrackerConfig()

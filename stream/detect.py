@@ -23,7 +23,7 @@ class DetectorSettings:
     nested_face: share of a face box inside a higher-scoring face box above which it is dropped.
     """
 
-    face_score: float = 0.5
+    face_score: float = 0.7
     mask_score: float = 0.4
     mask_overlap: float = 0.5
     nested_face: float = 0.6

@@ -28,11 +28,11 @@ class TemporalConfig:
     """
 
     enabled: bool = True
-    min_cutoff: float = 1.0
+    min_cutoff: float = 0.5
     beta: float = 0.02
     d_cutoff: float = 1.0
-    mask_momentum: float = 0.5
-    output_momentum: float = 0.5
+    mask_momentum: float = 0.3
+    output_momentum: float = 0.3
     change_full: float = 0.08
     scene_cut: float = 0.25
 
