@@ -95,9 +95,12 @@ class FaceDetector:
             overlap = _overlap(boxes[worn], face_boxes)
             probs = out["masks"][torch.from_numpy(worn), 0].cpu().numpy()
             for k, i in enumerate(worn):
-                owner = int(overlap[k].argmax())
-                if overlap[k, owner] < self.settings.mask_overlap:
+                # The most confident face that holds enough of the mask owns it; a weaker box
+                # around the lower face often holds all of it, but is not the person.
+                holders = np.flatnonzero(overlap[k] >= self.settings.mask_overlap)
+                if len(holders) == 0:
                     continue
+                owner = int(holders[0])
                 valid = probs[k, : box.height, : box.width]
                 full = cv2.resize(valid, (w, h), interpolation=cv2.INTER_LINEAR)
                 masks[owner] |= full > 0.5

@@ -106,7 +106,8 @@ class DetectStage(Stage):
         if self.schedule.auto:
             elapsed = 1 if self._last is None else max(frame.index - self._last, 1)
             moving = _centre_motion(self._last_boxes, detections.boxes) / elapsed > self.schedule.fast_motion
-            unsure = len(detections) > 0 and float(detections.scores.min()) < self.schedule.low_score
+            # No face at all is the least certain state: a face walking in must be caught at once.
+            unsure = len(detections) == 0 or float(detections.scores.min()) < self.schedule.low_score
             self._interval = 1 if moving or unsure else min(self._interval + 1, self.schedule.max_every)
         self._last, self._last_boxes = frame.index, detections.boxes
 
