@@ -79,3 +79,26 @@ class Engine(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(backend={self.backend}, device={self.device})"
+
+
+class DeviceStream:
+    """A stage's own CUDA stream on a GPU engine, so stages in different threads overlap on the
+    device; on the CPU every call is a plain pass-through.
+
+    ``upload`` copies a host tensor from pinned memory without blocking the stage's thread;
+    ``wait`` blocks until the stage's queued work is done, before results are read on the host.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.stream is None:
+            return tensor
+        with torch.cuda.stream(self.stream):
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def wait(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()

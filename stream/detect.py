@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engines.models.detector import FACE, FACE_MASK, DetectorConfig
-from engines.runtime import Engine
+from engines.runtime import DeviceStream, Engine
 from stream.records import Detections
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class FaceDetector:
         self.engine = engine
         self.config = config
         self.settings = settings
+        self._device = DeviceStream(engine.device)
 
     def __call__(self, image: np.ndarray) -> Detections:
         """image: (H, W, 3) uint8 RGB. Returns detections in the same pixel frame."""
@@ -76,7 +77,8 @@ class FaceDetector:
         input_hw = tuple(self.config.input_size)
         box = Letterbox.fit((h, w), input_hw)
         tensor = torch.from_numpy(box.apply(image, input_hw)).permute(2, 0, 1)[None].float().div_(255.0)
-        out = self.engine.run({"image": tensor})
+        out = self.engine.run({"image": self._device.upload(tensor)}, stream=self._device.stream)
+        self._device.wait()
         boxes = out["boxes"].cpu().numpy().astype(np.float32) / box.scale
         labels = out["labels"].cpu().numpy()
         scores = out["scores"].cpu().numpy().astype(np.float32)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engines.models.generator import GeneratorConfig, square_crop_box
-from engines.runtime import Engine
+from engines.runtime import DeviceStream, Engine
 from stream.records import Track
 from stream.smoothing import TemporalConfig
 
@@ -111,6 +111,7 @@ class FaceInpainter:
         size = 2 * config.mask_dilation + 1
         self._dilate = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) if config.mask_dilation else None
         self._states: dict[int, _FaceState] = {}
+        self._device = DeviceStream(engine.device)
 
     def reset(self) -> None:
         """Drop all temporal state (scene cut)."""
@@ -166,7 +167,9 @@ class FaceInpainter:
             prepared.append((window, crop, hole, average))
         crops = torch.from_numpy(np.stack([p[1] for p in prepared])).permute(0, 3, 1, 2).float().div_(255.0)
         holes = torch.from_numpy(np.stack([p[2] for p in prepared]))[:, None]
-        predicted = self.engine.run({"image": crops.contiguous(), "mask": holes.contiguous()})["output"]
+        feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
+        predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
+        self._device.wait()
         predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy()
         k = 2 * max(1, round(self.settings.feather * self.config.size)) + 1

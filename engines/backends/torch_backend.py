@@ -39,14 +39,17 @@ class TorchEngine(Engine):
     def _run(
         self, feeds: Mapping[str, torch.Tensor], stream: torch.cuda.Stream | None
     ) -> dict[str, torch.Tensor]:
-        args = [feeds[spec.name].to(self.device, non_blocking=True) for spec in self.inputs]
+        # Everything is queued on the caller's stream; like TensorRT's execute_async_v3, the
+        # caller synchronises (or records an event) before reading the outputs.
         ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
-        with ctx, torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
-            result = self.module(*args)
-        if isinstance(result, torch.Tensor):
-            result = (result,)
-        if len(result) != len(self.outputs):
-            raise RuntimeError(f"module returned {len(result)} outputs, spec names {len(self.outputs)}")
-        return {spec.name: out.float() if out.is_floating_point() else out
-                for spec, out in zip(self.outputs, result)}
+        with ctx:
+            args = [feeds[spec.name].to(self.device, non_blocking=True) for spec in self.inputs]
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+                result = self.module(*args)
+            if isinstance(result, torch.Tensor):
+                result = (result,)
+            if len(result) != len(self.outputs):
+                raise RuntimeError(f"module returned {len(result)} outputs, spec names {len(self.outputs)}")
+            return {spec.name: out.float() if out.is_floating_point() else out
+                    for spec, out in zip(self.outputs, result)}
 
