@@ -125,3 +125,19 @@ def test_tensorrt_machine_check_refuses_other_gpu(monkeypatch, tmp_path):
     with pytest.raises(EngineMismatchError, match="rebuild"):
         tensorrt_backend.check_machine({**here, "gpu": "NVIDIA A10"}, torch.device("cpu"), tmp_path / "x.plan")
 
+
+
+def test_build_engines_without_tensorrt_builds_what_the_pipeline_uses(tmp_path, capsys):
+    import build_engines
+    from engines.backends.tensorrt_backend import tensorrt_available
+
+    if tensorrt_available() and torch.cuda.is_available():
+        pytest.skip("TensorRT is available here; this checks the fallback")
+    assert build_engines.main(["--artifacts", str(tmp_path), "--tensorrt"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping TensorRT engines" in captured.err
+    assert "ops fit TensorRT" in captured.out
+    for name in ("detector", "generator"):
+        assert (tmp_path / f"{name}.onnx").exists() and (tmp_path / f"{name}.onnx.json").exists()
+        model = load_model(name, backend="auto", device="cpu", artifacts=tmp_path)
+        assert model.engine.backend == "onnxruntime"
