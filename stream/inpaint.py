@@ -27,38 +27,51 @@ class InpaintSettings:
 
 @dataclass(frozen=True)
 class CropWindow:
-    """Integer square crop of a face, possibly reaching past the frame (padded by replication)."""
+    """A square face crop in frame pixels, at sub-pixel precision.
 
-    x1: int
-    y1: int
-    side: int
+    Cutting and pasting go through one affine map each way, so a crop that drifts by a
+    fraction of a pixel moves its pixels by that fraction: rounding the window to whole pixels
+    would make the upscaled reconstruction jump and shimmer on a still face.
+    """
+
+    x1: float
+    y1: float
+    side: float
 
     @classmethod
     def for_face(cls, box: np.ndarray, crop_scale: float) -> CropWindow:
         sq = square_crop_box(box, crop_scale=crop_scale)
-        side = max(int(round(sq[2] - sq[0])), 8)
-        return cls(int(round(sq[0])), int(round(sq[1])), side)
+        return cls(float(sq[0]), float(sq[1]), max(float(sq[2] - sq[0]), 8.0))
 
-    def cut(self, image: np.ndarray) -> np.ndarray:
-        """The (side, side, ...) window of ``image``, edges replicated where it leaves the frame."""
-        h, w = image.shape[:2]
-        pad = max(0, -self.x1, -self.y1, self.x1 + self.side - w, self.y1 + self.side - h)
-        if pad:
-            image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x, y = self.x1 + pad, self.y1 + pad
-        return image[y : y + self.side, x : x + self.side]
+    def _crop_to_frame(self, size: int) -> np.ndarray:
+        """2x3 map from crop pixel centres (size x size) to frame coordinates."""
+        k = self.side / size
+        return np.array([[k, 0, self.x1 + 0.5 * k - 0.5], [0, k, self.y1 + 0.5 * k - 0.5]], np.float32)
+
+    def cut(self, image: np.ndarray, size: int, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """The window resampled to (size, size, ...); edges replicated where it leaves the frame."""
+        if self.side > 2 * size and interpolation == cv2.INTER_LINEAR:
+            # Pre-filter so a large face does not alias when it is shrunk to the generator size.
+            sigma = 0.5 * self.side / size
+            image = cv2.GaussianBlur(image, (0, 0), sigma)
+        return cv2.warpAffine(image, self._crop_to_frame(size), (size, size),
+                              flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
     def paste(self, frame: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> None:
-        """Blend (side, side, 3) ``patch`` into ``frame`` in place with (side, side) ``alpha``."""
+        """Blend a (S, S, 3) ``patch`` into ``frame`` in place with its (S, S) ``alpha`` in [0, 1]."""
         h, w = frame.shape[:2]
-        fx1, fy1 = max(self.x1, 0), max(self.y1, 0)
-        fx2, fy2 = min(self.x1 + self.side, w), min(self.y1 + self.side, h)
+        fx1, fy1 = max(int(np.floor(self.x1)), 0), max(int(np.floor(self.y1)), 0)
+        fx2, fy2 = min(int(np.ceil(self.x1 + self.side)), w), min(int(np.ceil(self.y1 + self.side)), h)
         if fx2 <= fx1 or fy2 <= fy1:
             return
-        px1, py1 = fx1 - self.x1, fy1 - self.y1
+        to_frame = self._crop_to_frame(patch.shape[0])
+        to_frame[:, 2] -= (fx1, fy1)
+        size = (fx2 - fx1, fy2 - fy1)
+        p = cv2.warpAffine(patch.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        a = cv2.warpAffine(alpha.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
-        a = alpha[py1 : py1 + fy2 - fy1, px1 : px1 + fx2 - fx1, None]
-        p = patch[py1 : py1 + fy2 - fy1, px1 : px1 + fx2 - fx1].astype(np.float32)
         frame[fy1:fy2, fx1:fx2] = np.clip(a * p + (1 - a) * region + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -121,8 +134,8 @@ class FaceInpainter:
         """(window, crop (S, S, 3) uint8 RGB, hole (S, S) float32 {0, 1}) at generator size S."""
         s = self.config.size
         window = CropWindow.for_face(track.box, self.config.crop_scale)
-        crop = cv2.resize(window.cut(image), (s, s), interpolation=cv2.INTER_AREA)
-        hole = cv2.resize(window.cut(track.mask.astype(np.uint8)), (s, s), interpolation=cv2.INTER_NEAREST)
+        crop = window.cut(image, s)
+        hole = window.cut(track.mask.astype(np.uint8), s, interpolation=cv2.INTER_NEAREST)
         if self._dilate is not None:
             hole = cv2.dilate(hole, self._dilate)
         return window, crop, hole.astype(np.float32)
@@ -181,7 +194,5 @@ class FaceInpainter:
             # Feather outwards only: the whole hole stays generated, the seam fades over the border.
             soft = cv2.GaussianBlur(cv2.dilate(hole, np.ones((k, k), np.uint8)), (k, k), 0)
             soft = np.maximum(soft, hole)
-            patch = cv2.resize(generated, (window.side, window.side), interpolation=cv2.INTER_CUBIC)
-            alpha = cv2.resize(soft, (window.side, window.side), interpolation=cv2.INTER_LINEAR)
-            window.paste(out, patch, alpha)
+            window.paste(out, generated, soft)
         return out

@@ -136,7 +136,7 @@ def test_temporal_inpainter_steadies_a_flickering_generator():
 def test_crop_window_pads_outside_the_frame():
     image = np.arange(100, dtype=np.uint8).reshape(10, 10)
     window = CropWindow(x1=-5, y1=-5, side=10)
-    cut = window.cut(image)
+    cut = window.cut(image, 10)
     assert cut.shape == (10, 10) and cut[5, 5] == image[0, 0] and cut[0, 0] == image[0, 0]
 
 
