@@ -21,13 +21,16 @@ class TrackerConfig:
 
     max_iou_distance: 1 - IoU above which a detection cannot continue a track.
     hit_counter_max: how long a track survives without matching detections.
-    initialization_delay: matched detections needed before a track is reported
-        (0 for still images, where every detection must count at once).
+    initialization_delay: further matched detections a new track needs before it is reported
+        (0 for still images, where every detection must count at once) ...
+    confident_score: ... unless its first detection is at least this confident, so a clearly
+        seen face is unmasked from its first frame and a doubtful one waits for confirmation.
     """
 
     max_iou_distance: float = 0.8
     hit_counter_max: int = 15
     initialization_delay: int = 1
+    confident_score: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,10 @@ class FaceTracker:
             distance_function="iou",
             distance_threshold=self.config.max_iou_distance,
             hit_counter_max=self.config.hit_counter_max,
-            initialization_delay=self.config.initialization_delay,
+            # Confirmation is decided here (see confident_score), so norfair reports every object.
+            initialization_delay=0,
         )
+        self._hits: dict[int, int] = {}
         self._filters: dict[int, OneEuroFilter] = {}
 
     def _smooth(self, track_id: int, box: np.ndarray) -> np.ndarray:
@@ -120,12 +125,17 @@ class FaceTracker:
             track_id = obj.id + self._id_offset
             self._max_id = max(self._max_id, track_id)
             seen: _Observation = obj.last_detection.data
+            fresh = id(obj.last_detection) in matched
+            hits = self._hits[track_id] = self._hits.get(track_id, 0) + int(fresh)
+            if hits <= self.config.initialization_delay and seen.score < self.config.confident_score:
+                continue
             # A fresh detection is the best evidence; the Kalman estimate fills the gaps.
-            raw = seen.box if id(obj.last_detection) in matched else obj.estimate.reshape(4)
+            raw = seen.box if fresh else obj.estimate.reshape(4)
             box = np.clip(self._smooth(track_id, raw), 0, [w, h, w, h]).astype(np.float32)
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 continue
             tracks.append(Track(track_id, box, seen.score, warp_mask(seen.mask, seen.box, box)))
-        live = {t.track_id for t in tracks}
-        self._filters = {k: v for k, v in self._filters.items() if k in live}
+        alive = {obj.id + self._id_offset for obj in objects if obj.id is not None}
+        self._filters = {k: v for k, v in self._filters.items() if k in alive}
+        self._hits = {k: v for k, v in self._hits.items() if k in alive}
         return sorted(tracks, key=lambda t: t.track_id)

@@ -228,3 +228,12 @@ def test_detector_pairs_masks_with_faces_and_drops_nested_face_boxes():
     np.testing.assert_allclose(found.boxes[0], [20, 10, 60, 70])
     assert found.masks[0].sum() > 0.8 * (20 * 32) and not found.masks[1].any()
     assert found.masks[0][50, 40] and not found.masks[0][10, 40]
+
+
+def test_tracks_start_at_once_when_confident_and_after_confirmation_otherwise():
+    tracker = FaceTracker(TrackerConfig(initialization_delay=1, confident_score=0.9))
+    assert len(tracker.update(_detections([[10, 20, 50, 70]], score=0.95), frame_hw=(120, 160))) == 1
+    doubtful = FaceTracker(TrackerConfig(initialization_delay=1, confident_score=0.9))
+    assert doubtful.update(_detections([[10, 20, 50, 70]], score=0.6), frame_hw=(120, 160)) == []
+    assert doubtful.update(None, frame_hw=(120, 160)) == []  # a skipped frame confirms nothing
+    assert len(doubtful.update(_detections([[11, 20, 51, 70]], score=0.6), frame_hw=(120, 160))) == 1
