@@ -28,12 +28,12 @@ class TemporalConfig:
     """
 
     enabled: bool = True
-    min_cutoff: float = 0.5
-    beta: float = 0.02
+    min_cutoff: float = 0.3
+    beta: float = 0.005
     d_cutoff: float = 1.0
     mask_momentum: float = 0.3
-    output_momentum: float = 0.3
-    change_full: float = 0.08
+    output_momentum: float = 0.2
+    change_full: float = 0.15
     scene_cut: float = 0.25
 
 
