@@ -121,7 +121,8 @@ def _make_output_allocator(trt: Any, device: torch.device) -> Any:
         """Backs data-dependent outputs with torch memory, grown only when needed."""
 
         def __init__(self) -> None:
-            super().__init__()
+            # pybind11 needs the base initialised explicitly (TensorRT's Python API docs).
+            trt.IOutputAllocator.__init__(self)
             self.buffers: dict[str, torch.Tensor] = {}
             self.shapes: dict[str, tuple[int, ...]] = {}
 
@@ -131,6 +132,9 @@ def _make_output_allocator(trt: Any, device: torch.device) -> Any:
                 buffer = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
                 self.buffers[tensor_name] = buffer
             return buffer.data_ptr()
+
+        def reallocate_output(self, tensor_name, memory, size, alignment):
+            return self.reallocate_output_async(tensor_name, memory, size, alignment, None)
 
         def notify_shape(self, tensor_name, shape):
             self.shapes[tensor_name] = tuple(shape)
