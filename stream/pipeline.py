@@ -155,13 +155,12 @@ class _DropOldestQueue:
                 self._queue.put_nowait(item)
                 return
             except queue.Full:
+                # Only the source thread puts here and the end marker is its last item, so
+                # what is dropped is always a frame.
                 try:
-                    dropped = self._queue.get_nowait()
+                    self._queue.get_nowait()
                 except queue.Empty:
                     continue
-                if dropped is _END:  # never lose the end marker
-                    self._queue.put(dropped)
-                    return
                 self._on_drop()
 
     def get(self, timeout: float) -> object:
@@ -251,7 +250,7 @@ class Pipeline:
     def _source_loop(self, out) -> None:
         try:
             for frame in self._frames():
-                frame.latency["decode_at"] = time.perf_counter()
+                frame.decoded_at = time.perf_counter()
                 out.put(frame, self._stop)
             out.put(_END, self._stop)
         except PipelineStopped:
@@ -316,7 +315,7 @@ class Pipeline:
     def _run_sequential(self) -> None:
         try:
             for frame in self._frames():
-                frame.latency["decode_at"] = time.perf_counter()
+                frame.decoded_at = time.perf_counter()
                 for stage in self.stages:
                     self._run_stage(stage, frame)
                 self._emit(frame)

@@ -64,6 +64,7 @@ class Frame:
     output: (H, W, 3) uint8 RGB, the frame to encode; set by the inpaint stage.
     scene_cut: the picture changed completely here; temporal state must not carry over.
     pts:    presentation timestamp in ``time_base`` units (None for still images).
+    decoded_at: ``time.perf_counter()`` when the frame entered the pipeline (end-to-end latency).
     latency: seconds spent in each stage, keyed by stage name.
     """
 
@@ -76,6 +77,7 @@ class Frame:
     tracks: list[Track] = field(default_factory=list)
     output: np.ndarray | None = None
     scene_cut: bool = False
+    decoded_at: float | None = None
     latency: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -63,10 +63,9 @@ class RunStats:
         with self._lock:
             self.frames_written += 1
             for name, value in frame.latency.items():
-                if name == "decode_at":
-                    self.latencies.setdefault("end_to_end", []).append(now - value)
-                else:
-                    self.latencies.setdefault(name, []).append(value)
+                self.latencies.setdefault(name, []).append(value)
+            if frame.decoded_at is not None:
+                self.latencies.setdefault("end_to_end", []).append(now - frame.decoded_at)
             self._window.append(now)
             if len(self._window) >= 10:
                 span = self._window[-1] - self._window[0]
