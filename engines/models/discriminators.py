@@ -1,7 +1,7 @@
 """SN-PatchGAN discriminator (Yu et al. 2019, DeepFill v2) for the face-completion generator.
 
 One spectrally normalised, fully convolutional discriminator whose outputs are a grid of
-patch scores. Each score's receptive field (~100 px at 128x128) spans most of the hole, so the
+patch scores. Each score's receptive field (~90 px at 128x128) spans most of the hole, so the
 grid judges the local patch inside the hole and, through the overlapping fields, the global
 consistency of the face; it replaces DeepFill v1's separate global and local (hole-box)
 critics, which need a single rectangular hole (our masks are free-form) and cost two networks.
