@@ -22,23 +22,10 @@ from engines.models.generator import (
     square_crop_box,
 )
 from engines.models.parsing import PARSING_CLASSES, build_parsing_net
+from engines.export import TENSORRT_ONNX_OPS
 from training.generator_data import parsing_labels
 from training.image_metrics import psnr, ssim
 
-# Operators TensorRT's ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10),
-# restricted to the plain tensor ops a conv net like this one can reasonably export to.
-TENSORRT_ONNX_OPS = frozenset({
-    "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil",
-    "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "DepthToSpace", "Div",
-    "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements",
-    "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid",
-    "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual",
-    "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "Not", "Or", "Pad",
-    "Pow", "PRelu", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceMax", "ReduceMean",
-    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "Round",
-    "Shape", "Sigmoid", "Sign", "Slice", "Softmax", "Softplus", "SpaceToDepth", "Split", "Sqrt",
-    "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
-})
 
 SIZE = 64
 
