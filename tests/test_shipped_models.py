@@ -17,6 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "office_worker_720x404.mp4"
 
 
+def test_shipped_weights_exist_with_model_cards():
+    for spec in MODELS.values():
+        assert spec.weights.exists(), f"{spec.weights} is missing"
+        assert spec.weights.stat().st_size < 50 * 2**20
+        assert spec.weights.with_suffix(".md").exists(), f"no model card for {spec.weights.name}"
+
+
 def test_sample_clip_is_unmasked(tmp_path):
     out = tmp_path / "out.mp4"
     faces = tmp_path / "faces.jsonl"
@@ -25,7 +32,7 @@ def test_sample_clip_is_unmasked(tmp_path):
     assert code == 0
     records = [json.loads(line) for line in faces.read_text().splitlines()]
     masked = [r for r in records if any(_area(f["mask_rle"]) > 500 for f in r["faces"])]
-    assert len(records) == 12 and len(masked) >= 3, "the mask on the sample clip should be found"
+    assert len(records) == 12 and len(masked) >= 11, "the mask on the sample clip should be found"
     with av.open(str(SAMPLE)) as a, av.open(str(out)) as b:
         index = masked[0]["frame"]
         before = next(f for i, f in enumerate(a.decode(video=0)) if i == index).to_ndarray(format="rgb24").astype(int)
@@ -59,4 +66,4 @@ def test_masked_photos_are_unmasked(tmp_path, shared_data):
         a = cv2.imread(str(src / p.name)).astype(int)
         b = cv2.imread(str(out / p.name)).astype(int)
         changed += np.abs(a - b).max(axis=2).__gt__(40).mean() > 0.01
-    assert changed >= 3, f"only {changed} of {len(photos)} photos were changed"
+    assert changed >= 5, f"only {changed} of {len(photos)} photos were changed"
