@@ -284,3 +284,18 @@ def test_landmark_detector_on_utkface(tmp_path):
     cache = load_landmark_cache(out)
     assert len(cache) == 3 and cache.landmarks.shape == (3, 68, 2) and cache.detected.dtype == bool
     assert cache.files[0] == files[0].name
+
+
+def test_shrink_template_keeps_anchors_on_the_same_features():
+    from training.synth import MaskTemplate, shrink_template
+
+    rgba = np.zeros((400, 600, 4), np.uint8)
+    rgba[100:300, 150:450] = (200, 50, 50, 255)
+    anchors = np.array([[150, 100], [300, 100], [449, 100], [150, 299], [300, 299], [449, 299]], np.float32)
+    small = shrink_template(MaskTemplate("t", rgba, anchors), 150)
+    assert small.rgba.shape == (100, 150, 4)
+    np.testing.assert_allclose(small.anchors, anchors * 0.25)
+    x, y = (small.anchors[1] + small.anchors[4]) / 2  # centre of the opaque block
+    assert small.rgba[int(y), int(x), 3] == 255 and tuple(small.rgba[int(y), int(x), :3]) == (200, 50, 50)
+    tiny = MaskTemplate("s", rgba[:50, :50], anchors)
+    assert shrink_template(tiny, 150) is tiny

@@ -262,6 +262,21 @@ def warp_template(
     return patch, (x0, y0)
 
 
+def shrink_template(template: MaskTemplate, max_side: int) -> MaskTemplate:
+    """The template resized so its longer side is at most ``max_side``, anchors scaled with it."""
+    rgba = template.rgba.astype(np.float32)
+    scale = min(1.0, max_side / max(rgba.shape[:2]))
+    if scale == 1.0:
+        return template
+    size = (max(int(round(rgba.shape[1] * scale)), 2), max(int(round(rgba.shape[0] * scale)), 2))
+    # Premultiplied resize so fully transparent pixels do not darken the edges.
+    rgb = cv2.resize(rgba[..., :3] * (rgba[..., 3:] / 255.0), size, interpolation=cv2.INTER_AREA)
+    alpha = cv2.resize(rgba[..., 3], size, interpolation=cv2.INTER_AREA)
+    rgb = rgb / np.maximum(alpha[..., None] / 255.0, 1e-6)
+    small = np.clip(np.dstack([rgb, alpha]), 0, 255).astype(np.uint8)
+    return MaskTemplate(name=template.name, rgba=small, anchors=template.anchors * np.float32(scale))
+
+
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
@@ -276,6 +291,9 @@ class MaskSynthesizer:
     include_side_views: load the ``*_left``/``*_right`` templates and use them instead of the
     frontal one when the face is turned: when the nose sits closer than ``side_view_threshold``
     (a fraction of the face width, see ``face_turn``) to either side of the face.
+    max_template_side: shrink templates once so their longer side is at most this many pixels
+        (the shipped ones are 500-1800 px, far more than a ~100 px face needs; each call works
+        on the full template, so big templates make synthesis the bottleneck of training).
     """
 
     def __init__(
@@ -288,8 +306,12 @@ class MaskSynthesizer:
         brightness_range: tuple[float, float] = (0.75, 1.1),
         include_side_views: bool = False,
         side_view_threshold: float = 0.3,
+        max_template_side: int | None = None,
     ) -> None:
-        self.templates = {t.name: t for t in load_templates(Path(templates_root), include_side_views=include_side_views)}
+        templates = load_templates(Path(templates_root), include_side_views=include_side_views)
+        if max_template_side is not None:
+            templates = [shrink_template(t, max_template_side) for t in templates]
+        self.templates = {t.name: t for t in templates}
         # Random picks are among frontal templates; side views replace them on turned faces.
         self.template_names = tuple(sorted(n for n in self.templates if not is_side_view(n)))
         self.side_view_threshold = side_view_threshold
