@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -37,6 +36,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from engines.models.checkpoint import load_checkpoint, save_checkpoint
 
 FACE = 1
 FACE_MASK = 2
@@ -239,27 +240,18 @@ def save_detector(model: nn.Module, config: DetectorConfig, path: str | Path, *,
     ``meta`` should describe training (steps, data, date); it must hold only plain
     Python types so that the file loads with ``weights_only=True``.
     """
-    state = {
-        k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().clone()
-        for k, v in model.state_dict().items()
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so that a reader never sees a half-written file.
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": config.to_dict(), "state_dict": state, "meta": dict(meta)}, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(model, config.to_dict(), path, meta=meta)
 
 
 def load_detector(path: str | Path) -> tuple[MaskRCNN, DetectorConfig]:
     """Load a file written by :func:`save_detector`; the model is fp32 and in eval mode."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    config = DetectorConfig.from_dict(blob["config"])
+    config_dict, state, _ = load_checkpoint(path)
+    config = DetectorConfig.from_dict(config_dict)
     model = build_detector(config)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    model.load_state_dict(state)
     return model.eval(), config
 
 
 def load_detector_meta(path: str | Path) -> dict:
     """The ``meta`` dict stored by :func:`save_detector`."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)["meta"]
+    return load_checkpoint(path)[2]

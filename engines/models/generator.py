@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.models.checkpoint import load_checkpoint, save_checkpoint
+
 logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ("image", "mask")
@@ -262,14 +264,8 @@ def build_generator(*, config: GeneratorConfig | None = None) -> FaceCompletionG
 
 
 def save_generator(model: nn.Module, config: GeneratorConfig, path: str | Path, *, meta: dict | None = None) -> None:
-    """Save config + fp16 state dict (+ free-form JSON-able ``meta``) with torch.save."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
-             for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": dataclasses.asdict(config), "state_dict": state, "meta": dict(meta or {})}, tmp)
-    tmp.replace(path)
+    """Save config + fp16 state dict (+ free-form JSON-able ``meta``)."""
+    save_checkpoint(model, dataclasses.asdict(config), path, meta=meta)
 
 
 def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[FaceCompletionGenerator, GeneratorConfig]:
@@ -278,13 +274,13 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> t
     if not path.is_file():
         raise GeneratorWeightsError(f"no generator weights at {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        config = GeneratorConfig(**blob["config"])
+        config_dict, state, _ = load_checkpoint(path)
+        config = GeneratorConfig(**config_dict)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise GeneratorWeightsError(f"unreadable generator checkpoint {path}: {exc}") from exc
     model = build_generator(config=config)
     try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise GeneratorWeightsError(f"weights in {path} do not match {config}: {exc}") from exc
     return model.to(device).eval(), config

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.models.checkpoint import load_checkpoint, save_checkpoint
+
 logger = logging.getLogger(__name__)
 
 # "left"/"right" are image sides. Hair and neck are absent: dlib's 68 landmarks give no outline
@@ -84,13 +86,7 @@ def build_parsing_net(*, config: ParsingConfig | None = None) -> FaceParsingNet:
 
 def save_parsing_net(model: nn.Module, config: ParsingConfig, path: str | Path, *, meta: dict | None = None) -> None:
     """Save config + fp16 state dict (+ JSON-able ``meta``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
-             for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": dataclasses.asdict(config), "state_dict": state, "meta": dict(meta or {})}, tmp)
-    tmp.replace(path)
+    save_checkpoint(model, dataclasses.asdict(config), path, meta=meta)
 
 
 def load_parsing_net(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[FaceParsingNet, ParsingConfig]:
@@ -99,10 +95,10 @@ def load_parsing_net(path: str | Path, *, device: str | torch.device = "cpu") ->
     if not path.is_file():
         raise ParsingWeightsError(f"no parsing weights at {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        config = ParsingConfig(**blob["config"])
+        config_dict, state, _ = load_checkpoint(path)
+        config = ParsingConfig(**config_dict)
         model = build_parsing_net(config=config)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+        model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ParsingWeightsError(f"unreadable parsing checkpoint {path}: {exc}") from exc
     return model.to(device).eval(), config
