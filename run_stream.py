@@ -206,24 +206,26 @@ def benchmark(args: argparse.Namespace) -> BenchmarkResult:
     unless --output is given, so encoding is part of the measured cost."""
     models = load_models(args)
     scratch = tempfile.TemporaryDirectory()
-    if args.max_frames is None:
-        args.max_frames = 300
+    inputs: list[Source] = []
 
     def make_pipeline(sequential: bool) -> Pipeline:
         source = _open_input(args)
-        run_args = argparse.Namespace(**{**vars(args), "sequential": sequential, "show": False,
-                                         "output": args.output or str(Path(scratch.name) / "bench.mp4")})
+        inputs.append(source)
+        run_args = argparse.Namespace(**{
+            **vars(args), "sequential": sequential, "show": False,
+            "max_frames": args.max_frames if args.max_frames is not None else 300,
+            "output": args.output or str(Path(scratch.name) / "bench.mp4"),
+        })
         return build_pipeline(source, models, open_sinks(source, run_args), run_args)
 
     with scratch:
         result = run_benchmark(make_pipeline, compare_sequential=not args.sequential)
     print(format_table(result))
-    probe = _open_input(args)
-    probe.close()
+    info = inputs[0].info
     context = {
-        "input": f"{Path(args.input).name} {probe.info.width}x{probe.info.height}",
-        "backend": args.backend,
-        "device": args.device,
+        "input": f"{Path(args.input).name} {info.width}x{info.height}",
+        "backend": models.detector.engine.backend,
+        "device": str(models.detector.engine.device),
         "models": models.describe(),
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
