@@ -31,7 +31,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from engines.models.detector import DetectorConfig, build_detector, save_detector
+from engines.models.detector import DetectorConfig, build_detector, load_detector, load_detector_meta, save_detector
 from training.detector_data import DetectorDataConfig, DetectorSceneDataset, DataUnavailableError, collate
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", type=int, default=1000)
     p.add_argument("--export", type=Path, default=None, help="also write fp16 weights here (save_detector)")
     p.add_argument("--export-every", type=int, default=500)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start a new run from these weights (save_detector file); ignored when resuming")
     return p
 
 
@@ -143,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         step = int(ckpt["step"])
         elapsed_before = float(ckpt.get("elapsed_s", 0.0))
         logger.info("resumed from %s at step %d", latest, step)
+    elif args.init is not None:
+        initial, initial_config = load_detector(args.init)
+        if initial_config != config:
+            logger.error("config of %s differs from the requested one", args.init)
+            return 2
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in initial.state_dict().items()})
+        logger.info("initialised from %s (%s)", args.init, load_detector_meta(args.init))
     (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
 
     loader = DataLoader(
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "lr": args.lr,
             "seed": args.seed,
+            "init": None if args.init is None else str(args.init),
         }
         was_training = model.training
         save_detector(model, config, path, meta=meta)
