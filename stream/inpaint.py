@@ -90,15 +90,61 @@ class _FaceState:
     crop: np.ndarray
 
 
-def _align(previous: CropWindow, current: CropWindow, size: int, *arrays: np.ndarray) -> list[np.ndarray]:
-    """Resample arrays from ``previous``'s crop coordinates into ``current``'s (both S x S)."""
+def _box_motion(previous: CropWindow, current: CropWindow, size: int) -> np.ndarray:
+    """2x3 map from a pixel of the current crop to the same frame point in the previous crop."""
     scale = current.side / previous.side
     shift_x = (current.x1 - previous.x1) * size / previous.side
     shift_y = (current.y1 - previous.y1) * size / previous.side
-    # Maps a pixel of the current crop to where it was in the previous crop.
-    matrix = np.array([[scale, 0, shift_x], [0, scale, shift_y]], np.float32)
+    return np.array([[scale, 0, shift_x], [0, scale, shift_y]], np.float32)
+
+
+def _warp(matrix: np.ndarray, size: int, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Resample arrays (S x S, previous crop) through ``matrix`` (current pixel -> previous pixel)."""
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     return [cv2.warpAffine(a, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE) for a in arrays]
+
+
+@dataclass(frozen=True)
+class MotionSettings:
+    """Limits on the face motion measured between consecutive crops.
+
+    The box only says where the detector put the face; the visible upper face says how the
+    face itself moved. Points are tracked there (Lucas-Kanade) and a similarity transform is
+    fitted with RANSAC; it is trusted only with ``min_inliers`` points, a scale change within
+    ``max_scale`` and a shift within ``max_shift`` (share of the crop side), else the box's
+    motion is used alone.
+    """
+
+    max_points: int = 80
+    min_inliers: int = 8
+    max_scale: float = 0.08
+    max_shift: float = 0.08
+    ransac_px: float = 1.0
+
+
+def face_motion(previous: np.ndarray, current: np.ndarray, visible: np.ndarray,
+                 settings: MotionSettings) -> np.ndarray | None:
+    """2x3 similarity from current-crop pixels to ``previous`` pixels, fitted on the ``visible``
+    (S, S) uint8 area; None when it cannot be trusted. Crops are (S, S, 3) float32 RGB."""
+    cur = cv2.cvtColor(current.astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    prev = cv2.cvtColor(previous.astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    points = cv2.goodFeaturesToTrack(cur, settings.max_points, 0.01, 3, mask=visible)
+    if points is None or len(points) < settings.min_inliers:
+        return None
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(cur, prev, points, None, winSize=(11, 11), maxLevel=2)
+    ok = status.ravel() == 1
+    if ok.sum() < settings.min_inliers:
+        return None
+    matrix, inliers = cv2.estimateAffinePartial2D(points[ok], moved[ok], method=cv2.RANSAC,
+                                                  ransacReprojThreshold=settings.ransac_px)
+    if matrix is None or int(inliers.sum()) < settings.min_inliers:
+        return None
+    size = current.shape[0]
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    centre = matrix[:, :2] @ np.array([size / 2, size / 2]) + matrix[:, 2] - size / 2
+    if abs(scale - 1) > settings.max_scale or float(np.abs(centre).max()) > settings.max_shift * size:
+        return None
+    return matrix.astype(np.float32)
 
 
 class FaceInpainter:
@@ -106,7 +152,9 @@ class FaceInpainter:
 
     With ``temporal.enabled``, per track: the hole is a running average of the masks (a pixel
     leaves the hole gradually, never enters it late), and the reconstruction is blended with the
-    previous one, aligned to the new crop, in proportion to how little the visible face changed.
+    previous one in proportion to how little the visible face changed. The previous state is
+    carried to the new crop by the face's own motion (``face_motion``), not the box's alone, so the
+    blended reconstruction stays attached to the face instead of lagging behind it.
     """
 
     def __init__(
@@ -116,8 +164,10 @@ class FaceInpainter:
         *,
         settings: InpaintSettings = InpaintSettings(),
         temporal: TemporalConfig = TemporalConfig(),
+        motion: MotionSettings = MotionSettings(),
     ) -> None:
         self.engine = engine
+        self.motion = motion
         self.config = config
         self.settings = settings
         self.temporal = temporal
@@ -140,27 +190,43 @@ class FaceInpainter:
             hole = cv2.dilate(hole, self._dilate)
         return window, crop, hole.astype(np.float32)
 
-    def _steady_hole(self, track_id: int, window: CropWindow, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(hole to fill, running average); new mask pixels are always in the hole."""
-        state = self._states.get(track_id)
-        if state is None:
+    def _motion(self, state: _FaceState, window: CropWindow, crop: np.ndarray, box: np.ndarray,
+                hole: np.ndarray) -> np.ndarray:
+        """Current crop pixel -> previous crop pixel: the box's motion, refined by how the
+        visible face moved where that can be measured."""
+        size = self.config.size
+        by_box = _box_motion(state.window, window, size)
+        (previous_crop,) = _warp(by_box, size, state.crop)
+        k = size / window.side
+        visible = np.zeros((size, size), np.uint8)
+        x1, y1 = (box[:2] - (window.x1, window.y1)) * k
+        x2, y2 = (box[2:] - (window.x1, window.y1)) * k
+        visible[max(int(y1), 0):max(int(y2), 0), max(int(x1), 0):max(int(x2), 0)] = 255
+        visible[hole >= 0.5] = 0
+        refine = face_motion(previous_crop, crop, visible, self.motion)
+        if refine is None:
+            return by_box
+        return (np.vstack([by_box, (0, 0, 1)]) @ np.vstack([refine, (0, 0, 1)]))[:2].astype(np.float32)
+
+    def _steady_hole(self, previous: np.ndarray | None, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hole to fill, running average) from the previous average aligned to this crop; new
+        mask pixels are always in the hole."""
+        if previous is None:
             return hole, hole
-        (previous,) = _align(state.window, window, self.config.size, state.hole_avg)
         m = self.temporal.mask_momentum
         average = m * hole + (1 - m) * previous
         return np.maximum(hole, (average > 0.25).astype(np.float32)), average
 
-    def _steady_output(self, track_id: int, window: CropWindow, crop: np.ndarray, hole: np.ndarray,
+    def _steady_output(self, previous: tuple[np.ndarray, np.ndarray] | None, crop: np.ndarray, hole: np.ndarray,
                        generated: np.ndarray) -> np.ndarray:
-        state = self._states.get(track_id)
-        if state is None:
+        if previous is None:
             return generated
-        previous, previous_crop = _align(state.window, window, self.config.size, state.generated, state.crop)
+        previous_generated, previous_crop = previous
         visible = hole < 0.5
         change = float(np.abs(crop - previous_crop)[visible].mean()) / 255.0 if visible.any() else 1.0
         m = self.temporal.output_momentum
         weight = m + (1 - m) * min(change / self.temporal.change_full, 1.0)
-        return weight * generated + (1 - weight) * previous
+        return weight * generated + (1 - weight) * previous_generated
 
     def __call__(self, image: np.ndarray, tracks: list[Track]) -> np.ndarray:
         """image: (H, W, 3) uint8 RGB. Returns a new frame with every masked face reconstructed."""
@@ -174,22 +240,28 @@ class FaceInpainter:
         prepared = []
         for track in todo:
             window, crop, hole = self.prepare(image, track)
-            average = hole
+            crop_f = crop.astype(np.float32)
+            average, previous, previous_hole = hole, None, None
+            state = self._states.get(track.track_id) if temporal else None
+            if state is not None:
+                motion = self._motion(state, window, crop_f, track.box, hole)
+                previous_hole, previous_generated, previous_crop = _warp(
+                    motion, self.config.size, state.hole_avg, state.generated, state.crop)
+                previous = (previous_generated, previous_crop)
             if temporal:
-                hole, average = self._steady_hole(track.track_id, window, hole)
-            prepared.append((window, crop, hole, average))
+                hole, average = self._steady_hole(previous_hole, hole)
+            prepared.append((window, crop, crop_f, hole, average, previous))
         crops = torch.from_numpy(np.stack([p[1] for p in prepared])).permute(0, 3, 1, 2).float().div_(255.0)
-        holes = torch.from_numpy(np.stack([p[2] for p in prepared]))[:, None]
+        holes = torch.from_numpy(np.stack([p[3] for p in prepared]))[:, None]
         feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
         predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
         self._device.wait()
         predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy()
         k = 2 * max(1, round(self.settings.feather * self.config.size)) + 1
-        for track, (window, crop, hole, average), generated in zip(todo, prepared, predicted):
-            crop_f = crop.astype(np.float32)
+        for track, (window, _, crop_f, hole, average, previous), generated in zip(todo, prepared, predicted):
             if temporal:
-                generated = self._steady_output(track.track_id, window, crop_f, hole, generated)
+                generated = self._steady_output(previous, crop_f, hole, generated)
                 self._states[track.track_id] = _FaceState(window, average, generated, crop_f)
             # Feather outwards only: the whole hole stays generated, the seam fades over the border.
             soft = cv2.GaussianBlur(cv2.dilate(hole, np.ones((k, k), np.uint8)), (k, k), 0)

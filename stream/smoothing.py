@@ -32,8 +32,8 @@ class TemporalConfig:
     beta: float = 0.005
     d_cutoff: float = 1.0
     mask_momentum: float = 0.3
-    output_momentum: float = 0.2
-    change_full: float = 0.15
+    output_momentum: float = 0.1
+    change_full: float = 0.4
     scene_cut: float = 0.25
 
 

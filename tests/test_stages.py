@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from pycocotools import mask as mask_utils
 from engines.models.generator import GeneratorConfig
 from engines.runtime import Engine, TensorSpec
 from stream.detect import Letterbox
-from stream.inpaint import CropWindow, FaceInpainter
+from stream.inpaint import CropWindow, FaceInpainter, MotionSettings, face_motion
 from stream.pipeline import DetectSchedule, DetectStage
 from stream.records import Detections, Frame, Track
 from stream.sink import DetectionsSink
@@ -131,6 +132,22 @@ def test_temporal_inpainter_steadies_a_flickering_generator():
         engine.value = float(t % 2)  # a generator that flips black/white every frame
         values.append(float(inpainter(image, [track])[75, 70].mean()))
     assert max(abs(a - b) for a, b in zip(values[2:], values[3:])) < 0.6 * 255
+
+
+def testface_motion_measures_the_visible_face_shift():
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (96, 96, 3)).astype(np.float32), (0, 0), 2.0)
+    previous = texture[16:80, 16:80].copy()
+    shift = np.float32([[1, 0, 1.5], [0, 1, -2.0]])  # the face moved right and up
+    current = cv2.warpAffine(texture, shift, (96, 96), borderMode=cv2.BORDER_REFLECT)[16:80, 16:80]
+    visible = np.zeros((64, 64), np.uint8)
+    visible[4:36, 4:60] = 255  # upper face; the lower half is the mask
+    matrix = face_motion(previous, current, visible, MotionSettings())
+    assert matrix is not None
+    np.testing.assert_allclose(matrix[:, :2], np.eye(2), atol=0.02)
+    np.testing.assert_allclose(matrix[:, 2], [-1.5, 2.0], atol=0.25)  # current pixel -> previous pixel
+    flat = np.full((64, 64, 3), 128, np.float32)
+    assert face_motion(flat, flat, visible, MotionSettings()) is None  # nothing to track: box motion only
 
 
 def test_crop_window_pads_outside_the_frame():

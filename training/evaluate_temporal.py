@@ -236,7 +236,7 @@ def _json_safe(value):
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=Path, required=True, help="folder made by training.masked_clips")
-    p.add_argument("--detections-every", default="1", metavar="N|auto",
+    p.add_argument("--detections-every", default="auto", metavar="N|auto",
                    help="passed to run_stream.py as --detect-every")
     p.add_argument("--max-frames", type=int, help="frames per clip (also passed to run_stream.py)")
     p.add_argument("--out", type=Path, default=Path("runs/temporal.json"), help="JSON results")
