@@ -21,8 +21,9 @@ from engines.models.detector import (
     load_detector_meta,
     save_detector,
 )
+from tests.media import make_video
 from training.detector_data import letterbox
-from training.evaluate_detector import average_precision, mask_scores
+from training.evaluate_detector import average_precision, evaluate_clips, load_clip_annotations, mask_scores
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -198,3 +199,23 @@ def test_shipped_weights_run():
     with torch.inference_mode():
         boxes, labels, scores, masks = DetectorExport(model)(torch.zeros(1, 3, *config.input_size))
     assert masks.shape[1:] == (1, *config.input_size) and boxes.shape == (len(labels), 4)
+
+
+def test_clip_detection_rate_counts_only_annotated_frames(tmp_path):
+    make_video(tmp_path / "a.mp4", frames=6, width=64, height=48, audio=False)
+    calls = []
+
+    def predictor(image):
+        calls.append(image.shape)
+        found = len(calls) % 2 == 0  # a face_mask on every second frame scored
+        return {"labels": np.array([FACE_MASK if found else FACE]), "scores": np.array([0.9])}
+
+    result = evaluate_clips(predictor, tmp_path, 0.5, {"a": 2})
+    assert len(calls) == 4 and calls[0] == (48, 64, 3)
+    assert result["clips"]["a"] == {"frames": 4, "face_mask_found_rate": 0.5}
+    assert result["face_mask_found_rate"] == 0.5
+
+
+def test_every_shared_masked_clip_is_annotated(shared_data):
+    stems = {p.stem for p in (shared_data / "videos" / "masked").glob("*.mp4")}
+    assert stems and stems <= set(load_clip_annotations())

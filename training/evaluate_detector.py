@@ -10,7 +10,10 @@ Metrics, on three sets:
 * segmentation: the held-out IWM/CWM images (every 5th by sorted name per set), letterboxed
   like the pipeline does, scored at the original 512x512 resolution;
 * photos: /photos/masked (no labels): detection rate = fraction of images with a face_mask
-  detection scoring at least ``--score``.
+  detection scoring at least ``--score``;
+* clips: every frame of /videos/masked, run through the detector one by one (no tracking):
+  the same detection rate over the frames where a masked face is visible
+  (``training/annotations/masked_clips.json`` says from which frame on), per clip and overall.
 
 ``face_mask`` mask IoU / F-score: for every ground-truth worn mask, the best IoU (and the
 F-score, i.e. Dice, of that prediction) over predicted face_mask instances with score >=
@@ -28,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -48,6 +52,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Worn masks of at least 32x32 pixels (at the resolution scored) count as "large"; small ones
 # (distant faces, 28x28 mask head upsampled) bound the mean IoU far below the large-mask IoU.
 LARGE_MASK_AREA = 32 * 32
+CLIP_ANNOTATIONS = Path(__file__).with_name("annotations") / "masked_clips.json"
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -221,6 +226,34 @@ def evaluate_photos(predictor: Predictor, folder: Path, score: float) -> dict:
     return {"images": n, "face_mask_found_rate": found / max(n, 1)}
 
 
+def load_clip_annotations(path: Path = CLIP_ANNOTATIONS) -> dict[str, int]:
+    """Clip stem -> first frame with a masked face visible."""
+    return {k: int(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["masked_from"].items()}
+
+
+def evaluate_clips(predictor, folder: Path, score: float, masked_from: dict[str, int]) -> dict:
+    """``predictor``: image -> dict with ``labels`` and ``scores`` arrays, like ``Predictor``."""
+    paths = sorted(folder.glob("*.mp4"))
+    if not paths:
+        raise DataUnavailableError(f"no clips in {folder}")
+    per_clip, found, n = {}, 0, 0
+    for path in paths:
+        if path.stem not in masked_from:
+            logger.warning("%s: no annotation, every frame counted", path.name)
+        first = masked_from.get(path.stem, 0)
+        clip_found, clip_n = 0, 0
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(tqdm(container.decode(video=0), desc=path.stem, unit="frame")):
+                if i < first:
+                    continue
+                pred = predictor(frame.to_ndarray(format="rgb24"))
+                clip_n += 1
+                clip_found += bool(((pred["labels"] == FACE_MASK) & (pred["scores"] >= score)).any())
+        per_clip[path.stem] = {"frames": clip_n, "face_mask_found_rate": clip_found / max(clip_n, 1)}
+        found, n = found + clip_found, n + clip_n
+    return {"images": n, "face_mask_found_rate": found / max(n, 1), "clips": per_clip}
+
+
 def format_table(results: dict) -> str:
     cols = ["images", "face_AP50", "face_mask_mIoU", "face_mask_F", "face_mask_large_mIoU",
             "face_mask_recall_iou50", "face_mask_found_rate"]
@@ -233,6 +266,8 @@ def format_table(results: dict) -> str:
             v = r.get(c)
             cells.append(("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)).rjust(16))
         lines.append(name.ljust(14) + "".join(cells))
+        for clip, c in r.get("clips", {}).items():
+            lines.append(f"  {clip}: {c['face_mask_found_rate']:.4f} of {c['frames']} frames")
     return "\n".join(lines)
 
 
@@ -243,8 +278,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--synthetic", type=int, default=200, help="number of synthetic validation scenes")
     p.add_argument("--score", type=float, default=0.5, help="score threshold for masks and detection rate")
-    p.add_argument("--sets", nargs="+", default=["synthetic", "segmentation", "photos"],
-                   choices=["synthetic", "segmentation", "photos"])
+    p.add_argument("--sets", nargs="+", default=["synthetic", "segmentation", "photos", "clips"],
+                   choices=["synthetic", "segmentation", "photos", "clips"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p
@@ -271,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "photos" in args.sets:
             results["photos"] = evaluate_photos(predictor, args.data / "photos" / "masked", args.score)
+        if "clips" in args.sets:
+            results["clips"] = evaluate_clips(predictor, args.data / "videos" / "masked", args.score,
+                                              load_clip_annotations())
     except DataUnavailableError as exc:
         logger.error("%s", exc)
         return 2
