@@ -1,6 +1,7 @@
 """Export every shipped model to ONNX and build the runtime artefacts the pipeline uses.
 
     python build_engines.py                      # ONNX (+ ONNX Runtime check) for all models
+    python build_engines.py --int8               # also int8 ONNX Runtime variants for CPU
     python build_engines.py --tensorrt           # also TensorRT engines (needs TensorRT + CUDA)
     python build_engines.py --models generator --tensorrt --precision fp16
 
@@ -20,10 +21,13 @@ import torch
 
 from engines.build import TensorRTSettings, build_tensorrt, check_tensorrt_ops
 from engines.export import ExportError, example_inputs, export_onnx
-from engines.registry import ARTIFACTS_DIR, MODELS, load_model
+from engines.quantize import calibration_feeds, int8_error, load_images, quantize_int8
+from engines.registry import ARTIFACTS_DIR, MODELS, load_model, onnx_path
 from engines.runtime import EngineError
 
 logger = logging.getLogger("build_engines")
+# Training data of the detector (real photos of masked faces): the calibration set the issue asks for.
+DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "shared" / "data" / "segmentation" / "training"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,7 +39,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="largest batch of face crops (generator)")
     p.add_argument("--workspace-mib", type=int, default=2048)
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read and updated)")
-    p.add_argument("--calibration", type=Path, help="directory of images for int8 calibration")
+    p.add_argument("--int8", action="store_true",
+                   help="also build int8 ONNX Runtime variants for CPU (run_stream.py --int8 uses them)")
+    p.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION,
+                   help="folder of photos of masked faces for int8 calibration, searched recursively "
+                        "(default: the shared segmentation training set)")
+    p.add_argument("--calibration-images", type=int, default=120, help="calibration photos used")
     p.add_argument("--parity-atol", type=float, default=1e-3, help="largest allowed ONNX Runtime vs torch error")
     return p
 
@@ -80,15 +89,6 @@ def check_parity(name: str, artifacts: Path, atol: float) -> float:
     return worst
 
 
-def load_calibration(directory: Path | None, limit: int = 200) -> list:
-    if directory is None:
-        return []
-    import cv2
-
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:limit]
-    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in files]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
@@ -106,13 +106,24 @@ def main(argv: list[str] | None = None) -> int:
             worst = check_parity(name, args.artifacts, args.parity_atol)
             check_tensorrt_ops(path)
             print(f"{name}: {path} (ONNX Runtime vs torch max |diff| {worst:.1e}; ops fit TensorRT)")
+        if not (args.int8 or (trt_ready and args.precision == "int8")):
+            calibration_images = []
+        else:
+            calibration_images = load_images(args.calibration, limit=args.calibration_images)
+        for name in args.models:
+            feeds = calibration_feeds(name, calibration_images) if calibration_images else []
+            if args.int8:
+                path = quantize_int8(name, feeds, artifacts=args.artifacts, source=str(args.calibration))
+                output, error = int8_error(name, feeds[:20], artifacts=args.artifacts)
+                print(f"{name}: {path} (int8, {len(feeds)} calibration inputs; mean |int8 - torch| "
+                      f"of {output!r} {error:.4f})")
             if trt_ready:
                 from engines.backends.tensorrt_backend import engine_path
 
                 settings = TensorRTSettings(precision=args.precision, max_batch=args.max_batch,
                                             workspace_mib=args.workspace_mib)
-                plan = build_tensorrt(path, engine_path(name, args.artifacts), settings=settings,
-                                      timing_cache=args.timing_cache, calibration=load_calibration(args.calibration))
+                plan = build_tensorrt(onnx_path(name, args.artifacts), engine_path(name, args.artifacts),
+                                      settings=settings, timing_cache=args.timing_cache, calibration=feeds)
                 print(f"{name}: {plan} ({args.precision})")
     except (ExportError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -54,6 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write a JSON report: counts, FPS, per-stage latency, models")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--int8", action="store_true",
+                   help="int8 ONNX Runtime models for CPU (build them with build_engines.py --int8)")
     p.add_argument("--detect-every", type=_detect_every, default="auto", metavar="N|auto",
                    help="run the detector on every N-th frame, or 'auto' (default): every frame while "
                         "faces move fast or are uncertain, up to every 4th while they are steady")
@@ -97,13 +99,14 @@ class Models:
     def describe(self) -> dict[str, object]:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
-                     "backend": m.engine.backend, "device": str(m.engine.device)}
+                     "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
             for m in (self.detector, self.generator)
         }
 
 
 def load_models(args: argparse.Namespace) -> Models:
-    kwargs = dict(backend=args.backend, device=args.device, threads=args.threads)
+    kwargs = dict(backend=args.backend, device=args.device, threads=args.threads,
+                  precision="int8" if args.int8 else "fp32")
     return Models(
         detector=load_model("detector", weights=args.detector_weights, **kwargs),
         generator=load_model("generator", weights=args.generator_weights, **kwargs),
@@ -224,7 +227,7 @@ def benchmark(args: argparse.Namespace) -> BenchmarkResult:
     info = inputs[0].info
     context = {
         "input": f"{Path(args.input).name} {info.width}x{info.height}",
-        "backend": models.detector.engine.backend,
+        "backend": models.detector.engine.backend + ("-int8" if models.detector.precision == "int8" else ""),
         "device": str(models.detector.engine.device),
         "models": models.describe(),
         "torch": torch.__version__,

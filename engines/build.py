@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,25 +46,17 @@ def check_tensorrt_ops(path: Path) -> None:
         raise ExportError(f"{path}: ops TensorRT's ONNX parser does not support: {sorted(unsupported)}")
 
 
-def _calibration_batches(images: list[np.ndarray], shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
-    """Calibration input: (1, 3, H, W) float32 [0, 1] from RGB uint8 images resized to ``shape``."""
-    import cv2
-
-    h, w = shape[-2:]
-    for image in images:
-        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        yield torch.from_numpy(resized).permute(2, 0, 1)[None].float().div(255.0).cuda()
-
-
 def build_tensorrt(
     onnx_file: Path,
     plan: Path,
     *,
     settings: TensorRTSettings = TensorRTSettings(),
     timing_cache: Path | None = None,
-    calibration: list[np.ndarray] | None = None,
+    calibration: Sequence[dict[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Parse ``onnx_file``, build a serialised engine at ``plan`` with a metadata sidecar."""
+    """Parse ``onnx_file``, build a serialised engine at ``plan`` with a metadata sidecar.
+
+    ``calibration``: named batch-1 inputs for int8 (``engines.quantize.calibration_feeds``)."""
     import tensorrt as trt
 
     from engines.backends.tensorrt_backend import machine_fingerprint
@@ -96,7 +88,7 @@ def build_tensorrt(
         if not calibration:
             raise ExportError("int8 needs calibration images (--calibration DIR)")
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _make_calibrator(trt, network, calibration, plan.with_suffix(".calib"))
+        config.int8_calibrator = _make_calibrator(trt, calibration, plan.with_suffix(".calib"))
     profile = builder.create_optimization_profile()
     shapes = {}
     for i in range(network.num_inputs):
@@ -134,24 +126,25 @@ def build_tensorrt(
     return plan
 
 
-def _make_calibrator(trt, network, images: list[np.ndarray], cache_file: Path):
-    shape = tuple(network.get_input(0).shape)
-    name = network.get_input(0).name
-
+def _make_calibrator(trt, feeds: Sequence[dict[str, np.ndarray]], cache_file: Path):
     class Calibrator(trt.IInt8EntropyCalibrator2):
-        """Feeds training images one at a time; caches the scales so rebuilds skip calibration."""
+        """Feeds one named input set at a time; caches the scales so rebuilds skip calibration."""
 
         def __init__(self) -> None:
             super().__init__()
-            self._batches = _calibration_batches(images, shape)
-            self._current: torch.Tensor | None = None
+            self._feeds = iter(feeds)
+            # Kept alive until TensorRT asks for the next batch: it reads these device pointers.
+            self._current: dict[str, torch.Tensor] = {}
 
         def get_batch_size(self) -> int:
             return 1
 
-        def get_batch(self, names):  # noqa: ARG002 - one input
-            self._current = next(self._batches, None)
-            return None if self._current is None else [int(self._current.data_ptr())]
+        def get_batch(self, names):
+            feed = next(self._feeds, None)
+            if feed is None:
+                return None
+            self._current = {k: torch.from_numpy(v).cuda() for k, v in feed.items()}
+            return [int(self._current[n].data_ptr()) for n in names]
 
         def read_calibration_cache(self):
             return cache_file.read_bytes() if cache_file.exists() else None
@@ -159,6 +152,5 @@ def _make_calibrator(trt, network, images: list[np.ndarray], cache_file: Path):
         def write_calibration_cache(self, cache):
             cache_file.write_bytes(bytes(cache))
 
-    logger.info("int8 calibration of %s on %d images", name, len(images))
+    logger.info("int8 calibration on %d input sets", len(feeds))
     return Calibrator()
-

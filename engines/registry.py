@@ -104,8 +104,14 @@ def weights_path(name: str, weights: Path | None = None) -> Path:
     return path
 
 
-def onnx_path(name: str, artifacts: Path = ARTIFACTS_DIR) -> Path:
-    return artifacts / f"{name}.onnx"
+PRECISIONS = ("fp32", "int8")
+
+
+def onnx_path(name: str, artifacts: Path = ARTIFACTS_DIR, *, precision: str = "fp32") -> Path:
+    """The fp32 export, or its int8 variant for ONNX Runtime on CPU (``engines.quantize``)."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; known: {PRECISIONS}")
+    return artifacts / (f"{name}.onnx" if precision == "fp32" else f"{name}.{precision}.onnx")
 
 
 def read_sidecar(artifact: Path) -> dict[str, Any]:
@@ -131,6 +137,7 @@ class LoadedModel:
     engine: Engine
     config: Any
     weights: Path
+    precision: str = "fp32"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -152,9 +159,14 @@ def _artifact_ready(path: Path, *, model: str, weights: Path) -> bool:
 
 
 def resolve_backend(name: str, backend: str, device: torch.device, *, weights: Path,
-                    artifacts: Path = ARTIFACTS_DIR) -> str:
+                    artifacts: Path = ARTIFACTS_DIR, precision: str = "fp32") -> str:
     """``auto``: TensorRT on CUDA when an engine is built, ONNX Runtime on CPU when its export is
-    built (faster than eager torch there), torch otherwise."""
+    built (faster than eager torch there), torch otherwise. ``precision="int8"`` exists only as
+    an ONNX Runtime variant, so it always resolves to ONNX Runtime."""
+    if precision != "fp32":
+        if backend not in ("auto", "onnxruntime"):
+            raise EngineError(f"{precision} is an ONNX Runtime variant; use --backend onnxruntime or auto")
+        return "onnxruntime"
     if backend != "auto":
         if backend not in BACKENDS:
             raise EngineError(f"unknown backend {backend!r}")
@@ -178,14 +190,17 @@ def load_model(
     weights: Path | None = None,
     artifacts: Path = ARTIFACTS_DIR,
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> LoadedModel:
-    """Load a shipped model by name on a backend; ``auto`` picks and logs the fastest available."""
+    """Load a shipped model by name on a backend; ``auto`` picks and logs the fastest available.
+
+    ``precision="int8"`` loads the quantised ONNX Runtime variant (``build_engines.py --int8``)."""
     if name not in MODELS:
         raise EngineError(f"unknown model {name!r}; known: {sorted(MODELS)}")
     spec = MODELS[name]
     path = weights_path(name, weights)
     dev = resolve_device(device)
-    chosen = resolve_backend(name, backend, dev, weights=path, artifacts=artifacts)
+    chosen = resolve_backend(name, backend, dev, weights=path, artifacts=artifacts, precision=precision)
     module, config = spec.load(path)
     inputs, outputs = spec.specs(config)
     if chosen == "torch":
@@ -195,14 +210,16 @@ def load_model(
     elif chosen == "onnxruntime":
         from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
 
-        artifact = onnx_path(name, artifacts)
+        artifact = onnx_path(name, artifacts, precision=precision)
         if not artifact.exists():
-            raise EngineMismatchError(f"{artifact} not found; run build_engines.py first")
+            flag = " --int8" if precision == "int8" else ""
+            raise EngineMismatchError(f"{artifact} not found; run build_engines.py{flag} first")
         check_sidecar(artifact, model=name, weights=path)
         engine = OnnxRuntimeEngine(artifact, device=dev, threads=threads)
     else:
         from engines.backends.tensorrt_backend import TensorRTEngine, engine_path
 
         engine = TensorRTEngine(engine_path(name, artifacts), model=name, weights=path, device=dev)
-    logger.info("%s: %s backend on %s (weights %s)", name, chosen, dev, path.name)
-    return LoadedModel(name=name, engine=engine, config=config, weights=path)
+    logger.info("%s: %s backend%s on %s (weights %s)", name, chosen, " int8" if precision == "int8" else "",
+                dev, path.name)
+    return LoadedModel(name=name, engine=engine, config=config, weights=path, precision=precision)

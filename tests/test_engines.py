@@ -133,11 +133,65 @@ def test_build_engines_without_tensorrt_builds_what_the_pipeline_uses(tmp_path, 
 
     if tensorrt_available() and torch.cuda.is_available():
         pytest.skip("TensorRT is available here; this checks the fallback")
-    assert build_engines.main(["--artifacts", str(tmp_path), "--tensorrt"]) == 0
+    import av
+    import cv2
+
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    with av.open(str(build_engines.SAMPLE)) as container:
+        for i, frame in zip(range(2), container.decode(video=0)):
+            cv2.imwrite(str(calibration / f"{i}.png"), frame.to_ndarray(format="bgr24"))
+    artifacts = tmp_path / "artifacts"
+    assert build_engines.main(["--artifacts", str(artifacts), "--tensorrt", "--int8",
+                               "--calibration", str(calibration)]) == 0
     captured = capsys.readouterr()
     assert "skipping TensorRT engines" in captured.err
     assert "ops fit TensorRT" in captured.out
     for name in ("detector", "generator"):
-        assert (tmp_path / f"{name}.onnx").exists() and (tmp_path / f"{name}.onnx.json").exists()
-        model = load_model(name, backend="auto", device="cpu", artifacts=tmp_path)
+        assert (artifacts / f"{name}.onnx").exists() and (artifacts / f"{name}.onnx.json").exists()
+        model = load_model(name, backend="auto", device="cpu", artifacts=artifacts)
         assert model.engine.backend == "onnxruntime"
+        assert f"{name}.int8.onnx (int8, 2 calibration inputs" in captured.out
+        assert load_model(name, device="cpu", artifacts=artifacts, precision="int8").precision == "int8"
+
+
+@pytest.mark.parametrize("name", ["detector", "generator"])
+def test_int8_variant_is_close_to_torch_and_says_so(name, tiny_weights, exported):
+    from engines.quantize import int8_error, quantize_int8
+
+    w = _weights(tiny_weights, name)
+    ref = load_model(name, backend="torch", device="cpu", weights=w)
+    feeds = [{s.name: t.numpy() for s, t in zip(ref.engine.inputs, example_inputs(ref.engine.inputs))}
+             for _ in range(4)]
+    path = quantize_int8(name, feeds, artifacts=exported, source="test inputs")
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    assert path.name == f"{name}.int8.onnx" and meta["precision"] == "int8"
+    assert meta["calibration"] == {"samples": 4, "source": "test inputs"}
+    check_sidecar(path, model=name, weights=w)  # same weights as the fp32 export
+    model = load_model(name, backend="auto", device="cpu", weights=w, artifacts=exported, precision="int8")
+    assert model.engine.backend == "onnxruntime" and model.precision == "int8"
+    assert sorted(s.name for s in model.engine.outputs) == sorted(s.name for s in ref.engine.outputs)
+    output, error = int8_error(name, feeds[:1], artifacts=exported, weights=w)
+    assert output == ref.engine.outputs[0].name
+    if name == "generator":
+        assert error < 0.02  # mean |int8 - fp32| on a 0..1 image
+
+
+def test_int8_is_refused_on_backends_that_have_no_such_variant(tiny_weights, exported):
+    with pytest.raises(EngineError, match="ONNX Runtime variant"):
+        load_model("generator", backend="torch", device="cpu", weights=tiny_weights[1], precision="int8")
+
+
+def test_calibration_inputs_are_what_the_pipeline_feeds():
+    import av
+
+    from build_engines import SAMPLE
+    from engines.quantize import calibration_feeds
+
+    with av.open(str(SAMPLE)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    (det,) = calibration_feeds("detector", [frame])
+    assert det["image"].shape == (1, 3, 320, 320) and det["image"].dtype == "float32"
+    (gen,) = calibration_feeds("generator", [frame])  # one masked face in the sample
+    assert gen["image"].shape == (1, 3, 128, 128) and gen["mask"].shape == (1, 1, 128, 128)
+    assert 0.05 < gen["mask"].mean() < 0.6 and 0 <= gen["image"].min() and gen["image"].max() <= 1

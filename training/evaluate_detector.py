@@ -37,7 +37,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.models.detector import FACE, FACE_MASK, DetectorExport, load_detector, load_detector_meta
+from engines.models.detector import FACE, FACE_MASK, load_detector_meta
+from engines.registry import load_model
+from engines.runtime import EngineError
 from training.detector_data import (
     DataUnavailableError,
     DetectorDataConfig,
@@ -124,11 +126,15 @@ def mask_scores(gt_masks: list[np.ndarray], pred_masks: list[np.ndarray]) -> lis
 
 
 class Predictor:
-    """Runs the export wrapper on HxWx3 uint8 RGB images of any size (letterboxed to the input)."""
+    """Runs the detector engine on HxWx3 uint8 RGB images of any size (letterboxed to the input).
 
-    def __init__(self, weights: Path) -> None:
-        model, self.config = load_detector(weights)
-        self.model = DetectorExport(model).eval()
+    ``backend``/``precision`` as in ``engines.registry.load_model``: an export is scored through
+    the same engine interface the pipeline uses."""
+
+    def __init__(self, weights: Path, *, backend: str = "torch", precision: str = "fp32", threads: int = 1) -> None:
+        loaded = load_model("detector", backend=backend, device="cpu", weights=weights, threads=threads,
+                            precision=precision)
+        self.engine, self.config = loaded.engine, loaded.config
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, *, letterboxed: bool = False) -> dict[str, np.ndarray]:
@@ -140,7 +146,8 @@ class Predictor:
         else:
             canvas, scale = letterbox(image, self.config.input_size)
         x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255.0)
-        boxes, labels, scores, masks = (t.numpy() for t in self.model(x))
+        out = self.engine.run({"image": x})
+        boxes, labels, scores, masks = (out[k].numpy() for k in ("boxes", "labels", "scores", "masks"))
         masks = masks[:, 0]
         if not letterboxed:
             ch, cw = round(h * scale), round(w * scale)
@@ -281,6 +288,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", nargs="+", default=["synthetic", "segmentation", "photos", "clips"],
                    choices=["synthetic", "segmentation", "photos", "clips"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--int8", action="store_true", help="the int8 ONNX Runtime variant (build_engines.py --int8)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p
 
@@ -294,8 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.weights.is_file():
         logger.error("no weights at %s", args.weights)
         return 2
-    predictor = Predictor(args.weights)
-    results: dict = {"weights": str(args.weights), "meta": load_detector_meta(args.weights), "score": args.score}
+    try:
+        predictor = Predictor(args.weights, backend=args.backend, precision="int8" if args.int8 else "fp32",
+                              threads=args.threads)
+    except EngineError as exc:
+        logger.error("%s", exc)
+        return 2
+    results: dict = {"weights": str(args.weights), "meta": load_detector_meta(args.weights), "score": args.score,
+                     "backend": args.backend + ("-int8" if args.int8 else "")}
     t0 = time.time()
     try:
         if "synthetic" in args.sets:

@@ -7,6 +7,10 @@ Both methods get the same inputs (masked crop + dilated synthetic mask, fixed pe
 are scored on the composited result (prediction inside the hole, original outside): PSNR, SSIM
 and L1 over the whole crop and inside the hole. Writes OUT/metrics.json and OUT/grid.png
 (columns: input with the hole greyed, ours, Telea, ground truth).
+
+``--backend onnxruntime [--int8]`` scores the exported model (``build_engines.py [--int8]``)
+through the same engine interface the pipeline uses, so an export's accuracy is measured,
+not assumed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from engines.models.generator import GeneratorWeightsError, load_generator
+from engines.models.generator import GeneratorWeightsError
+from engines.registry import load_model
+from engines.runtime import EngineError
 from training.generator_data import FaceDataError, MaskedFaceDataset, build_synthesizer, load_face_records, split_records
 from training.generator_losses import composite
 from training.image_metrics import l1, psnr, ssim
@@ -59,6 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N held-out images")
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--int8", action="store_true", help="the int8 ONNX Runtime variant")
     return p
 
 
@@ -69,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     cv2.setNumThreads(1)
     try:
-        model, config = load_generator(args.weights)
+        loaded = load_model("generator", backend=args.backend, device="cpu", weights=args.weights,
+                            threads=args.threads, precision="int8" if args.int8 else "fp32")
+        config = loaded.config
         records = load_face_records(args.data / "faces" / "utkface", args.landmarks)
         _, val_recs = split_records(records, val_count=args.val_count)
-    except (GeneratorWeightsError, FaceDataError) as exc:
+    except (GeneratorWeightsError, FaceDataError, EngineError) as exc:
         logger.error("%s", exc)
         return 2
     if args.limit is not None:
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in DataLoader(dataset, batch_size=args.batch_size):
             image, mask, target = batch["image"], batch["mask"], batch["target"]
             t0 = time.perf_counter()
-            ours = composite(model(image, mask), target, mask)
+            ours = composite(loaded.engine.run({"image": image, "mask": mask})["output"], target, mask)
             model_s += time.perf_counter() - t0
             theirs = composite(telea(image, mask), target, mask)
             for name, pred in (("ours", ours), ("telea", theirs)):
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["images"] = len(dataset)
     summary["mean_hole_fraction"] = float(torch.cat(hole_frac).mean())
     summary["weights"] = str(args.weights)
+    summary["backend"] = args.backend + ("-int8" if args.int8 else "")
     summary["config"] = {"size": config.size, "width": config.width, "crop_scale": config.crop_scale,
                          "mask_dilation": config.mask_dilation}
     summary["model_ms_per_crop"] = 1000.0 * model_s / len(dataset)
