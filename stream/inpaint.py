@@ -90,6 +90,23 @@ class _FaceState:
     crop: np.ndarray
 
 
+@dataclass
+class _FaceJob:
+    """One face of the current frame on its way through the generator (S x S crop coordinates).
+
+    crop: float32 RGB [0, 255]; hole: float32 {0, 1}, the pixels to generate; average: the mask
+    running average to keep; previous: (reconstruction, input crop) of the previous frame carried
+    to this crop, None without temporal state.
+    """
+
+    track_id: int
+    window: CropWindow
+    crop: np.ndarray
+    hole: np.ndarray
+    average: np.ndarray
+    previous: tuple[np.ndarray, np.ndarray] | None = None
+
+
 def _box_motion(previous: CropWindow, current: CropWindow, size: int) -> np.ndarray:
     """2x3 map from a pixel of the current crop to the same frame point in the previous crop."""
     scale = current.side / previous.side
@@ -237,34 +254,32 @@ class FaceInpainter:
             self._states = {k: v for k, v in self._states.items() if k in live}
         if not todo:
             return image
-        prepared = []
+        jobs = []
         for track in todo:
             window, crop, hole = self.prepare(image, track)
-            crop_f = crop.astype(np.float32)
-            average, previous, previous_hole = hole, None, None
+            job = _FaceJob(track.track_id, window, crop.astype(np.float32), hole, hole)
             state = self._states.get(track.track_id) if temporal else None
             if state is not None:
-                motion = self._motion(state, window, crop_f, track.box, hole)
+                motion = self._motion(state, window, job.crop, track.box, hole)
                 previous_hole, previous_generated, previous_crop = _warp(
                     motion, self.config.size, state.hole_avg, state.generated, state.crop)
-                previous = (previous_generated, previous_crop)
-            if temporal:
-                hole, average = self._steady_hole(previous_hole, hole)
-            prepared.append((window, crop, crop_f, hole, average, previous))
-        crops = torch.from_numpy(np.stack([p[1] for p in prepared])).permute(0, 3, 1, 2).float().div_(255.0)
-        holes = torch.from_numpy(np.stack([p[3] for p in prepared]))[:, None]
+                job.previous = (previous_generated, previous_crop)
+                job.hole, job.average = self._steady_hole(previous_hole, hole)
+            jobs.append(job)
+        crops = torch.from_numpy(np.stack([j.crop for j in jobs])).permute(0, 3, 1, 2).div_(255.0)
+        holes = torch.from_numpy(np.stack([j.hole for j in jobs]))[:, None]
         feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
         predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
         self._device.wait()
         predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy()
         k = 2 * max(1, round(self.settings.feather * self.config.size)) + 1
-        for track, (window, _, crop_f, hole, average, previous), generated in zip(todo, prepared, predicted):
+        for job, generated in zip(jobs, predicted):
             if temporal:
-                generated = self._steady_output(previous, crop_f, hole, generated)
-                self._states[track.track_id] = _FaceState(window, average, generated, crop_f)
+                generated = self._steady_output(job.previous, job.crop, job.hole, generated)
+                self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
             # Feather outwards only: the whole hole stays generated, the seam fades over the border.
-            soft = cv2.GaussianBlur(cv2.dilate(hole, np.ones((k, k), np.uint8)), (k, k), 0)
-            soft = np.maximum(soft, hole)
-            window.paste(out, generated, soft)
+            soft = cv2.GaussianBlur(cv2.dilate(job.hole, np.ones((k, k), np.uint8)), (k, k), 0)
+            soft = np.maximum(soft, job.hole)
+            job.window.paste(out, generated, soft)
         return out
