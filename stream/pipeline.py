@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 _END = object()
 _POLL = 0.1
+# Seconds the decode thread gets to stop by itself before its source is closed under it.
+_SOURCE_GRACE = 2.0
 
 
 class PipelineStopped(Exception):
@@ -306,6 +308,10 @@ class Pipeline:
             self._fail(exc)
         finally:
             self._stop.set()
+            # Closing a container while its thread is inside FFmpeg's decoder crashes the
+            # process; the decode thread sees the stop flag within a frame and ends by itself.
+            # Only a live source blocked on a silent network read needs closing to wake up.
+            threads[0].join(timeout=_SOURCE_GRACE)
             self.source.close()
             for t in threads:
                 t.join(timeout=10)
