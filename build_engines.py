@@ -106,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             worst = check_parity(name, args.artifacts, args.parity_atol)
             check_tensorrt_ops(path)
             print(f"{name}: {path} (ONNX Runtime vs torch max |diff| {worst:.1e}; ops fit TensorRT)")
-        if not (args.int8 or (trt_ready and args.precision == "int8")):
-            calibration_images = []
-        else:
-            calibration_images = load_images(args.calibration, limit=args.calibration_images)
+        needs_calibration = args.int8 or (trt_ready and args.precision == "int8")
+        calibration_images = load_images(args.calibration, limit=args.calibration_images) if needs_calibration else []
         for name in args.models:
             feeds = calibration_feeds(name, calibration_images) if calibration_images else []
             if args.int8:
