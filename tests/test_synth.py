@@ -174,6 +174,37 @@ def test_label_is_the_composited_area(fake_templates):
     assert changed[result.mask].mean() > 0.9
 
 
+def test_sheer_mask_shows_the_face_through_and_keeps_the_label(fake_templates):
+    lm = canonical_landmarks()
+    face = draw_face(lm)
+    opaque = MaskSynthesizer(templates_root=fake_templates, p_recolor=1.0)
+    sheer = MaskSynthesizer(templates_root=fake_templates, p_recolor=1.0, p_sheer=1.0)
+    seed = 3
+    a = opaque.apply(face, lm, rng=np.random.default_rng(seed))
+    b = sheer.apply(face, lm, rng=np.random.default_rng(seed))
+    # Sheer fabric still covers the face: same footprint, same label.
+    assert np.array_equal(a.mask, b.mask)
+    inside = b.mask
+    # Where the mask lies over the mouth, the mouth's red shows through the mesh.
+    mouth = np.zeros(face.shape[:2], np.uint8)
+    cv2.fillPoly(mouth, [np.round(lm[48:60]).astype(np.int32)], 1)
+    mouth = mouth.astype(bool) & inside
+    assert mouth.sum() > 50
+    skin = np.zeros(face.shape[:2], bool)
+    skin[inside & ~mouth] = True
+
+    def red_excess(img, where):
+        px = img[where].astype(float)
+        return float((px[:, 0] - px[:, 1]).mean())
+
+    # Opaque fabric hides the mouth (its red is gone); see-through fabric lets it show.
+    assert abs(red_excess(a.image, mouth) - red_excess(a.image, skin)) < 10
+    assert red_excess(b.image, mouth) - red_excess(b.image, skin) > 10
+    # And the mesh is visible: pixels differ from the bare face inside the mask.
+    assert (np.abs(b.image.astype(int) - face.astype(int)).max(-1) > 0)[inside].mean() > 0.5
+
+
+
 def test_deterministic_for_seed(fake_templates):
     lm = canonical_landmarks()
     face = draw_face(lm)

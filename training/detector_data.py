@@ -59,6 +59,7 @@ class DetectorDataConfig:
     face_counts: tuple[float, float, float] = (0.5, 0.3, 0.2)  # P(1, 2, 3 faces)
     p_unmasked: float = 0.2  # per face
     p_pulled_down: float = 0.12  # per masked face
+    p_sheer: float = 0.0  # per masked face: see-through mesh / rhinestone fabric (synth.sheer_layer)
     min_face: float = 18.0  # face box width range in input pixels
     max_face_frac: float = 0.85  # of the content's short side
     p_occluder: float = 0.3
@@ -258,7 +259,9 @@ class DetectorSceneDataset(Dataset):
         for p in (self.utk_root, templates, Path(landmarks)):
             if not p.exists():
                 raise DataUnavailableError(f"missing {p}")
-        self.synth = MaskSynthesizer(templates_root=templates, textures_root=templates / "textures")
+        self.synth = MaskSynthesizer(
+            templates_root=templates, textures_root=templates / "textures", p_sheer=config.p_sheer
+        )
         cache = load_landmark_cache(landmarks)
         keep = np.arange(len(cache)) % config.val_utk_every == 0
         if split == "train":

@@ -277,6 +277,46 @@ def shrink_template(template: MaskTemplate, max_side: int) -> MaskTemplate:
     return MaskTemplate(name=template.name, rgba=small, anchors=template.anchors * np.float32(scale))
 
 
+def sheer_layer(patch: np.ndarray, *, period: float, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A see-through version of a warped, premultiplied RGBA mask patch (HxWx4 float32 0..1).
+
+    Mesh and rhinestone masks let the skin show between threads or stones, so a detector
+    trained only on opaque masks takes them for bare skin. The fabric becomes a diagonal grid
+    of threads (or round stones) ``period`` pixels apart, opaque on the threads and between
+    15 % and 60 % opaque in the gaps, in a metallic grey, black or the template's colour, with
+    bright glints on the crossings. ``u`` (4,) uniform draws pick the style.
+    Returns premultiplied RGB (HxWx3) and alpha (HxW).
+    """
+    u_gap, u_kind, u_colour, u_angle = (float(v) for v in u)
+    footprint = patch[..., 3]
+    h, w = footprint.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = (0.15 + 0.7 * u_angle) * np.pi / 2
+    a = (xs * np.cos(angle) + ys * np.sin(angle)) * (np.pi / period)
+    b = (-xs * np.sin(angle) + ys * np.cos(angle)) * (np.pi / period)
+    if u_kind < 0.5:
+        # Threads: near 1 on the two families of lines, falling to 0 between them.
+        weave = np.maximum(np.abs(np.cos(a)), np.abs(np.cos(b))) ** 6
+    else:
+        # Stones: round dots at the crossings.
+        weave = (np.abs(np.cos(a)) * np.abs(np.cos(b))) ** 3
+    gap_opacity = 0.15 + 0.45 * u_gap
+    alpha = footprint * (gap_opacity + (1.0 - gap_opacity) * weave)
+    if u_colour < 0.4:
+        colour = np.full(3, 0.55 + 0.35 * u_colour / 0.4, np.float32)  # silver
+    elif u_colour < 0.7:
+        colour = np.full(3, 0.05 + 0.1 * (u_colour - 0.4) / 0.3, np.float32)  # black
+    else:
+        colour = None  # the template's own (possibly recoloured) colour
+    if colour is None:
+        straight = patch[..., :3] / np.maximum(footprint[..., None], 1e-6)
+    else:
+        straight = np.broadcast_to(colour, (h, w, 3))
+    glint = (np.abs(np.cos(a)) * np.abs(np.cos(b))) ** 12
+    straight = np.clip(straight + 0.5 * glint[..., None], 0.0, 1.0)
+    return (straight * alpha[..., None]).astype(np.float32), alpha.astype(np.float32)
+
+
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
@@ -294,6 +334,10 @@ class MaskSynthesizer:
     max_template_side: shrink templates once so their longer side is at most this many pixels
         (the shipped ones are 500-1800 px, far more than a ~100 px face needs; each call works
         on the full template, so big templates make synthesis the bottleneck of training).
+    p_sheer: probability of making the mask see-through (mesh, lace, rhinestone fabric: see
+        ``sheer_layer``). The label stays the mask's whole footprint, since the skin seen
+        through it is still covered. At 0 no random number is drawn for it, so the stream of
+        masks for a seed is the same as without the option.
     """
 
     def __init__(
@@ -307,7 +351,11 @@ class MaskSynthesizer:
         include_side_views: bool = False,
         side_view_threshold: float = 0.3,
         max_template_side: int | None = None,
+        p_sheer: float = 0.0,
     ) -> None:
+        if not 0.0 <= p_sheer <= 1.0:
+            raise ValueError(f"p_sheer must be in [0, 1], got {p_sheer}")
+        self.p_sheer = p_sheer
         templates = load_templates(Path(templates_root), include_side_views=include_side_views)
         if max_template_side is not None:
             templates = [shrink_template(t, max_template_side) for t in templates]
@@ -442,14 +490,20 @@ class MaskSynthesizer:
         h, w = image.shape[:2]
         out = image.copy()
         mask = np.zeros((h, w), dtype=bool)
+        u_sheer = rng.random(6) if self.p_sheer > 0 else np.ones(6)
+        sheer = u_sheer[0] < self.p_sheer
         if patch.size:
             ph, pw = patch.shape[:2]
             region = out[y0:y0 + ph, x0:x0 + pw].astype(np.float32) / 255.0
-            alpha = patch[..., 3:]
+            footprint = patch[..., 3]
             light = self._face_light(image, lm)
-            comp = region * (1.0 - alpha) + patch[..., :3] * light
+            if sheer:
+                rgb, alpha = sheer_layer(patch, period=max(2.0, dst_w / (10.0 + 40.0 * u_sheer[1])), u=u_sheer[2:])
+            else:
+                rgb, alpha = patch[..., :3], footprint
+            comp = region * (1.0 - alpha[..., None]) + rgb * light
             out[y0:y0 + ph, x0:x0 + pw] = np.clip(comp * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            mask[y0:y0 + ph, x0:x0 + pw] = patch[..., 3] > 0.5
+            mask[y0:y0 + ph, x0:x0 + pw] = footprint > 0.5
 
         box = face_box_from_landmarks(lm, image.shape)
         ys, xs = np.nonzero(mask)

@@ -98,6 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", type=int, default=1000)
     p.add_argument("--export", type=Path, default=None, help="also write fp16 weights here (save_detector)")
     p.add_argument("--export-every", type=int, default=500)
+    p.add_argument("--p-sheer", type=float, default=0.2,
+                   help="share of synthetic masks drawn see-through (mesh, rhinestones)")
     p.add_argument("--init", type=Path, default=None,
                    help="start a new run from these weights (save_detector file); ignored when resuming")
     return p
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     config = DetectorConfig(backbone=args.backbone, norm=args.norm, input_size=tuple(args.input_size))
-    data_config = DetectorDataConfig(input_size=config.input_size, real_fraction=args.real_fraction)
+    data_config = DetectorDataConfig(
+        input_size=config.input_size, real_fraction=args.real_fraction, p_sheer=args.p_sheer
+    )
     try:
         dataset = DetectorSceneDataset(
             data_root=args.data, landmarks=args.landmarks, config=data_config, split="train", seed=args.seed
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": step,
             "train_hours": round(elapsed() / 3600.0, 3),
             "batch_size": args.batch_size,
-            "data": f"synthetic scenes (UTKFace + MaskTheFace) + real {data_config.real_fraction:.2f} IWM/CWM train split",
+            "data": f"synthetic scenes (UTKFace + MaskTheFace, {data_config.p_sheer:.2f} see-through) + real {data_config.real_fraction:.2f} IWM/CWM train split",
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "lr": args.lr,
             "seed": args.seed,
