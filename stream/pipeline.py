@@ -10,6 +10,7 @@ queued frame when the pipeline falls behind; files never drop one.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import queue
 import threading
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 _END = object()
 _POLL = 0.1
-# Seconds the decode thread gets to stop by itself before its source is closed under it.
-_SOURCE_GRACE = 2.0
 
 
 class PipelineStopped(Exception):
@@ -222,11 +221,14 @@ class Pipeline:
 
     # -- frame flow -------------------------------------------------------------------------
     def _frames(self) -> Iterator[Frame]:
-        for n, frame in enumerate(self.source):
-            if self._stop.is_set() or (self.config.max_frames is not None and n >= self.config.max_frames):
-                return
-            self.stats.count_read()
-            yield frame
+        # Closed explicitly, not left to the garbage collector: the source releases its
+        # container only once its reader has let go of it.
+        with contextlib.closing(iter(self.source)) as frames:
+            for n, frame in enumerate(frames):
+                if self._stop.is_set() or (self.config.max_frames is not None and n >= self.config.max_frames):
+                    return
+                self.stats.count_read()
+                yield frame
         self._exhausted = True
 
     def _run_stage(self, stage: Stage, frame: Frame) -> None:
@@ -251,9 +253,10 @@ class Pipeline:
 
     def _source_loop(self, out) -> None:
         try:
-            for frame in self._frames():
-                frame.decoded_at = time.perf_counter()
-                out.put(frame, self._stop)
+            with contextlib.closing(self._frames()) as frames:
+                for frame in frames:
+                    frame.decoded_at = time.perf_counter()
+                    out.put(frame, self._stop)
             out.put(_END, self._stop)
         except PipelineStopped:
             pass
@@ -308,10 +311,8 @@ class Pipeline:
             self._fail(exc)
         finally:
             self._stop.set()
-            # Closing a container while its thread is inside FFmpeg's decoder crashes the
-            # process; the decode thread sees the stop flag within a frame and ends by itself.
-            # Only a live source blocked on a silent network read needs closing to wake up.
-            threads[0].join(timeout=_SOURCE_GRACE)
+            # Safe while the decode thread is still reading: the source only releases its
+            # container once that thread lets go of it.
             self.source.close()
             for t in threads:
                 t.join(timeout=10)
@@ -320,11 +321,12 @@ class Pipeline:
 
     def _run_sequential(self) -> None:
         try:
-            for frame in self._frames():
-                frame.decoded_at = time.perf_counter()
-                for stage in self.stages:
-                    self._run_stage(stage, frame)
-                self._emit(frame)
+            with contextlib.closing(self._frames()) as frames:
+                for frame in frames:
+                    frame.decoded_at = time.perf_counter()
+                    for stage in self.stages:
+                        self._run_stage(stage, frame)
+                    self._emit(frame)
         except BaseException as exc:  # noqa: BLE001 - re-raised by run() once the sinks are closed
             self._fail(exc)
         finally:

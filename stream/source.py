@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -67,6 +68,46 @@ class Source(abc.ABC):
         """Release the device or connection; safe to call twice and from another thread."""
 
 
+class _HandleGuard:
+    """Releases a source's FFmpeg or V4L2 handle once, on a thread that is not reading it.
+
+    Closing a container while another thread is inside FFmpeg's decoder crashes the process, so
+    ``close`` from another thread only marks the source closed and the reading thread releases
+    the handle when it leaves ``reading()``. Every read is bounded (network reads by the read
+    timeout, file and camera reads by nature), so the reader does leave.
+    """
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release = release
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._released = False
+        self.closed = threading.Event()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._lock:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if self.closed.is_set() and self._readers == 0:
+                    self._release_once()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed.set()
+            if self._readers == 0:
+                self._release_once()
+
+    def _release_once(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
+
+
 def _first_video_stream(container: av.container.InputContainer, name: str) -> av.VideoStream:
     if not container.streams.video:
         raise SourceError(f"{name}: no video stream")
@@ -93,6 +134,7 @@ class VideoFileSource(Source):
             raise SourceError(f"{path}: video stream has no frame size (corrupt header?)")
         self._stream = stream
         self._path = path
+        self._guard = _HandleGuard(self._container.close)
         has_audio = bool(self._container.streams.audio)
         self.info = SourceInfo(
             width=stream.codec_context.width,
@@ -108,8 +150,14 @@ class VideoFileSource(Source):
         index = 0
         rate = self.info.rate or Fraction(25)
         tb = self.info.time_base
+        with self._guard.reading():
+            yield from self._decode(index, rate, tb)
+
+    def _decode(self, index: int, rate: Fraction, tb: Fraction) -> Iterator[Frame]:
         try:
             for packet in self._container.demux(self._stream):
+                if self._guard.closed.is_set():
+                    return
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as exc:
@@ -133,7 +181,7 @@ class VideoFileSource(Source):
             logger.warning("%s: stopped reading after %d frames: %s", self._path, index, exc)
 
     def close(self) -> None:
-        self._container.close()
+        self._guard.close()
 
 
 @dataclass(frozen=True)
@@ -159,8 +207,9 @@ class NetworkSource(Source):
     def __init__(self, url: str, *, policy: ReconnectPolicy = ReconnectPolicy()) -> None:
         self.url = url
         self.policy = policy
-        self._closed = threading.Event()
         self._container: av.container.InputContainer | None = None
+        self._guard = _HandleGuard(self._close_container)
+        self._closed = self._guard.closed
         self.reconnects = 0
         self._live = url.startswith(LIVE_SCHEMES)
         container = self._open_with_retry(deadline=time.monotonic() + policy.open_timeout, first=True)
@@ -201,10 +250,15 @@ class NetworkSource(Source):
                     verb = "cannot open" if first else "lost and could not reconnect to"
                     raise SourceError(f"{self.url}: {verb} the stream ({exc})") from exc
                 logger.warning("%s: %s; retrying in %.1f s", self.url, exc, wait)
-                time.sleep(wait)
+                if self._closed.wait(wait):
+                    raise SourceError(f"{self.url}: closed while connecting") from exc
                 wait = min(wait * 2, self.policy.max_backoff)
 
     def __iter__(self) -> Iterator[Frame]:
+        with self._guard.reading():
+            yield from self._read_with_reconnect()
+
+    def _read_with_reconnect(self) -> Iterator[Frame]:
         index = 0
         start = time.monotonic()
         while not self._closed.is_set():
@@ -242,8 +296,7 @@ class NetworkSource(Source):
                 pass
 
     def close(self) -> None:
-        self._closed.set()
-        self._close_container()
+        self._guard.close()
 
 
 class WebcamSource(Source):
@@ -271,9 +324,14 @@ class WebcamSource(Source):
             frame_count=None,
             live=True,
         )
-        self._closed = threading.Event()
+        self._guard = _HandleGuard(self._capture.release)
+        self._closed = self._guard.closed
 
     def __iter__(self) -> Iterator[Frame]:
+        with self._guard.reading():
+            yield from self._read()
+
+    def _read(self) -> Iterator[Frame]:
         start = time.monotonic()
         index = 0
         bgr: np.ndarray | None = self._first
@@ -288,8 +346,7 @@ class WebcamSource(Source):
             bgr = None
 
     def close(self) -> None:
-        self._closed.set()
-        self._capture.release()
+        self._guard.close()
 
 
 class ImageSource(Source):

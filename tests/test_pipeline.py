@@ -19,7 +19,7 @@ import run_stream
 from stream.pipeline import Pipeline, PipelineConfig, Stage
 from stream.records import Frame
 from stream.sink import VideoSink
-from stream.source import Source, SourceInfo, VideoFileSource
+from stream.source import Source, SourceInfo, VideoFileSource, _HandleGuard
 from tests.media import audio_packets, make_video, video_timestamps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,3 +284,50 @@ def test_show_without_gui_is_a_clear_error(tmp_path, tiny_weights, capsys):
         pass
     src = make_video(tmp_path / "in.mp4", frames=3, audio=False)
     assert "--show needs OpenCV with GUI" in _bad(tmp_path, tiny_weights, capsys, "--input", str(src), "--show")
+
+
+def test_source_handle_is_released_by_its_reader_not_under_it():
+    """close() from another thread must not free a container a reader is inside (it crashed
+    FFmpeg); the reader frees it when it lets go, exactly once."""
+    released_on: list[str] = []
+    guard = _HandleGuard(lambda: released_on.append(threading.current_thread().name))
+    inside, leave = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with guard.reading():
+            inside.set()
+            leave.wait(5)
+
+    reader = threading.Thread(target=read, name="reader")
+    reader.start()
+    assert inside.wait(5)
+    guard.close()
+    assert guard.closed.is_set() and released_on == []
+    leave.set()
+    reader.join(5)
+    guard.close()
+    assert released_on == ["reader"]
+
+    idle = _HandleGuard(lambda: released_on.append("idle"))
+    idle.close()
+    assert released_on[-1] == "idle"
+
+
+def test_closing_a_file_source_mid_read_stops_its_reader(tmp_path):
+    source = VideoFileSource(make_video(tmp_path / "in.mp4", frames=50, audio=False))
+    got: list[int] = []
+    first = threading.Event()
+
+    def consume() -> None:
+        for frame in source:
+            got.append(frame.index)
+            first.set()
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert first.wait(5)
+    source.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert 1 <= len(got) < 50
