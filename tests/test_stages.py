@@ -94,10 +94,11 @@ class _MeanEngine(Engine):
 
     backend = "test"
     device = torch.device("cpu")
-    inputs = (TensorSpec("image", ("N", 3, 32, 32), "float32"), TensorSpec("mask", ("N", 1, 32, 32), "float32"))
-    outputs = (TensorSpec("output", ("N", 3, 32, 32), "float32"),)
 
-    def __init__(self, value: float) -> None:
+    def __init__(self, value: float, size: int = 32) -> None:
+        self.inputs = (TensorSpec("image", ("N", 3, size, size), "float32"),
+                       TensorSpec("mask", ("N", 1, size, size), "float32"))
+        self.outputs = (TensorSpec("output", ("N", 3, size, size), "float32"),)
         self.value = value
         self.calls = 0
 
@@ -117,6 +118,23 @@ def test_inpainter_changes_only_the_mask_region():
     assert (out[:40] == 100).all() and (out[:, :30] == 100).all()  # far from the mask: untouched
     unmasked = Track(2, track.box, 0.9, np.zeros((120, 160), bool))
     assert inpainter(image, [unmasked]) is image
+
+
+def test_seam_stays_inside_the_dilated_hole():
+    """The real face next to the mask (eyes just above it) is never replaced: the blend fades
+    out around the edge of the dilated hole, not far beyond it."""
+    image = np.full((120, 160, 3), 100, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    # 64 px crop of a 96 px window: 1.5 frame px per crop px, so the 2 px dilation is 3 frame px.
+    config = GeneratorConfig(size=64, width=4, mask_dilation=2)
+    out = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False))(image, [track])
+    margin = 6  # dilation, half the seam and the resampling, in frame pixels
+    outside = np.ones((120, 160), bool)
+    outside[60 - margin:95 + margin, 50 - margin:90 + margin] = False
+    assert (out[outside] == 100).all()
+    assert (out[62:93, 52:88] > 240).all()  # the mask itself is wholly generated
 
 
 def test_temporal_inpainter_steadies_a_flickering_generator():
