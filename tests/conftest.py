@@ -27,6 +27,6 @@ def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     det_cfg = DetectorConfig(input_size=(128, 128))
     save_detector(build_detector(det_cfg), det_cfg, root / "detector.pt", meta={"untrained": True})
-    gen_cfg = GeneratorConfig(size=64, width=8)
+    gen_cfg = GeneratorConfig(size=64, width=8, output_blur=1.0)
     save_generator(build_generator(config=gen_cfg), gen_cfg, root / "generator.pt", meta={"untrained": True})
     return root / "detector.pt", root / "generator.pt"

@@ -33,7 +33,8 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def small_generator():
     torch.manual_seed(0)
-    return build_generator(config=GeneratorConfig(size=SIZE, width=8)).eval()
+    # Blurred output as in the shipped config, so export and parity cover the blur too.
+    return build_generator(config=GeneratorConfig(size=SIZE, width=8, output_blur=1.0)).eval()
 
 
 def _inputs(n: int = 2, size: int = SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +116,23 @@ def test_contextual_attention_pastes_known_features_only():
     assert out[~keep].min() >= known.min() - 1e-3 and out[~keep].max() <= known.max() + 1e-3
 
 
+def test_output_blur_smooths_the_prediction_and_only_at_inference(small_generator):
+    image, mask = _inputs()
+    with torch.no_grad():
+        _, refined = small_generator.forward_stages(image, mask)
+        out = small_generator(image, mask)
+    # Training sees the sharp prediction; inference a smoothed one with the same colours.
+    assert not torch.allclose(out, refined)
+    torch.testing.assert_close(out.mean((2, 3)), refined.mean((2, 3)), atol=0.01, rtol=0)
+    blur = small_generator.blur
+    checker = (torch.arange(SIZE)[:, None] + torch.arange(SIZE)[None, :]).remainder(2).float().expand(1, 3, -1, -1)
+    assert blur(checker).std() < 0.1 * checker.std()  # a 2x2 checkerboard is wiped out
+    flat = torch.full((1, 3, SIZE, SIZE), 0.3)
+    torch.testing.assert_close(blur(flat), flat)  # flat areas and borders keep their value
+    assert "blur.kernel" not in small_generator.state_dict()
+    assert build_generator(config=GeneratorConfig(size=SIZE, width=8)).blur is None
+
+
 def test_square_crop_box_is_square_centred_and_scaled():
     face = np.array([10.0, 20.0, 70.0, 100.0])  # 60 x 80
     box = square_crop_box(face, crop_scale=1.5)
@@ -136,6 +154,8 @@ def test_config_validation():
         GeneratorConfig(size=100)
     with pytest.raises(ValueError):
         GeneratorConfig(crop_scale=0.8)
+    with pytest.raises(ValueError):
+        GeneratorConfig(output_blur=-1.0)
 
 
 def test_save_load_roundtrip(tmp_path, small_generator):
