@@ -3,10 +3,11 @@
     python -m training.evaluate_detector --weights engines/weights/detector_mobilenet_v3.pt \
         --data ../shared/data --json runs/detector/eval.json
 
-Metrics, on three sets:
+Metrics, on these sets:
 
 * synthetic: the fixed validation scenes (``DetectorSceneDataset(split="val")``, indices
   ``0..n-1``; UTKFace faces never used in training);
+* sheer: validation scenes of the same kind with every mask see-through (mesh, rhinestones);
 * segmentation: the held-out IWM/CWM images (every 5th by sorted name per set), letterboxed
   like the pipeline does, scored at the original 512x512 resolution;
 * photos: /photos/masked (no labels): detection rate = fraction of images with a face_mask
@@ -185,13 +186,17 @@ def _score_image(pred, gt_face_boxes, gt_worn, img_id, score, face_dets, face_gt
     return bool(keep.any())
 
 
-def evaluate_synthetic(predictor: Predictor, data: Path, landmarks: Path, n: int, score: float) -> dict:
+def evaluate_synthetic(predictor: Predictor, data: Path, landmarks: Path, n: int, score: float,
+                       *, p_sheer: float = 0.0) -> dict:
+    """The fixed validation scenes; with ``p_sheer=1`` a second fixed set of the same kind in which
+    every mask is see-through."""
     ds = DetectorSceneDataset(
-        data_root=data, landmarks=landmarks, config=DetectorDataConfig(input_size=predictor.config.input_size),
+        data_root=data, landmarks=landmarks,
+        config=DetectorDataConfig(input_size=predictor.config.input_size, p_sheer=p_sheer),
         split="val", seed=0,
     )
     face_dets, face_gt, pairs, found = [], {}, [], 0
-    for i in tqdm(range(n), desc="synthetic", unit="img"):
+    for i in tqdm(range(n), desc="sheer" if p_sheer else "synthetic", unit="img"):
         image, instances, _ = ds.scene(i)
         pred = predictor(image, letterboxed=True)
         gt_boxes = [inst.face_box for inst in instances]
@@ -285,8 +290,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--synthetic", type=int, default=200, help="number of synthetic validation scenes")
     p.add_argument("--score", type=float, default=0.5, help="score threshold for masks and detection rate")
-    p.add_argument("--sets", nargs="+", default=["synthetic", "segmentation", "photos", "clips"],
-                   choices=["synthetic", "segmentation", "photos", "clips"])
+    p.add_argument("--sets", nargs="+", default=["synthetic", "sheer", "segmentation", "photos", "clips"],
+                   choices=["synthetic", "sheer", "segmentation", "photos", "clips"],
+                   help="sheer: the synthetic scenes with every mask see-through (mesh, rhinestones)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     p.add_argument("--int8", action="store_true", help="the int8 ONNX Runtime variant (build_engines.py --int8)")
@@ -315,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "synthetic" in args.sets:
             results["synthetic"] = evaluate_synthetic(predictor, args.data, args.landmarks, args.synthetic, args.score)
+        if "sheer" in args.sets:
+            results["sheer"] = evaluate_synthetic(predictor, args.data, args.landmarks, args.synthetic, args.score,
+                                                  p_sheer=1.0)
         if "segmentation" in args.sets:
             results["segmentation"] = evaluate_segmentation(
                 predictor, args.data / "segmentation" / "training", args.score
