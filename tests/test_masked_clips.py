@@ -120,6 +120,12 @@ def test_measure_output_on_a_synthetic_clip(tmp_path):
     stuck = evaluate_temporal.measure_output(tmp_path / "frozen.mp4", tmp_path / "gt.mp4", masks, max_frames=4)
     assert stuck.frames == 4 and stuck.id_switches is None and stuck.matched is None
     assert stuck.temporal_error > 1.0 and stuck.psnr_frame < 40.0
+    # The still reference scores that frozen output without encoding it (coding noise aside).
+    still = evaluate_temporal.still_reference(tmp_path / "gt.mp4", masks, max_frames=4)
+    assert still == pytest.approx(stuck.temporal_error, rel=0.05)
+    clip = evaluate_temporal.ClipFiles("gt", tmp_path / "unused.mp4", tmp_path / "gt.mp4", tmp_path / "unused.npz")
+    encoded = evaluate_temporal.encoded_reference(clip, tmp_path / "encoded.mp4", masks, max_frames=4)
+    assert 0.0 < encoded < 0.5 * stuck.temporal_error  # coding noise only: the motion is kept
     c = evaluate_temporal.compare(same, stuck)
     assert c["temporal_error_ratio"] == 0.0 and c["psnr_frame_diff"] > 0
 
@@ -193,3 +199,5 @@ def test_clip_maker_and_evaluator_on_real_clips(shared_data, tmp_path):
             assert math.isfinite(r[mode]["temporal_error"])
         assert r["temporal_error_ratio"] == 1.0
         assert r["input"]["temporal_error"] == r["on"]["temporal_error"]  # the fake output is the input
+        assert math.isfinite(r["temporal_error_still"])
+        assert r["temporal_error_encoded"] < r["input"]["temporal_error"]

@@ -5,6 +5,7 @@ import pytest
 
 from training.temporal_metrics import (
     IdSwitchCounter,
+    StillReference,
     TemporalErrorAccumulator,
     box_iou,
     id_switches,
@@ -69,6 +70,18 @@ def test_moving_ground_truth_followed_exactly_scores_zero():
     frozen = np.repeat(gt[:1], 5, axis=0)  # output stuck on frame 0 misses the motion
     # Per step: |0 - 10| and |0 - 1| on one pixel each of four -> (10 + 1) / 4.
     assert temporal_error(frozen, gt, np.ones((5, 2, 2), bool)) == pytest.approx(11 / 4)
+
+
+def test_still_reference_is_the_ground_truths_own_change_in_the_region():
+    gt = _clip([[[10 * t, 20], [30, 40 + t]] for t in range(5)])
+    region = np.zeros((5, 2, 2), bool)
+    region[:, 0, 0] = True  # only the pixel that moves by 10 per frame
+    still = StillReference()
+    for t in range(5):
+        still.update(gt[t], region[t])
+    assert still.value == pytest.approx(10.0)
+    # Scored like any output: the same as a clip stuck on the first frame.
+    assert still.value == pytest.approx(temporal_error(np.repeat(gt[:1], 5, axis=0), gt, region))
 
 
 def test_empty_regions_are_skipped_and_all_empty_is_nan():

@@ -18,6 +18,12 @@ for mode ``on`` and ``off`` and compares each output with the ground truth:
 
 The masked input itself is scored too (``input``, column "TE in"): a still mask over the
 moving face is a temporally calm but wrong output, a reference point for the temporal error.
+So is an output that never changes inside the region (column "TE still",
+``training.temporal_metrics.StillReference``): the ground truth's own motion there. The mask
+hides the mouth's part of it, which no reconstruction can follow, so on a clip whose head barely
+moves no output gets much below it. And so is the ground truth itself written by the pipeline's
+encoder at its default settings (column "TE enc"): what a perfect reconstruction scores once
+encoded, since the ground truth's grain changes every frame and the encoder does not keep it.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stream.sink import SinkError, VideoSink
+from stream.source import SourceError, VideoFileSource
 from training.masked_clips import ClipMasks, load_clip_masks
-from training.temporal_metrics import IdSwitchCounter, TemporalErrorAccumulator, frame_psnr
+from training.temporal_metrics import IdSwitchCounter, StillReference, TemporalErrorAccumulator, frame_psnr
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +195,35 @@ def measure_output(
     )
 
 
+def still_reference(gt: Path, masks: ClipMasks, *, max_frames: int | None = None) -> float:
+    """Temporal error inside the region of an output that holds the first ground-truth frame."""
+    still = StillReference()
+    limit = len(masks.pts) if max_frames is None else min(max_frames, len(masks.pts))
+    for t, ref in enumerate(iter_rgb(gt)):
+        if t >= limit:
+            break
+        still.update(ref, masks.region(t))
+    return still.value
+
+
+def encoded_reference(clip: ClipFiles, output: Path, masks: ClipMasks, *, max_frames: int | None = None) -> float:
+    """Temporal error inside the region of the ground truth re-encoded to ``output`` by the
+    pipeline's own sink at its default encoder settings."""
+    source = VideoFileSource(clip.gt)
+    try:
+        sink = VideoSink(str(output), source.info)
+        try:
+            for n, frame in enumerate(source):
+                if max_frames is not None and n >= max_frames:
+                    break
+                sink.write(frame)
+        finally:
+            sink.close()
+    finally:
+        source.close()
+    return measure_output(output, clip.gt, masks, max_frames=max_frames).temporal_error
+
+
 def compare(on: OutputMetrics, off: OutputMetrics) -> dict[str, float]:
     """Smoothing's effect: temporal error ratio on/off (below 1 is better), PSNR differences
     on - off (above 0 is better)."""
@@ -197,8 +234,11 @@ def compare(on: OutputMetrics, off: OutputMetrics) -> dict[str, float]:
     }
 
 
-def format_table(results: dict[str, dict[str, OutputMetrics]]) -> str:
-    head = (f"{'clip':28s} {'frames':>6s} | {'TE on':>6s} {'TE off':>6s} {'ratio':>6s} {'TE in':>6s} | "
+def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[str, dict[str, float]]) -> str:
+    """references: per clip, "still" and "encoded" temporal errors (``still_reference``,
+    ``encoded_reference``)."""
+    head = (f"{'clip':28s} {'frames':>6s} | {'TE on':>6s} {'TE off':>6s} {'ratio':>6s} {'TE in':>6s} "
+            f"{'TE still':>8s} {'TE enc':>6s} | "
             f"{'PSNRr on':>8s} {'off':>6s} {'diff':>6s} | {'PSNRf on':>8s} {'off':>6s} {'diff':>6s} | "
             f"{'IDsw on':>7s} {'off':>4s} | {'match on':>8s} {'off':>5s} | {'extra on':>8s} {'off':>5s}")
     lines = [head, "-" * len(head)]
@@ -217,7 +257,9 @@ def format_table(results: dict[str, dict[str, OutputMetrics]]) -> str:
         c = compare(on, off)
         lines.append(
             f"{name[:28]:28s} {on.frames:6d} | {on.temporal_error:6.2f} {off.temporal_error:6.2f} "
-            f"{c['temporal_error_ratio']:6.3f} {r['input'].temporal_error:6.2f} | {on.psnr_region:8.2f} {off.psnr_region:6.2f} "
+            f"{c['temporal_error_ratio']:6.3f} {r['input'].temporal_error:6.2f} "
+            f"{references[name]['still']:8.2f} {references[name]['encoded']:6.2f} | "
+            f"{on.psnr_region:8.2f} {off.psnr_region:6.2f} "
             f"{c['psnr_region_diff']:+6.2f} | {on.psnr_frame:8.2f} {off.psnr_frame:6.2f} "
             f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s} | {matched(on):>8s} {matched(off):>5s} | "
             f"{extra(on):>8s} {extra(off):>5s}"
@@ -266,11 +308,17 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results: dict[str, dict[str, OutputMetrics]] = {}
+        references: dict[str, dict[str, float]] = {}
         for clip in clips:
             masks = load_clip_masks(clip.masks)
             try:
                 results[clip.name] = {"input": measure_output(clip.masked, clip.gt, masks, max_frames=args.max_frames)}
-            except EvaluationError as exc:
+                references[clip.name] = {
+                    "still": still_reference(clip.gt, masks, max_frames=args.max_frames),
+                    "encoded": encoded_reference(clip, work / f"{clip.name}_gt_encoded.mp4", masks,
+                                                 max_frames=args.max_frames),
+                }
+            except (EvaluationError, SourceError, SinkError) as exc:
                 logger.error("%s: %s", clip.name, exc)
                 return 1
             for mode in MODES:
@@ -290,11 +338,14 @@ def main(argv: list[str] | None = None) -> int:
                 except (EvaluationError, OSError) as exc:
                     logger.error("%s (%s): %s", clip.name, mode, exc)
                     return 1
-    print(format_table(results))
+    print(format_table(results, references))
     report = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "clips": {
-            name: {**{m: asdict(v) for m, v in r.items()}, **compare(r["on"], r["off"])} for name, r in results.items()
+            name: {**{m: asdict(v) for m, v in r.items()}, **compare(r["on"], r["off"]),
+                   "temporal_error_still": references[name]["still"],
+                   "temporal_error_encoded": references[name]["encoded"]}
+            for name, r in results.items()
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

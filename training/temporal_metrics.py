@@ -83,6 +83,30 @@ def temporal_error(out: np.ndarray, gt: np.ndarray, region: np.ndarray) -> float
     return acc.value
 
 
+class StillReference:
+    """Streaming temporal error of an output that never changes: it holds the first frame it is
+    given, so each frame's error is the ground truth's own change inside the region. Feed the
+    ground-truth frames in order.
+
+    An output made without seeing under the mask cannot follow the part of that change the mask
+    hides (the mouth while the person talks); on a clip where the head barely moves, that is most
+    of it, so this value is about what any such output's temporal error comes to there.
+    """
+
+    def __init__(self) -> None:
+        self._first: np.ndarray | None = None
+        self._errors = TemporalErrorAccumulator()
+
+    def update(self, gt: np.ndarray, region: np.ndarray) -> float | None:
+        if self._first is None:
+            self._first = gt
+        return self._errors.update(self._first, gt, region)
+
+    @property
+    def value(self) -> float:
+        return self._errors.value
+
+
 def frame_psnr(out: np.ndarray, gt: np.ndarray, region: np.ndarray | None = None) -> float:
     """PSNR in dB of one HxWx3 uint8 frame against its ground truth, over the whole frame or the
     pixels of ``region`` (HxW bool). inf when identical there, NaN for an empty region."""
