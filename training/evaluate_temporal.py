@@ -195,6 +195,15 @@ def measure_output(
     )
 
 
+@dataclass(frozen=True)
+class References:
+    """Temporal errors inside the region that a clip's outputs are read against: ``still`` from
+    ``still_reference``, ``encoded`` from ``encoded_reference``."""
+
+    still: float
+    encoded: float
+
+
 def still_reference(gt: Path, masks: ClipMasks, *, max_frames: int | None = None) -> float:
     """Temporal error inside the region of an output that holds the first ground-truth frame."""
     still = StillReference()
@@ -234,9 +243,7 @@ def compare(on: OutputMetrics, off: OutputMetrics) -> dict[str, float]:
     }
 
 
-def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[str, dict[str, float]]) -> str:
-    """references: per clip, "still" and "encoded" temporal errors (``still_reference``,
-    ``encoded_reference``)."""
+def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[str, References]) -> str:
     head = (f"{'clip':28s} {'frames':>6s} | {'TE on':>6s} {'TE off':>6s} {'ratio':>6s} {'TE in':>6s} "
             f"{'TE still':>8s} {'TE enc':>6s} | "
             f"{'PSNRr on':>8s} {'off':>6s} {'diff':>6s} | {'PSNRf on':>8s} {'off':>6s} {'diff':>6s} | "
@@ -258,7 +265,7 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
         lines.append(
             f"{name[:28]:28s} {on.frames:6d} | {on.temporal_error:6.2f} {off.temporal_error:6.2f} "
             f"{c['temporal_error_ratio']:6.3f} {r['input'].temporal_error:6.2f} "
-            f"{references[name]['still']:8.2f} {references[name]['encoded']:6.2f} | "
+            f"{references[name].still:8.2f} {references[name].encoded:6.2f} | "
             f"{on.psnr_region:8.2f} {off.psnr_region:6.2f} "
             f"{c['psnr_region_diff']:+6.2f} | {on.psnr_frame:8.2f} {off.psnr_frame:6.2f} "
             f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s} | {matched(on):>8s} {matched(off):>5s} | "
@@ -308,16 +315,16 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results: dict[str, dict[str, OutputMetrics]] = {}
-        references: dict[str, dict[str, float]] = {}
+        references: dict[str, References] = {}
         for clip in clips:
             masks = load_clip_masks(clip.masks)
             try:
                 results[clip.name] = {"input": measure_output(clip.masked, clip.gt, masks, max_frames=args.max_frames)}
-                references[clip.name] = {
-                    "still": still_reference(clip.gt, masks, max_frames=args.max_frames),
-                    "encoded": encoded_reference(clip, work / f"{clip.name}_gt_encoded.mp4", masks,
-                                                 max_frames=args.max_frames),
-                }
+                references[clip.name] = References(
+                    still=still_reference(clip.gt, masks, max_frames=args.max_frames),
+                    encoded=encoded_reference(clip, work / f"{clip.name}_gt_encoded.mp4", masks,
+                                              max_frames=args.max_frames),
+                )
             except (EvaluationError, SourceError, SinkError) as exc:
                 logger.error("%s: %s", clip.name, exc)
                 return 1
@@ -343,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "clips": {
             name: {**{m: asdict(v) for m, v in r.items()}, **compare(r["on"], r["off"]),
-                   "temporal_error_still": references[name]["still"],
-                   "temporal_error_encoded": references[name]["encoded"]}
+                   "temporal_error_still": references[name].still,
+                   "temporal_error_encoded": references[name].encoded}
             for name, r in results.items()
         },
     }
