@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import dlib
 import numpy as np
 from tqdm import tqdm
 
@@ -56,6 +55,10 @@ class LandmarkDetector:
         path = Path(predictor_path) if predictor_path is not None else default_predictor_path()
         if not path.is_file():
             raise LandmarkModelNotFoundError(f"missing {path}")
+        # Imported here so that reading a landmark cache (all training needs) works without dlib.
+        import dlib
+
+        self._rectangle = dlib.rectangle
         self.upsample = int(upsample)
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(path))
@@ -85,7 +88,7 @@ class LandmarkDetector:
 
     def _predict(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-        return _shape_to_array(self._predictor(image, dlib.rectangle(x0, y0, x1, y1)))
+        return _shape_to_array(self._predictor(image, self._rectangle(x0, y0, x1, y1)))
 
 
 def aligned_fallback_box(image_shape: tuple[int, ...]) -> np.ndarray:
