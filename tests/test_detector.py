@@ -219,3 +219,23 @@ def test_clip_detection_rate_counts_only_annotated_frames(tmp_path):
 def test_every_shared_masked_clip_is_annotated(shared_data):
     stems = {p.stem for p in (shared_data / "videos" / "masked").glob("*.mp4")}
     assert stems and stems <= set(load_clip_annotations())
+
+
+def test_landmark_cache_reads_without_dlib(tmp_path):
+    """Training reads only the cache; the GPU image it runs on has no dlib."""
+    import subprocess
+    import sys
+
+    from training.landmarks import LandmarkCache, save_landmark_cache
+
+    path = tmp_path / "cache.npz"
+    marks = np.arange(2 * 68 * 2, dtype=np.float32).reshape(2, 68, 2)
+    save_landmark_cache(LandmarkCache(files=("a.jpg", "b.jpg"), landmarks=marks, detected=np.array([True, False])), path)
+    code = (
+        "import sys; sys.modules['dlib'] = None\n"  # makes any `import dlib` raise ImportError
+        "from training.landmarks import load_landmark_cache\n"
+        f"c = load_landmark_cache({str(path)!r})\n"
+        "print(c.files, float(c.landmarks[1, 67, 1]), c.detected.tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["('a.jpg',", "'b.jpg')", "271.0", "[True,", "False]"]
