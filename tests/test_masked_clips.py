@@ -18,6 +18,7 @@ from training.masked_clips import (
     smooth_landmarks,
 )
 
+from stream.sink import encode_rle
 from tests.media import video_timestamps
 
 
@@ -106,19 +107,26 @@ def test_measure_output_on_a_synthetic_clip(tmp_path):
     detections = tmp_path / "d.jsonl"
     with open(detections, "w") as f:
         for t in range(len(gt)):
-            faces = [{"track_id": 1 if t < 4 else 2, "box": masks.boxes[0, t].tolist(), "score": 0.9}]
+            # The exact mask on even frames, only its top half on odd ones.
+            found = masks.region(t).copy()
+            if t % 2:
+                found[found.shape[0] // 2:] = False
+            faces = [{"track_id": 1 if t < 4 else 2, "box": masks.boxes[0, t].tolist(), "score": 0.9,
+                      "mask_rle": encode_rle(found)}]
             f.write(json.dumps({"frame": t, "faces": faces}) + "\n")
+    half = np.mean([masks.region(t)[: gt.shape[1] // 2].sum() / masks.region(t).sum() for t in range(1, len(gt), 2)])
 
     same = evaluate_temporal.measure_output(tmp_path / "gt.mp4", tmp_path / "gt.mp4", masks, detections=detections)
     assert same.frames == len(gt)
     assert same.temporal_error == 0.0 and same.temporal_error_frame == 0.0
     assert same.psnr_region == evaluate_temporal.PSNR_CAP
     assert same.id_switches == 1 and same.matched == 1.0 and same.extra_tracks == 0.0
+    assert same.mask_iou == pytest.approx((1.0 + half) / 2)
 
     frozen = np.repeat(gt[:1], len(gt), 0)  # an output that ignores the motion
     _write_video(tmp_path / "frozen.mp4", frozen, masks.pts)
     stuck = evaluate_temporal.measure_output(tmp_path / "frozen.mp4", tmp_path / "gt.mp4", masks, max_frames=4)
-    assert stuck.frames == 4 and stuck.id_switches is None and stuck.matched is None
+    assert stuck.frames == 4 and stuck.id_switches is None and stuck.matched is None and stuck.mask_iou is None
     assert stuck.temporal_error > 1.0 and stuck.psnr_frame < 40.0
     # The still reference scores that frozen output without encoding it (coding noise aside).
     still = evaluate_temporal.still_reference(tmp_path / "gt.mp4", masks, max_frames=4)
@@ -185,7 +193,8 @@ def test_clip_maker_and_evaluator_on_real_clips(shared_data, tmp_path):
             shutil.copy(clip.masked, work / f"{clip.name}_{mode}.mp4")
             with open(work / f"{clip.name}_{mode}.jsonl", "w") as f:
                 for t in range(len(masks.pts)):
-                    faces = [{"track_id": int(i) + 10, "box": b.tolist()} for i, b in masks.gt_boxes(t)]
+                    faces = [{"track_id": int(i) + 10, "box": b.tolist(), "mask_rle": encode_rle(masks.masks[f, t])}
+                             for f, (i, b) in enumerate(masks.gt_boxes(t))]
                     f.write(json.dumps({"frame": t, "faces": faces}) + "\n")
     report_path = tmp_path / "temporal.json"
     assert evaluate_temporal.main(["--clips", str(out), "--work", str(work), "--reuse", "--out", str(report_path)]) == 0
@@ -194,6 +203,7 @@ def test_clip_maker_and_evaluator_on_real_clips(shared_data, tmp_path):
     for r in report["clips"].values():
         for mode in evaluate_temporal.MODES:
             assert r[mode]["frames"] == 5 and r[mode]["id_switches"] == 0 and r[mode]["matched"] == 1.0
+            assert r[mode]["mask_iou"] == 1.0
             # The mask differs from the face under it; the rest of the frame only by coding noise.
             assert r[mode]["psnr_region"] < r[mode]["psnr_frame"] < evaluate_temporal.PSNR_CAP
             assert math.isfinite(r[mode]["temporal_error"])
@@ -201,3 +211,18 @@ def test_clip_maker_and_evaluator_on_real_clips(shared_data, tmp_path):
         assert r["input"]["temporal_error"] == r["on"]["temporal_error"]  # the fake output is the input
         assert math.isfinite(r["temporal_error_still"])
         assert r["temporal_error_encoded"] < r["input"]["temporal_error"]
+
+
+def test_mask_iou_of_written_tracks():
+    region = np.zeros((10, 20), bool)
+    region[2:6, 4:12] = True  # 32 pixels
+    shifted = np.pad(region[:, :-4], ((0, 0), (4, 0)))  # 4 px right: 16 shared of 48
+    rle = encode_rle(shifted)
+    track = evaluate_temporal.WrittenTrack(track_id=1, box=np.zeros(4),
+                                           mask_rle={"size": rle["size"], "counts": rle["counts"].encode()})
+    assert evaluate_temporal.mask_iou([track], region) == pytest.approx(16 / 48)
+    assert evaluate_temporal.mask_iou([track, track], region) == pytest.approx(16 / 48)
+    assert evaluate_temporal.mask_iou([], region) == 0.0
+    assert evaluate_temporal.mask_iou([], np.zeros((10, 20), bool)) is None
+    with pytest.raises(evaluate_temporal.EvaluationError):
+        evaluate_temporal.mask_iou([track], np.zeros((20, 10), bool))

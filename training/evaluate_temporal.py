@@ -14,7 +14,10 @@ for mode ``on`` and ``off`` and compares each output with the ground truth:
   the output's frame-to-frame change departs from the ground truth's, 0..255 units, lower is
   better; on/off < 1 means smoothing helps;
 - mean per-frame PSNR inside the region and over the whole frame (dB, capped at ``PSNR_CAP``);
-- CLEAR-MOT identity switches of the written tracks against the clip's face boxes.
+- CLEAR-MOT identity switches of the written tracks against the clip's face boxes;
+- mask IoU: the union of the written tracks' masks against the union of the drawn masks, per
+  frame (the masks are exact labels on real video frames, so with smoothing off and the detector
+  on every frame it scores the detector itself).
 
 The masked input itself is scored too (``input``, column "TE in"): a still mask over the
 moving face is a temporally calm but wrong output, a reference point for the temporal error.
@@ -42,6 +45,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from stream.sink import SinkError, VideoSink
 from stream.source import SourceError, VideoFileSource
@@ -116,10 +120,20 @@ def iter_rgb(path: Path) -> Iterator[np.ndarray]:
         raise EvaluationError(f"cannot decode {path}: {exc}") from exc
 
 
-def read_tracks(path: Path) -> dict[int, list[tuple[int, np.ndarray]]]:
+@dataclass(frozen=True)
+class WrittenTrack:
+    """One face of a detections record: track id, (4,) float64 xyxy box in frame pixels, and its
+    mask as COCO RLE (``{"size": [h, w], "counts": bytes}``, decoded on demand)."""
+
+    track_id: int
+    box: np.ndarray
+    mask_rle: dict
+
+
+def read_tracks(path: Path) -> dict[int, list[WrittenTrack]]:
     """Detections JSONL (one ``{"frame": i, "faces": [{"track_id": int, "box": [x1, y1, x2, y2],
-    ...}]}`` per line) as frame index -> [(track_id, (4,) float64 xyxy box)]."""
-    tracks: dict[int, list[tuple[int, np.ndarray]]] = {}
+    "mask_rle": {"size": [h, w], "counts": str}, ...}]}`` per line) by frame index."""
+    tracks: dict[int, list[WrittenTrack]] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -127,11 +141,29 @@ def read_tracks(path: Path) -> dict[int, list[tuple[int, np.ndarray]]]:
             try:
                 record = json.loads(line)
                 tracks[int(record["frame"])] = [
-                    (int(face["track_id"]), np.asarray(face["box"], dtype=np.float64)) for face in record["faces"]
+                    WrittenTrack(
+                        track_id=int(face["track_id"]),
+                        box=np.asarray(face["box"], dtype=np.float64),
+                        mask_rle={"size": list(face["mask_rle"]["size"]),
+                                  "counts": face["mask_rle"]["counts"].encode("ascii")},
+                    )
+                    for face in record["faces"]
                 ]
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise EvaluationError(f"{path}:{n}: bad detections record ({exc})") from exc
     return tracks
+
+
+def mask_iou(tracks: Sequence[WrittenTrack], region: np.ndarray) -> float | None:
+    """IoU of the union of the tracks' masks with ``region`` ((H, W) bool); None when both are
+    empty (nothing to find and nothing found)."""
+    found = np.zeros(region.shape, bool)
+    for track in tracks:
+        if tuple(track.mask_rle["size"]) != region.shape:
+            raise EvaluationError(f"track mask is {track.mask_rle['size']}, the frame {list(region.shape)}")
+        found |= mask_utils.decode(track.mask_rle).astype(bool)
+    union = np.count_nonzero(found | region)
+    return None if union == 0 else np.count_nonzero(found & region) / union
 
 
 @dataclass(frozen=True)
@@ -142,7 +174,8 @@ class OutputMetrics:
     matched: fraction of ground-truth face-frames matched to a track (None without detections),
     low when the tracker misses faces or its boxes overlap the ground truth too little to judge
     identities; extra_tracks: tracks per frame matched to no face (duplicates, false positives;
-    None without detections)."""
+    None without detections); mask_iou: mean per-frame IoU of the written masks with the drawn
+    ones (None without detections)."""
 
     frames: int
     temporal_error: float
@@ -152,6 +185,7 @@ class OutputMetrics:
     id_switches: int | None
     matched: float | None
     extra_tracks: float | None
+    mask_iou: float | None
 
 
 def measure_output(
@@ -164,6 +198,7 @@ def measure_output(
     psnr_region, psnr_frame = [], []
     tracks = read_tracks(detections) if detections is not None else None
     counter = IdSwitchCounter(iou=iou)
+    ious: list[float] = []
     limit = len(masks.pts) if max_frames is None else min(max_frames, len(masks.pts))
     t = 0
     for out, ref in zip(iter_rgb(output), iter_rgb(gt)):
@@ -179,7 +214,11 @@ def measure_output(
         psnr_region.append(min(frame_psnr(out, ref, region), PSNR_CAP))
         psnr_frame.append(min(frame_psnr(out, ref), PSNR_CAP))
         if tracks is not None:
-            counter.update(tracks.get(t, []), masks.gt_boxes(t))
+            written = tracks.get(t, [])
+            counter.update([(w.track_id, w.box) for w in written], masks.gt_boxes(t))
+            overlap = mask_iou(written, region)
+            if overlap is not None:
+                ious.append(overlap)
         t += 1
     if t == 0:
         raise EvaluationError(f"no frames to compare in {output}")
@@ -192,6 +231,7 @@ def measure_output(
         psnr_frame=float(np.mean(psnr_frame)), id_switches=None if tracks is None else counter.switches,
         matched=None if tracks is None else counter.matched_count / max(counter.gt_count, 1),
         extra_tracks=None if tracks is None else (counter.track_count - counter.matched_count) / t,
+        mask_iou=None if tracks is None else float(np.mean(ious)) if ious else float("nan"),
     )
 
 
@@ -247,7 +287,8 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
     head = (f"{'clip':28s} {'frames':>6s} | {'TE on':>6s} {'TE off':>6s} {'ratio':>6s} {'TE in':>6s} "
             f"{'TE still':>8s} {'TE enc':>6s} | "
             f"{'PSNRr on':>8s} {'off':>6s} {'diff':>6s} | {'PSNRf on':>8s} {'off':>6s} {'diff':>6s} | "
-            f"{'IDsw on':>7s} {'off':>4s} | {'match on':>8s} {'off':>5s} | {'extra on':>8s} {'off':>5s}")
+            f"{'IDsw on':>7s} {'off':>4s} | {'match on':>8s} {'off':>5s} | {'extra on':>8s} {'off':>5s} | "
+            f"{'mIoU on':>7s} {'off':>5s}")
     lines = [head, "-" * len(head)]
 
     def ids(m: OutputMetrics) -> str:
@@ -259,6 +300,9 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
     def extra(m: OutputMetrics) -> str:
         return "-" if m.extra_tracks is None else f"{m.extra_tracks:.2f}"
 
+    def iou(m: OutputMetrics) -> str:
+        return "-" if m.mask_iou is None else f"{m.mask_iou:.3f}"
+
     for name, r in results.items():
         on, off = r["on"], r["off"]
         c = compare(on, off)
@@ -269,7 +313,7 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
             f"{on.psnr_region:8.2f} {off.psnr_region:6.2f} "
             f"{c['psnr_region_diff']:+6.2f} | {on.psnr_frame:8.2f} {off.psnr_frame:6.2f} "
             f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s} | {matched(on):>8s} {matched(off):>5s} | "
-            f"{extra(on):>8s} {extra(off):>5s}"
+            f"{extra(on):>8s} {extra(off):>5s} | {iou(on):>7s} {iou(off):>5s}"
         )
     return "\n".join(lines)
 
