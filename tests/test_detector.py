@@ -23,7 +23,15 @@ from engines.models.detector import (
 )
 from tests.media import make_video
 from training.detector_data import letterbox
-from training.evaluate_detector import average_precision, evaluate_clips, load_clip_annotations, mask_scores
+from training.evaluate_detector import (
+    MaskScore,
+    average_precision,
+    by_area,
+    evaluate_clips,
+    load_clip_annotations,
+    mask_scores,
+    score_masks,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -137,6 +145,23 @@ def test_average_precision_and_mask_scores():
     (iou, f), = mask_scores([a], [b, a])
     assert iou == pytest.approx(1.0) and f == pytest.approx(1.0)
     assert mask_scores([a], []) == [(0.0, 0.0)]
+
+
+def test_mask_scores_by_area_with_one_pixel_references():
+    small = np.zeros((100, 100), bool)
+    small[10:20, 10:20] = True  # 100 px: grown 12x12, shrunk 8x8
+    large = np.zeros((100, 100), bool)
+    large[30:90, 30:90] = True  # 3600 px
+    one_px_off = np.zeros((100, 100), bool)
+    one_px_off[11:21, 10:20] = True
+    scores = score_masks([small, large], [one_px_off])
+    assert scores[0] == MaskScore(iou=90 / 110, f=pytest.approx(0.9), area=100.0,
+                                  label_grown_iou=100 / 144, label_shrunk_iou=64 / 100)
+    assert scores[1].iou == 0.0 and scores[1].label_grown_iou == pytest.approx(3600 / 62**2)
+    buckets = by_area(scores + score_masks([np.zeros((5, 5), bool)], []))  # empty: in no bucket
+    assert [(b["min_px"], b["max_px"], b["instances"]) for b in buckets] == [(12, 400, 1), (1024, 4096, 1)]
+    assert buckets[0]["mIoU"] == pytest.approx(90 / 110)
+    assert buckets[0]["label_shrunk_1px_mIoU"] == pytest.approx(0.64)
 
 
 needs_data = pytest.mark.skipif(not (DATA / "faces" / "utkface").is_dir(), reason="needs ../shared/data")

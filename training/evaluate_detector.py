@@ -19,7 +19,9 @@ Metrics, on these sets:
 ``face_mask`` mask IoU / F-score: for every ground-truth worn mask, the best IoU (and the
 F-score, i.e. Dice, of that prediction) over predicted face_mask instances with score >=
 ``--score`` (0 when there is none), averaged over ground-truth instances (also over "large"
-masks only, >= 32x32 pixels). ``face`` AP50:
+masks only, >= 32x32 pixels, and by mask area). By area, each bucket also gets the IoU that
+the label itself scores when grown or shrunk by one pixel: a model whose edges are one pixel off
+everywhere scores that, which bounds what small masks can reach. ``face`` AP50:
 all-point interpolated average precision of face boxes at IoU 0.5 over all detections.
 """
 
@@ -30,6 +32,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -55,6 +58,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Worn masks of at least 32x32 pixels (at the resolution scored) count as "large"; small ones
 # (distant faces, 28x28 mask head upsampled) bound the mean IoU far below the large-mask IoU.
 LARGE_MASK_AREA = 32 * 32
+# Worn-mask area buckets in pixels, [low, high).
+AREA_BUCKETS = ((12, 400), (400, 1024), (1024, 4096), (4096, None))
 CLIP_ANNOTATIONS = Path(__file__).with_name("annotations") / "masked_clips.json"
 
 
@@ -126,6 +131,45 @@ def mask_scores(gt_masks: list[np.ndarray], pred_masks: list[np.ndarray]) -> lis
     return out
 
 
+@dataclass(frozen=True)
+class MaskScore:
+    """One ground-truth worn mask: best IoU and its F-score (as ``mask_scores``), the mask's area
+    in pixels, and the IoU of the label with itself grown / shrunk by one pixel (3x3)."""
+
+    iou: float
+    f: float
+    area: float
+    label_grown_iou: float
+    label_shrunk_iou: float
+
+
+def score_masks(gt_masks: list[np.ndarray], pred_masks: list[np.ndarray]) -> list[MaskScore]:
+    kernel = np.ones((3, 3), np.uint8)
+    out = []
+    for (iou, f), gt in zip(mask_scores(gt_masks, pred_masks), gt_masks):
+        area = float(gt.sum())
+        grown = float(cv2.dilate(gt.astype(np.uint8), kernel).sum())
+        shrunk = float(cv2.erode(gt.astype(np.uint8), kernel).sum())
+        out.append(MaskScore(iou=iou, f=f, area=area, label_grown_iou=area / grown if grown else 0.0,
+                             label_shrunk_iou=shrunk / area if area else 0.0))
+    return out
+
+
+def by_area(scores: list[MaskScore]) -> list[dict]:
+    """Per ``AREA_BUCKETS`` bucket with instances: counts, mIoU and the one-pixel references."""
+    out = []
+    for low, high in AREA_BUCKETS:
+        inside = [s for s in scores if s.area >= low and (high is None or s.area < high)]
+        if inside:
+            out.append({
+                "min_px": low, "max_px": high, "instances": len(inside),
+                "mIoU": float(np.mean([s.iou for s in inside])),
+                "label_grown_1px_mIoU": float(np.mean([s.label_grown_iou for s in inside])),
+                "label_shrunk_1px_mIoU": float(np.mean([s.label_shrunk_iou for s in inside])),
+            })
+    return out
+
+
 class Predictor:
     """Runs the detector engine on HxWx3 uint8 RGB images of any size (letterboxed to the input).
 
@@ -158,10 +202,10 @@ class Predictor:
         return {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks}
 
 
-def _summarise(face_dets, face_gt, mask_pairs, n_images, n_found) -> dict:
-    ious = [p[0] for p in mask_pairs]
-    fs = [p[1] for p in mask_pairs]
-    large = [p[0] for p in mask_pairs if p[2] >= LARGE_MASK_AREA]
+def _summarise(face_dets, face_gt, mask_pairs: list[MaskScore], n_images, n_found) -> dict:
+    ious = [p.iou for p in mask_pairs]
+    fs = [p.f for p in mask_pairs]
+    large = [p.iou for p in mask_pairs if p.area >= LARGE_MASK_AREA]
     return {
         "images": n_images,
         "face_AP50": average_precision(face_dets, face_gt),
@@ -172,6 +216,7 @@ def _summarise(face_dets, face_gt, mask_pairs, n_images, n_found) -> dict:
         "face_mask_large_instances": len(large),
         "face_mask_large_mIoU": float(np.mean(large)) if large else float("nan"),
         "face_mask_found_rate": n_found / max(n_images, 1),
+        "face_mask_by_area": by_area(mask_pairs),
     }
 
 
@@ -182,7 +227,7 @@ def _score_image(pred, gt_face_boxes, gt_worn, img_id, score, face_dets, face_gt
     face_gt[img_id] = np.asarray(gt_face_boxes, np.float64).reshape(-1, 4)
     keep = (pred["labels"] == FACE_MASK) & (pred["scores"] >= score)
     pm = [m > 0.5 for m in pred["masks"][keep]]
-    mask_pairs.extend((i, f, float(g.sum())) for (i, f), g in zip(mask_scores(gt_worn, pm), gt_worn))
+    mask_pairs.extend(score_masks(gt_worn, pm))
     return bool(keep.any())
 
 
@@ -280,6 +325,11 @@ def format_table(results: dict) -> str:
         lines.append(name.ljust(14) + "".join(cells))
         for clip, c in r.get("clips", {}).items():
             lines.append(f"  {clip}: {c['face_mask_found_rate']:.4f} of {c['frames']} frames")
+        for b in r.get("face_mask_by_area", []):
+            span = f"{b['min_px']}-{b['max_px']}" if b["max_px"] is not None else f">={b['min_px']}"
+            lines.append(f"  masks {span} px: {b['instances']} instances, mIoU {b['mIoU']:.4f} "
+                         f"(the label grown / shrunk by 1 px: {b['label_grown_1px_mIoU']:.4f} / "
+                         f"{b['label_shrunk_1px_mIoU']:.4f})")
     return "\n".join(lines)
 
 
