@@ -95,6 +95,15 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
 # ----------------------------------------------------------------------------- real photos
 
 
+def utk_split_indices(n: int, split: str, config: DetectorDataConfig = DetectorDataConfig()) -> np.ndarray:
+    """Indices into a UTKFace landmark cache of ``n`` entries that belong to ``split``: "val" is
+    every ``config.val_utk_every``-th entry in cache order, "train" the rest."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    held_out = np.arange(n) % config.val_utk_every == 0
+    return np.nonzero(held_out if split == "val" else ~held_out)[0]
+
+
 def segmentation_files(root: Path, split: str, *, holdout_every: int = 5) -> list[tuple[Path, Path]]:
     """(image, ground truth) pairs of the IWM/CWM sets under ``root`` (the folder holding IWM,
     CWM). ``split`` "val" is every ``holdout_every``-th image by sorted name within each set,
@@ -263,10 +272,7 @@ class DetectorSceneDataset(Dataset):
             templates_root=templates, textures_root=templates / "textures", p_sheer=config.p_sheer
         )
         cache = load_landmark_cache(landmarks)
-        keep = np.arange(len(cache)) % config.val_utk_every == 0
-        if split == "train":
-            keep = ~keep
-        idx = np.nonzero(keep)[0]
+        idx = utk_split_indices(len(cache), split, config)
         self.utk_files = [cache.files[i] for i in idx]
         self.utk_landmarks = cache.landmarks[idx]
         self.texture_paths = sorted(

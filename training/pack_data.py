@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.detector_data import TEXTURE_SUFFIXES, DetectorDataConfig, segmentation_files
+from training.detector_data import TEXTURE_SUFFIXES, segmentation_files, utk_split_indices
 from training.landmarks import LandmarkCache, load_landmark_cache, save_landmark_cache
 
 logger = logging.getLogger(__name__)
@@ -47,11 +47,6 @@ class PackSummary:
     textures: int
     segmentation_images: int
     bytes: int
-
-
-def training_face_indices(n: int, config: DetectorDataConfig = DetectorDataConfig()) -> np.ndarray:
-    """Indices into a landmark cache of ``n`` entries that the detector's training split uses."""
-    return np.nonzero(np.arange(n) % config.val_utk_every != 0)[0]
 
 
 def pack(
@@ -70,7 +65,7 @@ def pack(
         raise PackError(f"{out} exists; choose a new folder")
     cache = load_landmark_cache(landmarks)
     avoided = set(avoid.files) if avoid is not None else set()
-    pool = [i for i in training_face_indices(len(cache)) if cache.files[i] not in avoided]
+    pool = [i for i in utk_split_indices(len(cache), "train") if cache.files[i] not in avoided]
     if faces > len(pool):
         raise PackError(f"asked for {faces} faces, only {len(pool)} training faces are available")
     chosen = np.sort(np.random.default_rng(seed).choice(pool, faces, replace=False))
