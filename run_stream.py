@@ -22,9 +22,18 @@ from engines.registry import LoadedModel, file_sha256, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
 from stream.detect import DetectorSettings, FaceDetector
-from stream.inpaint import FaceInpainter
+from stream.inpaint import FaceInpainter, InpaintSettings
 from stream.pipeline import DetectSchedule, DetectStage, InpaintStage, Pipeline, PipelineConfig, TrackStage
 from stream.records import Frame
+from stream.reference import (
+    EXEMPLARS,
+    IdentityMemory,
+    ReferenceError,
+    ReferenceFace,
+    References,
+    load_exemplars,
+    load_references,
+)
 from stream.report import RunStats
 from stream.smoothing import SceneCutDetector, TemporalConfig
 from stream.sink import DetectionsSink, EncoderSettings, PreviewSink, Sink, SinkError, open_sink
@@ -67,6 +76,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="weight of a new mask in its running average (lower: steadier outline)")
     p.add_argument("--box-cutoff", type=float, default=TemporalConfig.min_cutoff,
                    help="One Euro min cutoff in Hz for face boxes (lower: steadier crops at rest)")
+    p.add_argument("--reference", type=Path, metavar="PATH",
+                   help="photo of the person without a mask (or a folder of photos, one or more people): "
+                        "its detail goes into the reconstructed lower face")
+    p.add_argument("--identity-memory", default="on", choices=["on", "off"],
+                   help="use a face seen without its mask earlier in the video as its reference")
+    p.add_argument("--exemplars", default="on", choices=["on", "off"],
+                   help="without a reference, borrow detail from the closest face of the shipped exemplar bank")
+    p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
+                   help="detail finer than this many generator pixels comes from the reference (0: none)")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
     p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score)
     p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
@@ -113,7 +131,22 @@ def load_models(args: argparse.Namespace) -> Models:
     )
 
 
-def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argparse.Namespace) -> Pipeline:
+def _detector(models: Models, args: argparse.Namespace) -> FaceDetector:
+    return FaceDetector(
+        models.detector.engine, models.detector.config,
+        settings=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
+    )
+
+
+def load_given_references(models: Models, args: argparse.Namespace) -> list[ReferenceFace]:
+    """The faces of ``--reference`` (none without it); a bad reference raises ReferenceError."""
+    if not args.reference:
+        return []
+    return load_references(args.reference, _detector(models, args), crop_scale=models.generator.config.crop_scale)
+
+
+def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argparse.Namespace, *,
+                   given: list[ReferenceFace] = ()) -> Pipeline:
     still = isinstance(source, ImageSource)
     temporal = TemporalConfig(
         enabled=args.temporal == "on" and not still, output_momentum=args.output_momentum,
@@ -121,17 +154,21 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argp
     )
     # Photos are unrelated to each other: every one is detected and no track waits to be confirmed.
     schedule = DetectSchedule() if still else args.detect_every
-    tracker_config = TrackerConfig(initialization_delay=0, hit_counter_max=1) if still else TrackerConfig()
+    tracker_config = TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1) if still else TrackerConfig()
     rate = float(source.info.rate) if source.info.rate else 25.0
-    detector = FaceDetector(
-        models.detector.engine, models.detector.config,
-        settings=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
+    detector = _detector(models, args)
+    crop_scale = models.generator.config.crop_scale
+    references = References(
+        given=list(given),
+        exemplars=load_exemplars(EXEMPLARS) if args.exemplars == "on" else [],
+        memory=IdentityMemory(crop_scale=crop_scale) if args.identity_memory == "on" and not still else None,
     )
     stages = [
         DetectStage(detector, schedule=schedule,
                     scene_cuts=SceneCutDetector(temporal.scene_cut) if temporal.enabled else None),
         TrackStage(FaceTracker(tracker_config, temporal=temporal, rate=rate)),
-        InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal)),
+        InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,
+                                   settings=InpaintSettings(detail_sigma=args.detail_sigma), references=references)),
     ]
     config = PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames)
     return Pipeline(source, stages, sinks, config=config)
@@ -177,11 +214,12 @@ def run(args: argparse.Namespace) -> RunStats:
     source = _open_input(args)
     try:
         models = load_models(args)
+        given = load_given_references(models, args)
         sinks = open_sinks(source, args)
     except BaseException:
         source.close()
         raise
-    pipeline = build_pipeline(source, models, sinks, args)
+    pipeline = build_pipeline(source, models, sinks, args, given=given)
     progress = tqdm(total=source.info.frame_count, unit="frame", disable=args.no_progress, dynamic_ncols=True)
     preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
 
@@ -208,6 +246,7 @@ def benchmark(args: argparse.Namespace) -> BenchmarkResult:
     """Threaded, then sequential, on the same models and settings; encodes to a scratch file
     unless --output is given, so encoding is part of the measured cost."""
     models = load_models(args)
+    given = load_given_references(models, args)
     scratch = tempfile.TemporaryDirectory()
     inputs: list[Source] = []
 
@@ -219,7 +258,7 @@ def benchmark(args: argparse.Namespace) -> BenchmarkResult:
             "max_frames": args.max_frames if args.max_frames is not None else 300,
             "output": args.output or str(Path(scratch.name) / "bench.mp4"),
         })
-        return build_pipeline(source, models, open_sinks(source, run_args), run_args)
+        return build_pipeline(source, models, open_sinks(source, run_args), run_args, given=given)
 
     with scratch:
         result = run_benchmark(make_pipeline, compare_sequential=not args.sequential)
@@ -250,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             benchmark(args)
         else:
             run(args)
-    except (SourceError, SinkError, EngineError) as exc:
+    except (SourceError, SinkError, EngineError, ReferenceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

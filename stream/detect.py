@@ -21,12 +21,23 @@ class DetectorSettings:
     """face_score / mask_score: minimum confidence of a face box and of a face_mask instance.
     mask_overlap: share of a face_mask box that must lie inside a face box to belong to it.
     nested_face: share of a face box inside a higher-scoring face box above which it is dropped.
+
+    Where a worn mask can be on a face (a face_mask elsewhere is dropped, so a false detection
+    on a hand, a chest or a wall paints nothing), as shares of the face box height from its top:
+    upper_face: the band that holds the eyes and brows; at most ``upper_covered`` of it may be
+        under the mask, since a face with its eyes covered is not one we can complete;
+    mask_centre: the mask's centre of mass must lie below this line (masks cover the lower face);
+    mask_inside: share of the mask's pixels that must lie inside the face box.
     """
 
     face_score: float = 0.7
     mask_score: float = 0.4
     mask_overlap: float = 0.5
     nested_face: float = 0.6
+    upper_face: float = 0.3
+    upper_covered: float = 0.15
+    mask_centre: float = 0.5
+    mask_inside: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,25 @@ class Letterbox:
         out = np.zeros((*input_hw, 3), np.uint8)
         out[: self.height, : self.width] = resized
         return out
+
+
+def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) -> bool:
+    """Whether ``mask`` ((H, W) bool, frame pixels) sits where a mask is worn on the face with
+    ``box`` ((4,) xyxy): over the lower face, the eyes free (see ``DetectorSettings``)."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return False
+    x1, y1, x2, y2 = box
+    height = max(float(y2 - y1), 1.0)
+    inside = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
+    if inside.mean() < settings.mask_inside:
+        return False
+    if (ys.mean() - y1) / height < settings.mask_centre:
+        return False
+    band_bottom = y1 + settings.upper_face * height
+    top, bottom, left, right = int(max(y1, 0)), int(np.ceil(band_bottom)), int(max(x1, 0)), int(np.ceil(x2))
+    band = mask[top:bottom, left:right]
+    return not (band.size and band.mean() > settings.upper_covered)
 
 
 def _overlap(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
@@ -104,6 +134,9 @@ class FaceDetector:
                     continue
                 owner = int(holders[0])
                 valid = probs[k, : box.height, : box.width]
-                full = cv2.resize(valid, (w, h), interpolation=cv2.INTER_LINEAR)
-                masks[owner] |= full > 0.5
+                full = cv2.resize(valid, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+                if worn_on_face(full, face_boxes[owner], self.settings):
+                    masks[owner] |= full
+                else:
+                    logger.debug("face_mask %d dropped: not on the lower part of its face", k)
         return Detections(boxes=face_boxes, scores=scores[faces], masks=masks)

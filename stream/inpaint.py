@@ -9,9 +9,11 @@ import cv2
 import numpy as np
 import torch
 
-from engines.models.generator import GeneratorConfig, square_crop_box
+from engines.models.generator import GeneratorConfig
 from engines.runtime import DeviceStream, Engine
+from stream.geometry import CropWindow
 from stream.records import Track
+from stream.reference import References
 from stream.smoothing import TemporalConfig
 
 logger = logging.getLogger(__name__)
@@ -27,56 +29,11 @@ class InpaintSettings:
     where the detected mask is a little tight."""
 
     feather: float = 0.04
-
-
-@dataclass(frozen=True)
-class CropWindow:
-    """A square face crop in frame pixels, at sub-pixel precision.
-
-    Cutting and pasting go through one affine map each way, so a crop that drifts by a
-    fraction of a pixel moves its pixels by that fraction: rounding the window to whole pixels
-    would make the upscaled reconstruction jump and shimmer on a still face.
-    """
-
-    x1: float
-    y1: float
-    side: float
-
-    @classmethod
-    def for_face(cls, box: np.ndarray, crop_scale: float) -> CropWindow:
-        sq = square_crop_box(box, crop_scale=crop_scale)
-        return cls(float(sq[0]), float(sq[1]), max(float(sq[2] - sq[0]), 8.0))
-
-    def _crop_to_frame(self, size: int) -> np.ndarray:
-        """2x3 map from crop pixel centres (size x size) to frame coordinates."""
-        k = self.side / size
-        return np.array([[k, 0, self.x1 + 0.5 * k - 0.5], [0, k, self.y1 + 0.5 * k - 0.5]], np.float32)
-
-    def cut(self, image: np.ndarray, size: int, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-        """The window resampled to (size, size, ...); edges replicated where it leaves the frame."""
-        if self.side > 2 * size and interpolation == cv2.INTER_LINEAR:
-            # Pre-filter so a large face does not alias when it is shrunk to the generator size.
-            sigma = 0.5 * self.side / size
-            image = cv2.GaussianBlur(image, (0, 0), sigma)
-        return cv2.warpAffine(image, self._crop_to_frame(size), (size, size),
-                              flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-
-    def paste(self, frame: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> None:
-        """Blend a (S, S, 3) ``patch`` into ``frame`` in place with its (S, S) ``alpha`` in [0, 1]."""
-        h, w = frame.shape[:2]
-        fx1, fy1 = max(int(np.floor(self.x1)), 0), max(int(np.floor(self.y1)), 0)
-        fx2, fy2 = min(int(np.ceil(self.x1 + self.side)), w), min(int(np.ceil(self.y1 + self.side)), h)
-        if fx2 <= fx1 or fy2 <= fy1:
-            return
-        to_frame = self._crop_to_frame(patch.shape[0])
-        to_frame[:, 2] -= (fx1, fy1)
-        size = (fx2 - fx1, fy2 - fy1)
-        p = cv2.warpAffine(patch.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-        a = cv2.warpAffine(alpha.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
-        region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
-        frame[fy1:fy2, fx1:fx2] = np.clip(a * p + (1 - a) * region + 0.5, 0, 255).astype(np.uint8)
+    # With a reference face (stream.reference): the generated band finer than this many crop
+    # pixels is replaced by the reference's, at frame resolution. The generator resolves about
+    # two crop pixels after its output blur; a wider band also takes the reference's mouth shape.
+    detail_sigma: float = 3.0
+    exemplar_gain: float = 0.6  # the detail band of a stranger's face, lent softly
 
 
 @dataclass
@@ -186,8 +143,11 @@ class FaceInpainter:
         settings: InpaintSettings = InpaintSettings(),
         temporal: TemporalConfig = TemporalConfig(),
         motion: MotionSettings = MotionSettings(),
+        references: References | None = None,
     ) -> None:
         self.engine = engine
+        self.references = references
+        self._calls = 0
         self.motion = motion
         self.config = config
         self.settings = settings
@@ -200,6 +160,8 @@ class FaceInpainter:
     def reset(self) -> None:
         """Drop all temporal state (scene cut)."""
         self._states.clear()
+        if self.references is not None:
+            self.references.reset()
 
     def prepare(self, image: np.ndarray, track: Track) -> tuple[CropWindow, np.ndarray, np.ndarray]:
         """(window, crop (S, S, 3) uint8 RGB, hole (S, S) float32 {0, 1}) at generator size S."""
@@ -251,7 +213,10 @@ class FaceInpainter:
 
     def __call__(self, image: np.ndarray, tracks: list[Track]) -> np.ndarray:
         """image: (H, W, 3) uint8 RGB. Returns a new frame with every masked face reconstructed."""
+        self._calls += 1
         todo = [t for t in tracks if t.mask.any()]
+        if self.references is not None:
+            self._remember(image, tracks)
         temporal = self.temporal.enabled
         if temporal:
             live = {t.track_id for t in todo}
@@ -281,8 +246,23 @@ class FaceInpainter:
             if temporal:
                 generated = self._steady_output(job.previous, job.crop, job.hole, generated)
                 self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
-            job.window.paste(out, generated, self._seam(job.hole))
+            reference = None
+            if self.references is not None:
+                reference = self.references.for_track(job.track_id, job.crop.astype(np.uint8))
+            job.window.paste(out, generated, self._seam(job.hole),
+                             detail=None if reference is None else reference.crop,
+                             detail_sigma=self.settings.detail_sigma,
+                             detail_gain=self.settings.exemplar_gain if reference is not None and reference.exemplar else 1.0)
         return out
+
+    def _remember(self, image: np.ndarray, tracks: list[Track]) -> None:
+        """Unmasked faces go to the identity memory; references of tracks that ended are dropped."""
+        memory = self.references.memory
+        if memory is not None:
+            for track in tracks:
+                if not track.mask.any():
+                    memory.observe(image, track.track_id, track.box, track.score, self._calls)
+        self.references.forget({t.track_id for t in tracks})
 
     def _seam(self, hole: np.ndarray) -> np.ndarray:
         """Paste alpha (S, S) float32: a smooth ramp ``feather`` wide centred on the hole's edge."""

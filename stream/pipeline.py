@@ -94,6 +94,7 @@ class DetectStage(Stage):
         self.scene_cuts = scene_cuts
         self._last: int | None = None
         self._last_boxes = np.zeros((0, 4), np.float32)
+        self._last_masked = 0
         self._interval = schedule.every
 
     def process(self, frame: Frame) -> None:
@@ -109,7 +110,12 @@ class DetectStage(Stage):
             moving = _centre_motion(self._last_boxes, detections.boxes) / elapsed > self.schedule.fast_motion
             # No face at all is the least certain state: a face walking in must be caught at once.
             unsure = len(detections) == 0 or float(detections.scores.min()) < self.schedule.low_score
-            self._interval = 1 if moving or unsure else min(self._interval + 1, self.schedule.max_every)
+            # A face or a mask that came or went is confirmed (or let go) on the next frame, not
+            # several frames later: the tracker waits for a second sighting before painting.
+            masked = int(detections.masks.any(axis=(1, 2)).sum())
+            changed = len(detections) != len(self._last_boxes) or masked != self._last_masked
+            self._interval = 1 if moving or unsure or changed else min(self._interval + 1, self.schedule.max_every)
+            self._last_masked = masked
         self._last, self._last_boxes = frame.index, detections.boxes
 
 

@@ -25,12 +25,23 @@ class TrackerConfig:
         (0 for still images, where every detection must count at once) ...
     confident_score: ... unless its first detection is at least this confident, so a clearly
         seen face is unmasked from its first frame and a doubtful one waits for confirmation.
+    mask_confirm: detections in a row that must see a worn mask on a face before its mask is
+        reported: one false detection (a hand at the mouth for a frame) paints nothing. 1 for
+        still images.
+    mask_misses: detector runs in a row that may miss a face while its last mask is still carried;
+        after more, the face is left as it is: a mask taken off must not stay painted over.
     """
 
     max_iou_distance: float = 0.8
     hit_counter_max: int = 15
     initialization_delay: int = 1
     confident_score: float = 0.9
+    mask_confirm: int = 2
+    mask_misses: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mask_confirm < 1 or self.mask_misses < 0:
+            raise ValueError("mask_confirm must be >= 1 and mask_misses >= 0")
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,8 @@ class FaceTracker:
             initialization_delay=0,
         )
         self._hits: dict[int, int] = {}
+        self._mask_hits: dict[int, int] = {}
+        self._misses: dict[int, int] = {}
         self._filters: dict[int, OneEuroFilter] = {}
 
     def _smooth(self, track_id: int, box: np.ndarray) -> np.ndarray:
@@ -127,6 +140,13 @@ class FaceTracker:
             seen: _Observation = obj.last_detection.data
             fresh = id(obj.last_detection) in matched
             hits = self._hits[track_id] = self._hits.get(track_id, 0) + int(fresh)
+            if fresh:
+                self._misses[track_id] = 0
+                self._mask_hits[track_id] = self._mask_hits.get(track_id, 0) + 1 if seen.mask.any() else 0
+            elif detections is not None:
+                self._misses[track_id] = self._misses.get(track_id, 0) + 1
+            masked = (self._mask_hits.get(track_id, 0) >= self.config.mask_confirm
+                      and self._misses.get(track_id, 0) <= self.config.mask_misses)
             if hits <= self.config.initialization_delay and seen.score < self.config.confident_score:
                 continue
             # A fresh detection is the best evidence; the Kalman estimate fills the gaps.
@@ -134,8 +154,11 @@ class FaceTracker:
             box = np.clip(self._smooth(track_id, raw), 0, [w, h, w, h]).astype(np.float32)
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 continue
-            tracks.append(Track(track_id, box, seen.score, warp_mask(seen.mask, seen.box, box)))
+            mask = warp_mask(seen.mask, seen.box, box) if masked else np.zeros((h, w), bool)
+            tracks.append(Track(track_id, box, seen.score, mask))
         alive = {obj.id + self._id_offset for obj in objects if obj.id is not None}
         self._filters = {k: v for k, v in self._filters.items() if k in alive}
         self._hits = {k: v for k, v in self._hits.items() if k in alive}
+        self._mask_hits = {k: v for k, v in self._mask_hits.items() if k in alive}
+        self._misses = {k: v for k, v in self._misses.items() if k in alive}
         return sorted(tracks, key=lambda t: t.track_id)

@@ -272,3 +272,109 @@ def test_tracks_start_at_once_when_confident_and_after_confirmation_otherwise():
     assert doubtful.update(_detections([[10, 20, 50, 70]], score=0.6), frame_hw=(120, 160)) == []
     assert doubtful.update(None, frame_hw=(120, 160)) == []  # a skipped frame confirms nothing
     assert len(doubtful.update(_detections([[11, 20, 51, 70]], score=0.6), frame_hw=(120, 160))) == 1
+
+
+def _box_mask(y1, y2, x1=45, x2=95, hw=(160, 160)):
+    m = np.zeros(hw, bool)
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+def test_a_mask_counts_only_on_the_lower_face_with_the_eyes_free():
+    from stream.detect import DetectorSettings, worn_on_face
+
+    box = np.array([40, 20, 100, 100], np.float32)  # 60 wide, 80 tall
+    settings = DetectorSettings()
+    assert worn_on_face(_box_mask(60, 98), box, settings)  # nose to chin
+    assert not worn_on_face(_box_mask(22, 60), box, settings)  # over the eyes
+    assert not worn_on_face(_box_mask(25, 98), box, settings)  # the whole face
+    assert not worn_on_face(_box_mask(90, 150), box, settings)  # mostly below the face: a chest, a hand
+
+
+def test_detector_drops_a_face_mask_over_the_upper_face():
+    from engines.models.detector import DetectorConfig
+    from stream.detect import FaceDetector
+
+    masks = np.zeros((3, 1, 64, 64), np.float32)
+    masks[1, 0, 6:18, 11:29] = 0.9  # eyes and forehead of the first face
+    masks[2, 0, 22:34, 41:59] = 0.9  # the lower face of the second
+    engine = _FixedDetectorEngine(
+        boxes=[[10, 5, 30, 35], [11, 6, 29, 18], [40, 5, 60, 35], [41, 22, 59, 34]],
+        labels=[1, 2, 1, 2], scores=[0.95, 0.9, 0.95, 0.9],
+        masks=np.concatenate([masks[:2], masks[2:], masks[2:]])[[0, 1, 0, 2]],
+    )
+    found = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))(np.zeros((64, 64, 3), np.uint8))
+    assert len(found) == 2
+    assert not found.masks[0].any() and found.masks[1].any()
+
+
+def _unmasked(boxes):
+    dets = _detections(boxes)
+    dets.masks[:] = False
+    return dets
+
+
+def test_a_mask_is_filled_only_once_seen_on_two_detections_in_a_row():
+    box = [[40, 20, 100, 100]]
+    tracker = FaceTracker(TrackerConfig(initialization_delay=0), temporal=TemporalConfig(enabled=False))
+    first = tracker.update(_detections(box), frame_hw=(120, 160))
+    assert len(first) == 1 and not first[0].mask.any()
+    assert tracker.update(_detections(box), frame_hw=(120, 160))[0].mask.any()
+    # One false sighting between clean detections paints nothing.
+    once = FaceTracker(TrackerConfig(initialization_delay=0), temporal=TemporalConfig(enabled=False))
+    for dets in (_unmasked(box), _detections(box), None, _unmasked(box), _detections(box), _unmasked(box)):
+        assert not once.update(dets, frame_hw=(120, 160))[0].mask.any()
+
+
+def test_a_mask_is_let_go_when_the_face_shows_without_it_or_goes_unseen():
+    box = [[40, 20, 100, 100]]
+
+    def confirmed():
+        tracker = FaceTracker(TrackerConfig(initialization_delay=0), temporal=TemporalConfig(enabled=False))
+        for _ in range(8):  # long enough for norfair to keep the track through misses
+            tracker.update(_detections(box), frame_hw=(120, 160))
+        return tracker
+
+    taken_off = confirmed()
+    assert not taken_off.update(_unmasked(box), frame_hw=(120, 160))[0].mask.any()
+    unseen = confirmed()
+    empty = Detections.empty(120, 160)
+    assert unseen.update(None, frame_hw=(120, 160))[0].mask.any()  # a skipped frame is no evidence
+    assert unseen.update(empty, frame_hw=(120, 160))[0].mask.any()  # one missed detection is carried
+    tracks = unseen.update(empty, frame_hw=(120, 160))
+    assert len(tracks) == 1 and not tracks[0].mask.any()  # the face is still tracked, left as it is
+
+
+def test_inpainter_shows_the_real_face_on_the_first_frame_without_a_mask():
+    image = np.full((120, 160, 3), 100, np.uint8)
+    box = np.array([40, 20, 100, 100], np.float32)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    inpainter = FaceInpainter(_MeanEngine(1.0), GeneratorConfig(size=32, width=4, mask_dilation=1),
+                              temporal=TemporalConfig(mask_momentum=0.1))
+    for _ in range(3):
+        assert (inpainter(image, [Track(1, box, 0.9, mask)]) != image).any()
+    assert inpainter(image, [Track(1, box, 0.9, np.zeros_like(mask))]) is image
+
+
+def test_auto_schedule_detects_again_at_once_when_a_mask_appears():
+    class Switching:
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, image):
+            self.calls.append(len(self.calls))
+            box = [[40, 20, 100, 100]]
+            return _detections(box) if len(self.calls) > 6 else _unmasked(box)
+
+    det = Switching()
+    stage = DetectStage(det, schedule=DetectSchedule(auto=True, max_every=4))
+    image = np.zeros((120, 160, 3), np.uint8)
+    detected = []
+    for i in range(40):
+        frame = Frame(index=i, image=image)
+        stage.process(frame)
+        if frame.detections is not None:
+            detected.append((i, bool(frame.detections.masks.any())))
+    first_masked = next(i for i, masked in detected if masked)
+    assert (first_masked + 1, True) in detected  # the second sighting is on the next frame

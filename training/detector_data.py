@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from engines.models.detector import FACE, FACE_MASK
 from training.landmarks import load_landmark_cache
+from training.negatives import load_face_cache
 from training.synth import MaskSynthesizer, face_box_from_landmarks
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class DetectorDataConfig:
     p_distractor: float = 0.3
     val_utk_every: int = 20  # every n-th UTKFace image (sorted) is reserved for validation
     seg_holdout_every: int = 5  # every n-th segmentation image (sorted per set) is held out
+    # Hard negatives (all 0 keeps the scenes of earlier runs, and the validation scenes, as they were).
+    negative_fraction: float = 0.0  # real photos of unmasked people (training.negatives)
+    p_mouth_object: float = 0.0  # per unmasked face: hand, fingers, microphone, phone, cup or scarf at the mouth
+    p_loose_mask: float = 0.0  # per synthetic scene: a mask not worn (under the chin, in a hand, lying about)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -82,6 +87,23 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     canvas = np.zeros((size[0], size[1]) + image.shape[2:], dtype=image.dtype)
     canvas[:nh, :nw] = resized.reshape(nh, nw, *image.shape[2:])
     return canvas, scale
+
+
+def face_region(lm: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Face region (h, w) bool from 68 landmarks: the jaw line plus a forehead arc up to the top
+    of the whole-face ``box``."""
+    jaw = lm[0:17]
+    top = box[1]
+    brow_y = lm[17:27, 1].min()
+    fore = []
+    for t in np.linspace(0, 1, 9):
+        x = jaw[16, 0] + t * (jaw[0, 0] - jaw[16, 0])
+        y = top + (brow_y - top) * (2 * t - 1) ** 2 * 0.6
+        fore.append((x, y))
+    poly = np.concatenate([jaw, np.array(fore, np.float32)]).round().astype(np.int32)
+    face = np.zeros(shape, np.uint8)
+    cv2.fillPoly(face, [cv2.convexHull(poly)], 1)
+    return face.astype(bool)
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray | None:
@@ -235,6 +257,7 @@ class _Instance:
     face_box: np.ndarray  # (4,) xyxy, whole face
     face: np.ndarray  # (h, w) bool
     worn: np.ndarray | None  # (h, w) bool visible worn mask, None for an unmasked face
+    mouth: np.ndarray | None = None  # (2,) xy mouth centre, where known
 
 
 class DetectorSceneDataset(Dataset):
@@ -245,7 +268,9 @@ class DetectorSceneDataset(Dataset):
     images, and is meant to be read at indices ``0..n-1`` for a fixed validation set.
 
     ``data_root`` is the shared data folder (faces/utkface, mask_templates,
-    segmentation/training); ``landmarks`` the UTKFace landmark cache (training.landmarks).
+    segmentation/training); ``landmarks`` the UTKFace landmark cache (training.landmarks);
+    ``negatives`` the face cache of the unmasked photos' training split (training.negatives),
+    needed when ``config.negative_fraction`` > 0.
     """
 
     def __init__(
@@ -256,6 +281,7 @@ class DetectorSceneDataset(Dataset):
         config: DetectorDataConfig = DetectorDataConfig(),
         split: str = "train",
         seed: int = 0,
+        negatives: str | Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
@@ -281,6 +307,12 @@ class DetectorSceneDataset(Dataset):
         seg_root = root / "segmentation" / "training"
         self.real = segmentation_files(seg_root, "train", holdout_every=config.seg_holdout_every) if split == "train" else []
         self._textures: dict[Path, np.ndarray] = {}
+        self.data_root = root
+        self.negatives = None
+        if split == "train" and config.negative_fraction > 0:
+            if negatives is None or not Path(negatives).is_file():
+                raise DataUnavailableError(f"negative_fraction > 0 needs the face cache of training.negatives, missing {negatives}")
+            self.negatives = load_face_cache(negatives)
 
     def __len__(self) -> int:
         # Nominal length (one pass over the faces); indices beyond it are valid too.
@@ -345,22 +377,14 @@ class DetectorSceneDataset(Dataset):
         if masked:
             res = self.synth.apply(img, lm, rng=rng, pulled_down=rng.random() < self.config.p_pulled_down)
             img, worn, box = res.image, res.mask, res.face_box
-        # Face region: jaw line plus a forehead arc at the face box's top.
-        jaw = lm[0:17]
-        top = box[1]
-        brow_y = lm[17:27, 1].min()
-        fore = []
-        for t in np.linspace(0, 1, 9):
-            x = jaw[16, 0] + t * (jaw[0, 0] - jaw[16, 0])
-            y = top + (brow_y - top) * (2 * t - 1) ** 2 * 0.6
-            fore.append((x, y))
-        poly = np.concatenate([jaw, np.array(fore, np.float32)]).round().astype(np.int32)
-        face = np.zeros(img.shape[:2], np.uint8)
-        cv2.fillPoly(face, [cv2.convexHull(poly)], 1)
-        face = face.astype(bool)
+        elif self.config.p_loose_mask > 0 and rng.random() < self.config.p_loose_mask:
+            # Worn on the neck with the mouth and chin free: nothing on the face to fill.
+            drop = (lm[8] - lm[27]) * rng.uniform(0.75, 1.0)
+            img = self.synth.apply(img, lm + drop.astype(np.float32), rng=rng).image
+        face = face_region(lm, box, img.shape[:2])
         if worn is not None:
             face |= worn
-        return img, face, worn, box
+        return img, face, worn, box, lm[48:68].mean(axis=0)
 
     def _synthetic(self, h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, list[_Instance]]:
         cfg = self.config
@@ -370,7 +394,7 @@ class DetectorSceneDataset(Dataset):
         n_faces = 1 + int(rng.choice(3, p=np.array(cfg.face_counts) / sum(cfg.face_counts)))
         max_face = max(cfg.min_face + 1, cfg.max_face_frac * min(h, w) / (1.0 if n_faces == 1 else 1.6))
         for _ in range(n_faces):
-            img, face, worn, box = self._face_layers(rng)
+            img, face, worn, box, mouth = self._face_layers(rng)
             bw = float(box[2] - box[0])
             target_w = math.exp(rng.uniform(math.log(cfg.min_face), math.log(max_face)))
             s = target_w / max(bw, 1.0)
@@ -380,6 +404,7 @@ class DetectorSceneDataset(Dataset):
                 worn = worn[:, ::-1].copy() if worn is not None else None
                 iw = img.shape[1]
                 box = np.array([iw - box[2], box[1], iw - box[0], box[3]], np.float32)
+                mouth = np.array([iw - mouth[0], mouth[1]], np.float32)
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             for _attempt in range(8):
                 tx, ty = rng.uniform(0, w), rng.uniform(0, h)
@@ -400,12 +425,15 @@ class DetectorSceneDataset(Dataset):
                 face_w = cv2.warpAffine(face.astype(np.float32), m, (w, h)) > 0.5
                 worn_w = cv2.warpAffine(worn.astype(np.float32), m, (w, h)) > 0.5 if worn is not None else None
                 clipped = np.array([max(fbox[0], 0), max(fbox[1], 0), min(fbox[2], w), min(fbox[3], h)], np.float32)
-                instances.append(_Instance(clipped, face_w, worn_w))
+                instances.append(_Instance(clipped, face_w, worn_w, m[:, :2] @ mouth + m[:, 2]))
                 break
         if instances and rng.random() < cfg.p_occluder:
             canvas = self._occlude(canvas, instances, rng)
         if rng.random() < cfg.p_distractor:
             canvas = self._distractor(canvas, taken, rng)
+        if cfg.p_loose_mask > 0 and rng.random() < cfg.p_loose_mask:
+            canvas = self._loose_mask(canvas, taken, rng)
+        canvas = self._mouth_objects(canvas, instances, rng)
         return np.clip(canvas, 0, 255).astype(np.uint8), instances
 
     def _occlude(self, canvas: np.ndarray, instances: list[_Instance], rng: np.random.Generator) -> np.ndarray:
@@ -444,14 +472,96 @@ class DetectorSceneDataset(Dataset):
             break
         return canvas
 
+    def _loose_mask(self, canvas: np.ndarray, taken: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A mask that nobody wears (held in a hand, lying on a table) away from the faces: its
+        fabric and shape alone must not make a face_mask."""
+        h, w = canvas.shape[:2]
+        img, lm = self._utk(int(rng.integers(len(self.utk_files))))
+        res = self.synth.apply(img, lm, rng=rng)
+        box = mask_box(res.mask)
+        if box is None:
+            return canvas
+        x0, y0, x1, y1 = box.astype(int)
+        alpha = cv2.GaussianBlur(res.mask.astype(np.float32), (0, 0), 0.8)[y0:y1, x0:x1]
+        patch = res.image[y0:y1, x0:x1].astype(np.float32)
+        side = rng.uniform(0.1, 0.35) * min(h, w)
+        m = cv2.getRotationMatrix2D(((x1 - x0) / 2, (y1 - y0) / 2), float(rng.uniform(-180, 180)), side / max(x1 - x0, 1))
+        for _ in range(6):
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            mm = m.copy()
+            mm[:, 2] += (cx - (x1 - x0) / 2, cy - (y1 - y0) / 2)
+            a = cv2.warpAffine(alpha, mm, (w, h))[..., None]
+            if (taken & (a[..., 0] > 0.05)).any():
+                continue
+            rgb = cv2.warpAffine(patch, mm, (w, h))
+            canvas = canvas * (1 - a) + rgb * a
+            if rng.random() < 0.5:  # the hand holding it
+                hand = _blob_mask(h, w, cx + rng.normal(0, side / 3), cy + rng.normal(0, side / 3),
+                                  side * 0.3, side * 0.2, rng) & ~taken
+                canvas[hand] = _skin_colour(rng)
+            break
+        return canvas
+
+    def _mouth_objects(self, canvas: np.ndarray, instances: list[_Instance], rng: np.random.Generator) -> np.ndarray:
+        """Hands, fingers, microphones, phones, cups and scarves in front of or near the mouth of
+        unmasked faces: the lower face is then covered, but by something that is not a mask."""
+        if self.config.p_mouth_object <= 0:
+            return canvas
+        h, w = canvas.shape[:2]
+        for inst in instances:
+            if inst.worn is not None or inst.mouth is None or rng.random() >= self.config.p_mouth_object:
+                continue
+            fw = float(inst.face_box[2] - inst.face_box[0])
+            mx, my = inst.mouth + rng.normal(0, 0.08 * fw, 2)
+            cover = np.zeros((h, w), np.uint8)
+            kind = int(rng.integers(6))
+            colour = _skin_colour(rng) if kind < 2 else _random_colour(rng) * rng.uniform(0.2, 1.0)
+            if kind == 0:  # a hand over or beside the mouth
+                cover |= _blob_mask(h, w, mx, my + 0.1 * fw, 0.3 * fw, 0.22 * fw, rng)
+            elif kind == 1:  # fingers across the lips or the chin
+                ang = rng.uniform(0, math.pi)
+                for k in range(int(rng.integers(1, 4))):
+                    off = (k - 1) * 0.1 * fw
+                    c = (mx + off * math.sin(ang), my + off * math.cos(ang))
+                    cv2.ellipse(cover, (int(c[0]), int(c[1])), (int(0.25 * fw), max(1, int(0.045 * fw))),
+                                math.degrees(ang), 0, 360, 1, -1)
+            elif kind == 2:  # a hand-held microphone: a grille ball on a handle
+                r = rng.uniform(0.1, 0.2) * fw
+                bx, by = mx + rng.uniform(-0.3, 0.3) * fw, my + rng.uniform(0.0, 0.3) * fw
+                cv2.line(cover, (int(bx), int(by)), (int(bx + rng.uniform(-0.3, 0.3) * fw), int(by + fw)), 1,
+                         max(1, int(0.6 * r)))
+                cv2.circle(cover, (int(bx), int(by)), max(1, int(r)), 1, -1)
+            elif kind == 3:  # a phone held to the cheek or the mouth
+                rect = ((float(mx + rng.uniform(-0.4, 0.4) * fw), float(my)), (0.3 * fw, 0.55 * fw), float(rng.uniform(-40, 40)))
+                cv2.fillPoly(cover, [np.round(cv2.boxPoints(rect)).astype(np.int32)], 1)
+            elif kind == 4:  # a cup at the lips
+                top = int(my + rng.uniform(-0.05, 0.1) * fw)
+                cv2.rectangle(cover, (int(mx - 0.18 * fw), top), (int(mx + 0.18 * fw), int(top + 0.5 * fw)), 1, -1)
+            else:  # a scarf up to the chin
+                top = inst.mouth[1] + rng.uniform(0.15, 0.35) * fw
+                pts = np.array([[mx - 0.7 * fw, top + rng.normal(0, 0.05 * fw)], [mx + 0.7 * fw, top + rng.normal(0, 0.05 * fw)],
+                                [mx + 0.8 * fw, top + 0.6 * fw], [mx - 0.8 * fw, top + 0.6 * fw]])
+                cv2.fillPoly(cover, [np.round(pts).astype(np.int32)], 1)
+            blob = cover.astype(bool)
+            if not blob.any():
+                continue
+            texture = _smooth_noise(h, w, rng, int(rng.integers(3, 20)))[..., :1] / 255.0 * 0.5 + 0.75
+            if kind == 5 and self.texture_paths and rng.random() < 0.5:
+                tex = self._texture(rng).astype(np.float32)
+                texture = cv2.resize(tex, (w, h)) / max(float(tex.mean()), 1.0)
+            soft = cv2.GaussianBlur(blob.astype(np.float32), (0, 0), 0.8)[..., None]
+            canvas = canvas * (1 - soft) + np.clip(colour * texture, 0, 255) * soft
+            for other in instances:
+                other.face &= ~blob
+                if other.worn is not None:
+                    other.worn &= ~blob
+        return canvas
+
     # -- real scenes
 
-    def _real(self, h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, list[_Instance]]:
-        img_path, gt_path = self.real[int(rng.integers(len(self.real)))]
-        img = cv2.cvtColor(cv2.imread(str(img_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        gt = cv2.imread(str(gt_path), cv2.IMREAD_COLOR)
-        inst = segmentation_instances(gt)
-        sh, sw = img.shape[:2]
+    def _placement(self, sh: int, sw: int, h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """Where a photo (sh x sw) goes in an h x w frame: (2x3 map, background canvas or None
+        when the photo fills the frame, horizontal flip first)."""
         ang = rng.normal(0, 7)
         if rng.random() < 0.5:
             # The photo fills the frame: random crop with zoom 1..1.4.
@@ -466,15 +576,53 @@ class DetectorSceneDataset(Dataset):
         m = cv2.getRotationMatrix2D((sw / 2, sh / 2), float(ang), float(s))
         c = m @ np.array([sw / 2, sh / 2, 1.0])
         m[:, 2] += np.array([ox + sw * s / 2, oy + sh * s / 2]) - c
-        flip = rng.random() < 0.5
+        return m, canvas, bool(rng.random() < 0.5)
+
+    @staticmethod
+    def _compose(img: np.ndarray, m: np.ndarray, canvas: np.ndarray | None, h: int, w: int) -> np.ndarray:
+        rgb = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if canvas is not None:
+            cover = cv2.warpAffine(np.ones(img.shape[:2], np.float32), m, (w, h)) > 0.5
+            canvas[cover] = rgb[cover]
+            rgb = canvas
+        return rgb
+
+    def _negative(self, h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, list[_Instance]]:
+        """A real photo of people without masks; every face dlib found in it is labelled as a face."""
+        cache = self.negatives
+        i = int(rng.integers(len(cache.files)))
+        img = cv2.cvtColor(cv2.imread(str(self.data_root / cache.files[i]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        sh, sw = img.shape[:2]
+        m, canvas, flip = self._placement(sh, sw, h, w, rng)
+        faces = cache.faces_of(i)
+        if flip:
+            img = img[:, ::-1].copy()
+            faces = faces.copy()
+            faces[..., 0] = sw - 1 - faces[..., 0]
+        rgb = self._compose(img, m, canvas, h, w)
+        instances = []
+        for lm in faces:
+            lm_w = (lm @ m[:, :2].T + m[:, 2]).astype(np.float32)
+            full = face_box_from_landmarks(lm_w, (10**6, 10**6))
+            box = face_box_from_landmarks(lm_w, (h, w))
+            # Faces cut by the frame edge stay labelled: unlabelled, they would teach "no face".
+            if _box_inside_fraction(full, w, h) < 0.3 or box[2] - box[0] < 4 or box[3] - box[1] < 4:
+                continue
+            instances.append(_Instance(box, face_region(lm_w, full, (h, w)), None, lm_w[48:68].mean(axis=0)))
+        rgb = self._mouth_objects(rgb.astype(np.float32), instances, rng)
+        return np.clip(rgb, 0, 255).astype(np.uint8), instances
+
+    def _real(self, h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, list[_Instance]]:
+        img_path, gt_path = self.real[int(rng.integers(len(self.real)))]
+        img = cv2.cvtColor(cv2.imread(str(img_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        gt = cv2.imread(str(gt_path), cv2.IMREAD_COLOR)
+        inst = segmentation_instances(gt)
+        sh, sw = img.shape[:2]
+        m, canvas, flip = self._placement(sh, sw, h, w, rng)
         if flip:
             img, gt = img[:, ::-1].copy(), gt[:, ::-1].copy()
             inst = [(f[:, ::-1].copy(), g[:, ::-1].copy()) for f, g in inst]
-        rgb = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        if canvas is not None:
-            cover = cv2.warpAffine(np.ones((sh, sw), np.float32), m, (w, h)) > 0.5
-            canvas[cover] = rgb[cover]
-            rgb = canvas
+        rgb = self._compose(img, m, canvas, h, w)
         instances = []
         for face, worn in inst:
             fw = cv2.warpAffine(face.astype(np.float32), m, (w, h)) > 0.5
@@ -495,7 +643,12 @@ class DetectorSceneDataset(Dataset):
         scale = min(H / 1.0, W / aspect)
         h, w = max(32, round(scale)), max(32, round(scale * aspect))
         h, w = min(h, H), min(w, W)
-        if self.real and rng.random() < self.config.real_fraction:
+        # No draw without real sources, so validation scenes stay what they were.
+        u = rng.random() if (self.real or self.negatives is not None) else 1.0
+        negative = self.config.negative_fraction if self.negatives is not None else 0.0
+        if u < negative:
+            content, instances = self._negative(h, w, rng)
+        elif self.real and u < negative + self.config.real_fraction:
             content, instances = self._real(h, w, rng)
         else:
             content, instances = self._synthetic(h, w, rng)

@@ -44,13 +44,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from stream.sink import SinkError, VideoSink
 from stream.source import SourceError, VideoFileSource
 from training.masked_clips import ClipMasks, load_clip_masks
-from training.temporal_metrics import IdSwitchCounter, StillReference, TemporalErrorAccumulator, frame_psnr
+from training.temporal_metrics import (
+    IdSwitchCounter,
+    StillReference,
+    TemporalErrorAccumulator,
+    frame_psnr,
+    gradient_magnitude,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +182,9 @@ class OutputMetrics:
     low when the tracker misses faces or its boxes overlap the ground truth too little to judge
     identities; extra_tracks: tracks per frame matched to no face (duplicates, false positives;
     None without detections); mask_iou: mean per-frame IoU of the written masks with the drawn
-    ones (None without detections)."""
+    ones (None without detections); sharpness: mean gradient magnitude inside the mask region of
+    the output over that of the ground truth (1: as detailed as the real face; a blur is well
+    below; frames without a region are skipped)."""
 
     frames: int
     temporal_error: float
@@ -186,6 +195,7 @@ class OutputMetrics:
     matched: float | None
     extra_tracks: float | None
     mask_iou: float | None
+    sharpness: float = float("nan")
 
 
 def measure_output(
@@ -199,6 +209,7 @@ def measure_output(
     tracks = read_tracks(detections) if detections is not None else None
     counter = IdSwitchCounter(iou=iou)
     ious: list[float] = []
+    grad_out, grad_gt = 0.0, 0.0
     limit = len(masks.pts) if max_frames is None else min(max_frames, len(masks.pts))
     t = 0
     for out, ref in zip(iter_rgb(output), iter_rgb(gt)):
@@ -212,6 +223,9 @@ def measure_output(
         region_err.update(out, ref, region)
         frame_err.update(out, ref, np.ones(region.shape, bool))
         psnr_region.append(min(frame_psnr(out, ref, region), PSNR_CAP))
+        if region.any():
+            grad_out += float(gradient_magnitude(out)[region].mean())
+            grad_gt += float(gradient_magnitude(ref)[region].mean())
         psnr_frame.append(min(frame_psnr(out, ref), PSNR_CAP))
         if tracks is not None:
             written = tracks.get(t, [])
@@ -232,7 +246,23 @@ def measure_output(
         matched=None if tracks is None else counter.matched_count / max(counter.gt_count, 1),
         extra_tracks=None if tracks is None else (counter.track_count - counter.matched_count) / t,
         mask_iou=None if tracks is None else float(np.mean(ious)) if ious else float("nan"),
+        sharpness=grad_out / grad_gt if grad_gt > 0 else float("nan"),
     )
+
+
+def write_first_faces(gt: Path, masks: ClipMasks, folder: Path) -> Path:
+    """Each face of the clip's first ground-truth frame, cut out twice its box's size, as a PNG in
+    ``folder`` (one image per face: run_stream.py takes the largest face of each)."""
+    first = next(iter_rgb(gt))
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = first.shape[:2]
+    for f, box in enumerate(masks.boxes[:, 0]):
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        half = max(box[2] - box[0], box[3] - box[1])
+        x1, y1 = int(max(cx - half, 0)), int(max(cy - half, 0))
+        x2, y2 = int(min(cx + half, w)), int(min(cy + half, h))
+        cv2.imwrite(str(folder / f"face{f}.png"), cv2.cvtColor(first[y1:y2, x1:x2], cv2.COLOR_RGB2BGR))
+    return folder
 
 
 @dataclass(frozen=True)
@@ -288,7 +318,7 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
             f"{'TE still':>8s} {'TE enc':>6s} | "
             f"{'PSNRr on':>8s} {'off':>6s} {'diff':>6s} | {'PSNRf on':>8s} {'off':>6s} {'diff':>6s} | "
             f"{'IDsw on':>7s} {'off':>4s} | {'match on':>8s} {'off':>5s} | {'extra on':>8s} {'off':>5s} | "
-            f"{'mIoU on':>7s} {'off':>5s}")
+            f"{'mIoU on':>7s} {'off':>5s} | {'sharp on':>8s} {'off':>5s}")
     lines = [head, "-" * len(head)]
 
     def ids(m: OutputMetrics) -> str:
@@ -313,7 +343,8 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
             f"{on.psnr_region:8.2f} {off.psnr_region:6.2f} "
             f"{c['psnr_region_diff']:+6.2f} | {on.psnr_frame:8.2f} {off.psnr_frame:6.2f} "
             f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s} | {matched(on):>8s} {matched(off):>5s} | "
-            f"{extra(on):>8s} {extra(off):>5s} | {iou(on):>7s} {iou(off):>5s}"
+            f"{extra(on):>8s} {extra(off):>5s} | {iou(on):>7s} {iou(off):>5s} | "
+            f"{on.sharpness:8.2f} {off.sharpness:5.2f}"
         )
     return "\n".join(lines)
 
@@ -340,6 +371,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-stream", type=Path, default=Path("run_stream.py"))
     p.add_argument("--stream-args", default="", help="extra run_stream.py arguments, e.g. '--backend torch'")
     p.add_argument("--timeout", type=float, help="seconds per pipeline run")
+    p.add_argument("--reference", default="none", choices=["none", "first-frame"],
+                   help="first-frame: give run_stream.py --reference with each face of the clip's first "
+                        "ground-truth (unmasked) frame, the same-person reference mode")
     p.add_argument("--iou", type=float, default=0.5, help="IoU to match a track to a ground-truth face")
     return p
 
@@ -372,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
             except (EvaluationError, SourceError, SinkError) as exc:
                 logger.error("%s: %s", clip.name, exc)
                 return 1
+            extra = shlex.split(args.stream_args)
+            if args.reference == "first-frame":
+                extra += ["--reference", str(write_first_faces(clip.gt, masks, work / f"{clip.name}_reference"))]
             for mode in MODES:
                 output, detections = work / f"{clip.name}_{mode}.mp4", work / f"{clip.name}_{mode}.jsonl"
                 try:
@@ -379,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                         cmd = stream_command(
                             clip, mode=mode, output=output.resolve(), detections=detections.resolve(),
                             run_stream=run_stream, python=sys.executable, detect_every=args.detections_every,
-                            max_frames=args.max_frames, extra=shlex.split(args.stream_args),
+                            max_frames=args.max_frames, extra=extra,
                         )
                         run_stream_once(cmd, cwd=run_stream.parent, timeout=args.timeout)
                     results[clip.name][mode] = measure_output(

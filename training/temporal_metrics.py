@@ -214,3 +214,31 @@ def id_switches(
     for tracks, gts in zip(track_ids_per_frame, gt_boxes_per_frame):
         counter.update(tracks, gts)
     return counter.switches
+
+
+def block_luma_difference(a: np.ndarray, b: np.ndarray, *, block: int = 16) -> np.ndarray:
+    """Mean absolute luma (BT.601, 0..255) difference of two HxWx3 uint8 RGB frames in each
+    ``block`` x ``block`` tile: (ceil(H / block), ceil(W / block)) float64; edge tiles are averaged
+    over the pixels they hold."""
+    _check_pair(a, b)
+    weights = np.array([0.299, 0.587, 0.114])
+    diff = np.abs(a.astype(np.float64) @ weights - b.astype(np.float64) @ weights)
+    h, w = diff.shape
+    rows, cols = np.arange(0, h, block), np.arange(0, w, block)
+    sums = np.add.reduceat(np.add.reduceat(diff, rows, axis=0), cols, axis=1)
+    counts = np.outer(np.diff(np.append(rows, h)), np.diff(np.append(cols, w)))
+    return sums / counts
+
+
+def visibly_altered(a: np.ndarray, b: np.ndarray, *, block: int = 16, threshold: float = 12.0) -> bool:
+    """True when some tile's mean absolute luma difference exceeds ``threshold``: re-encoding a
+    frame at the pipeline's default quality stays below about 9, a painted-over mouth far above."""
+    return bool((block_luma_difference(a, b, block=block) > threshold).any())
+
+
+def gradient_magnitude(frame: np.ndarray) -> np.ndarray:
+    """(H, W) float32 magnitude of the luma gradient (central differences) of an HxWx3 uint8 RGB
+    frame: how much detail each pixel carries."""
+    grey = frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    gy, gx = np.gradient(grey)
+    return np.hypot(gx, gy)

@@ -100,6 +100,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-every", type=int, default=500)
     p.add_argument("--p-sheer", type=float, default=0.2,
                    help="share of synthetic masks drawn see-through (mesh, rhinestones)")
+    p.add_argument("--negatives", type=Path, default=Path("cache/negative_faces.npz"),
+                   help="face cache of the unmasked photos' training split (python -m training.negatives)")
+    p.add_argument("--negative-fraction", type=float, default=0.0,
+                   help="share of scenes that are real photos of unmasked people (hard negatives)")
+    p.add_argument("--p-mouth-object", type=float, default=0.0,
+                   help="per unmasked face: a hand, fingers, microphone, phone, cup or scarf at the mouth")
+    p.add_argument("--p-loose-mask", type=float, default=0.0,
+                   help="per synthetic scene: a mask nobody wears (under a chin, in a hand, lying about)")
     p.add_argument("--init", type=Path, default=None,
                    help="start a new run from these weights (save_detector file); ignored when resuming")
     return p
@@ -122,11 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 
     config = DetectorConfig(backbone=args.backbone, norm=args.norm, input_size=tuple(args.input_size))
     data_config = DetectorDataConfig(
-        input_size=config.input_size, real_fraction=args.real_fraction, p_sheer=args.p_sheer
+        input_size=config.input_size, real_fraction=args.real_fraction, p_sheer=args.p_sheer,
+        negative_fraction=args.negative_fraction, p_mouth_object=args.p_mouth_object, p_loose_mask=args.p_loose_mask,
     )
     try:
         dataset = DetectorSceneDataset(
-            data_root=args.data, landmarks=args.landmarks, config=data_config, split="train", seed=args.seed
+            data_root=args.data, landmarks=args.landmarks, config=data_config, split="train", seed=args.seed,
+            negatives=args.negatives,
         )
     except DataUnavailableError as exc:
         logger.error("%s", exc)

@@ -1,0 +1,256 @@
+"""References: what a face looks like without its mask, so the fill carries real detail.
+
+A reference is an unmasked face cut out as the same square crop window the generator uses
+(``CropWindow.for_face`` of its whole-face box), at ``REFERENCE_SIDE`` pixels. Because every crop
+is normalised by its face box the same way, a reference lines up with a masked face's crop up to
+the differences of pose and expression.
+
+Where a reference comes from, best first:
+
+* the person, seen without a mask earlier in the same video (``IdentityMemory``: each track keeps
+  its sharpest, largest unmasked view);
+* ``--reference PATH`` (a photo or a folder of photos; with several people, each track takes the
+  one whose upper face matches its own best);
+* an exemplar: a face from the bank that ships with the weights (training faces only), picked once
+  per track by the visible upper face and skin tone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream.geometry import CropWindow
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_SIDE = 192
+EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
+# the part of a masked face that is still visible, so the part references are matched on.
+_UPPER = (0.18, 0.50, 0.15, 0.85)  # y0, y1, x0, x1
+# Skin between the eyes and above the mask (forehead to nose bridge, centre), free of hair and
+# background, for the skin tone.
+_SKIN = (0.22, 0.48, 0.38, 0.62)
+
+
+class ReferenceError(ValueError):
+    """A reference image cannot be read or holds no face."""
+
+
+@dataclass(frozen=True)
+class ReferenceFace:
+    """crop: (REFERENCE_SIDE, REFERENCE_SIDE, 3) uint8 RGB, the face's square crop window;
+    source: where it came from, for the log and the report; exemplar: another person's face
+    (its detail is lent more softly than the person's own)."""
+
+    crop: np.ndarray
+    source: str
+    exemplar: bool = False
+    signature: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.crop.shape != (REFERENCE_SIDE, REFERENCE_SIDE, 3) or self.crop.dtype != np.uint8:
+            raise ValueError(f"reference crop must be ({REFERENCE_SIDE}, {REFERENCE_SIDE}, 3) uint8, got "
+                             f"{self.crop.shape} {self.crop.dtype}")
+        object.__setattr__(self, "signature", upper_face_signature(self.crop))
+
+
+def cut_face(image: np.ndarray, box: np.ndarray, *, crop_scale: float, side: int = REFERENCE_SIDE) -> np.ndarray:
+    """The square crop window of the face ``box`` ((4,) xyxy) in ``image`` (H, W, 3) uint8 RGB, at
+    ``side`` pixels, edges replicated where it leaves the frame."""
+    return CropWindow.for_face(box, crop_scale).cut(image, side)
+
+
+def upper_face_signature(crop: np.ndarray) -> np.ndarray:
+    """(D,) float32 unit vector: the upper face's grey levels (zero mean, unit norm, so lighting
+    drops out) followed by its mean colour in Lab, which carries skin tone."""
+    side = crop.shape[0]
+    y0, y1, x0, x1 = (int(round(v * side)) for v in _UPPER)
+    upper = crop[y0:y1, x0:x1]
+    grey = cv2.resize(cv2.cvtColor(upper, cv2.COLOR_RGB2GRAY), (24, 12), interpolation=cv2.INTER_AREA).astype(np.float32)
+    grey -= grey.mean()
+    grey /= max(float(np.linalg.norm(grey)), 1e-6)
+    sy0, sy1, sx0, sx1 = (int(round(v * side)) for v in _SKIN)
+    lab = np.median(cv2.cvtColor(crop[sy0:sy1, sx0:sx1], cv2.COLOR_RGB2LAB).reshape(-1, 3), axis=0)
+    lab = lab.astype(np.float32) / 255.0
+    return np.concatenate([grey.ravel(), lab])
+
+
+def match_score(a: np.ndarray, b: np.ndarray) -> float:
+    """Higher is more alike: correlation of the upper faces, less the skin-tone distance."""
+    return float(a[:-3] @ b[:-3]) - 2.0 * float(np.linalg.norm(a[-3:] - b[-3:]))
+
+
+def best_match(signature: np.ndarray, candidates: list[ReferenceFace], *, by_tone: int | None = None) -> ReferenceFace | None:
+    """The candidate most like ``signature``; with ``by_tone``, among that many closest in skin
+    tone first (a stranger's detail must at least come from the same complexion)."""
+    if not candidates:
+        return None
+    if by_tone is not None and len(candidates) > by_tone:
+        tone = np.array([np.abs(r.signature[-3:] - signature[-3:]) @ (0.5, 1.0, 1.0) for r in candidates])
+        candidates = [candidates[i] for i in np.argsort(tone)[:by_tone]]
+    return max(candidates, key=lambda r: match_score(signature, r.signature))
+
+
+def sharpness(crop: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey crop: higher is sharper."""
+    return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """min_score: face confidence an unmasked view needs to be remembered; min_side: smallest face
+    box side (frame pixels) worth remembering; refresh: frames between two looks at the same track;
+    min_streak: frames in a row a face must show no mask before it is trusted to be unmasked (a
+    masked face waits for its mask to be confirmed, or loses it for a few frames, and must not
+    become its own reference)."""
+
+    min_score: float = 0.9
+    min_side: float = 48.0
+    refresh: int = 5
+    min_streak: int = 10
+
+
+class IdentityMemory:
+    """Per track, the best view of the face without a mask: the largest, then sharpest."""
+
+    def __init__(self, settings: MemorySettings = MemorySettings(), *, crop_scale: float) -> None:
+        self.settings = settings
+        self.crop_scale = crop_scale
+        self._best: dict[int, tuple[float, ReferenceFace]] = {}
+        self._last_look: dict[int, int] = {}
+        self._streak: dict[int, tuple[int, int]] = {}  # track -> (first, last) frame of its unmasked run
+
+    def observe(self, image: np.ndarray, track_id: int, box: np.ndarray, score: float, index: int) -> None:
+        """Frame ``index`` (consecutive calls count up by one) in which the track's face shows no mask."""
+        first, last_seen = self._streak.get(track_id, (index, index - 1))
+        if last_seen != index - 1:
+            first = index
+        self._streak[track_id] = (first, index)
+        side = float(min(box[2] - box[0], box[3] - box[1]))
+        if index - first < self.settings.min_streak or score < self.settings.min_score or side < self.settings.min_side:
+            return
+        last = self._last_look.get(track_id)
+        if last is not None and index - last < self.settings.refresh:
+            return
+        self._last_look[track_id] = index
+        crop = cut_face(image, box, crop_scale=self.crop_scale)
+        quality = min(side, REFERENCE_SIDE) * 1000.0 + min(sharpness(crop), 999.0)
+        if track_id not in self._best or quality > self._best[track_id][0]:
+            self._best[track_id] = (quality, ReferenceFace(crop, f"track {track_id} frame {index}"))
+
+    def get(self, track_id: int) -> ReferenceFace | None:
+        best = self._best.get(track_id)
+        return best[1] if best else None
+
+    def forget(self, live: set[int]) -> None:
+        for table in (self._best, self._last_look, self._streak):
+            for k in [k for k in table if k not in live]:
+                del table[k]
+
+    def reset(self) -> None:
+        self._best.clear()
+        self._last_look.clear()
+        self._streak.clear()
+
+
+def load_exemplars(path: Path) -> list[ReferenceFace]:
+    """The exemplar bank: an .npz with ``crops`` (N, S, S, 3) uint8 RGB JPEG-decoded crops stored
+    as ``jpeg`` (N,) object-free byte strings concatenated with ``offsets`` (N + 1,)."""
+    with np.load(path, allow_pickle=False) as data:
+        blob, offsets = data["jpeg"], data["offsets"]
+        names = [str(n) for n in data["names"]]
+    out = []
+    for i, name in enumerate(names):
+        bgr = cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if rgb.shape[:2] != (REFERENCE_SIDE, REFERENCE_SIDE):
+            rgb = cv2.resize(rgb, (REFERENCE_SIDE, REFERENCE_SIDE), interpolation=cv2.INTER_AREA)
+        out.append(ReferenceFace(rgb, f"exemplar {name}", exemplar=True))
+    return out
+
+
+def save_exemplars(path: Path, crops: list[np.ndarray], names: list[str], *, quality: int = 92) -> None:
+    chunks = []
+    for crop in crops:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        chunks.append(buf.ravel())
+    offsets = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
+    np.savez(path, jpeg=np.concatenate(chunks), offsets=offsets, names=np.array(names, dtype=str))
+
+
+def reference_images(path: Path) -> list[Path]:
+    """The image files ``--reference`` names: the file itself or the images in a folder."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ReferenceError(f"no images in reference folder {path}")
+        return files
+    if not path.is_file():
+        raise ReferenceError(f"reference not found: {path}")
+    return [path]
+
+
+def load_references(path: Path, detector, *, crop_scale: float) -> list[ReferenceFace]:
+    """One reference per image of ``path`` (see ``reference_images``): the largest face the
+    ``detector`` (``stream.detect.FaceDetector``) finds in it, which must wear no mask."""
+    out = []
+    for file in reference_images(path):
+        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ReferenceError(f"cannot read reference image {file}")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        found = detector(rgb)
+        if len(found) == 0:
+            raise ReferenceError(f"no face found in reference image {file}")
+        areas = (found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])
+        largest = int(np.argmax(areas))
+        if found.masks[largest].any():
+            raise ReferenceError(f"the face in reference image {file} wears a mask")
+        out.append(ReferenceFace(cut_face(rgb, found.boxes[largest], crop_scale=crop_scale), file.name))
+        logger.info("reference %s: face %s", file.name, np.round(found.boxes[largest]).astype(int).tolist())
+    return out
+
+
+class References:
+    """Picks each track's reference: memory first, then the given references, then an exemplar;
+    the given/exemplar choice is made once per track so it cannot flicker."""
+
+    def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
+                 memory: IdentityMemory | None) -> None:
+        self.given = given
+        self.exemplars = exemplars
+        self.memory = memory
+        self._chosen: dict[int, ReferenceFace | None] = {}
+
+    def for_track(self, track_id: int, crop: np.ndarray) -> ReferenceFace | None:
+        """``crop``: the track's current face crop window (any size, uint8 RGB) to match on."""
+        if self.memory is not None:
+            remembered = self.memory.get(track_id)
+            if remembered is not None:
+                return remembered
+        if track_id not in self._chosen:
+            signature = upper_face_signature(cv2.resize(crop, (REFERENCE_SIDE, REFERENCE_SIDE)))
+            chosen = best_match(signature, self.given) or best_match(signature, self.exemplars, by_tone=12)
+            self._chosen[track_id] = chosen
+            if chosen is not None:
+                logger.info("track %d: reference %s", track_id, chosen.source)
+        return self._chosen[track_id]
+
+    def forget(self, live: set[int]) -> None:
+        self._chosen = {k: v for k, v in self._chosen.items() if k in live}
+        if self.memory is not None:
+            self.memory.forget(live)
+
+    def reset(self) -> None:
+        self._chosen.clear()
+        if self.memory is not None:
+            self.memory.reset()

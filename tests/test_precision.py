@@ -1,0 +1,140 @@
+"""Do no harm: the precision sets, their measures, and the hard-negative training scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.models.detector import FACE, FACE_MASK
+from tests.media import make_video
+from training.evaluate_precision import make_mask_off_clip, mask_off_clip, unmasked_clips
+from training.evaluate_temporal import iter_rgb
+from training.negatives import negative_files
+from training.temporal_metrics import block_luma_difference, visibly_altered
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_negative_splits_are_fixed_and_hold_out_whole_people(tmp_path):
+    for i in range(10):
+        _touch(tmp_path / "photos" / "unmasked" / f"{i:04d}.jpg")
+    for person in "ABCDEFGHIJ":
+        for k in range(2):
+            _touch(tmp_path / "faces" / "lfw" / person / f"{person}_{k:04d}.jpg")
+    val = negative_files(tmp_path, "photos", "val")
+    train = negative_files(tmp_path, "photos", "train")
+    assert [p.name for p in val] == ["0000.jpg", "0005.jpg"] and len(train) == 8
+    lfw_val = negative_files(tmp_path, "lfw", "val")
+    lfw_train = negative_files(tmp_path, "lfw", "train")
+    assert {p.parent.name for p in lfw_val} == {"A", "F"} and len(lfw_val) == 4
+    assert not {p.parent.name for p in lfw_val} & {p.parent.name for p in lfw_train}
+    with pytest.raises(ValueError):
+        negative_files(tmp_path, "utkface", "val")
+
+
+def test_visibly_altered_ignores_codec_noise_and_sees_a_painted_block():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    noisy = np.clip(frame.astype(int) + rng.integers(-6, 7, frame.shape), 0, 255).astype(np.uint8)
+    assert not visibly_altered(frame, noisy)
+    painted = frame.copy()
+    painted[64:70, 80:90] = 255 - painted[64:70, 80:90]  # a corner tile of 6 x 10 pixels
+    tiles = block_luma_difference(frame, painted)
+    assert tiles.shape == (5, 6) and tiles[:4].max() == 0 and tiles[4, 5] > 12
+    assert visibly_altered(frame, painted)
+
+
+def test_mask_off_counts_frames_until_the_output_is_the_input_again():
+    flags = [True] * 10 + [True, True, False, True, False, False, False]
+    r = mask_off_clip(flags, 10)
+    assert r.frames_until_back == 4 and r.filled_before == 1.0
+    assert mask_off_clip([True, False, False, False], 2).frames_until_back == 0
+
+
+def test_mask_off_clip_switches_at_the_middle(tmp_path):
+    masked = make_video(tmp_path / "a_masked.mp4", frames=10, audio=False)
+    gt = tmp_path / "a_gt.mp4"
+    frames = list(iter_rgb(masked))
+    import av
+
+    with av.open(str(gt), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full_like(frames[0], 200), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    switch = make_mask_off_clip(masked, gt, tmp_path / "off.mp4")
+    out = list(iter_rgb(tmp_path / "off.mp4"))
+    assert switch == 5 and len(out) == 10
+    assert abs(float(out[4].mean()) - float(frames[4].mean())) < 3 and abs(float(out[5].mean()) - 200) < 3
+
+
+@pytest.mark.slow
+def test_unmasked_clips_run_the_pipeline_and_compare_every_frame(tiny_weights, tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    make_video(clips / "talk.mp4", frames=12)
+    det, gen = tiny_weights
+    result = unmasked_clips(clips, tmp_path, 10, ["--detector-weights", str(det), "--generator-weights", str(gen)])
+    # Untrained weights find no face, so nothing may change.
+    assert result["frames"] == 10 and result["altered_rate"] == 0.0 and result["clips"]["talk"]["frames"] == 10
+
+
+@pytest.fixture(scope="module")
+def negative_cache(shared_data, tmp_path_factory) -> Path:
+    """A face cache of a few real unmasked photos (dlib, the dev extras)."""
+    from training.landmarks import LandmarkDetector
+    from training.negatives import build_face_cache, save_face_cache
+
+    path = tmp_path_factory.mktemp("negatives") / "faces.npz"
+    paths = negative_files(shared_data, "lfw", "train")[:6] + negative_files(shared_data, "photos", "train")[:4]
+    save_face_cache(build_face_cache(paths, shared_data, LandmarkDetector()), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def utk_landmarks(shared_data, tmp_path_factory) -> Path:
+    full = REPO / "cache" / "utkface_landmarks.npz"
+    if full.is_file():
+        return full
+    from training.landmarks import LandmarkDetector, build_cache, save_landmark_cache
+
+    path = tmp_path_factory.mktemp("landmarks") / "utk.npz"
+    save_landmark_cache(build_cache(images=shared_data / "faces" / "utkface", detector=LandmarkDetector(), limit=40), path)
+    return path
+
+
+def test_hard_negative_scenes_label_faces_and_never_a_face_mask(shared_data, utk_landmarks, negative_cache):
+    from training.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
+
+    real = DetectorSceneDataset(
+        data_root=shared_data, landmarks=utk_landmarks, negatives=negative_cache, seed=1,
+        config=DetectorDataConfig(negative_fraction=1.0, real_fraction=0.0, p_mouth_object=1.0),
+    )
+    faces = 0
+    for i in range(8):
+        _, target = real[i]
+        assert FACE_MASK not in target["labels"].tolist()
+        faces += int((target["labels"] == FACE).sum())
+    assert faces >= 6
+    staged = DetectorSceneDataset(
+        data_root=shared_data, landmarks=utk_landmarks, seed=2,
+        config=DetectorDataConfig(real_fraction=0.0, p_unmasked=1.0, p_mouth_object=1.0, p_loose_mask=1.0),
+    )
+    for i in range(8):
+        _, target = staged[i]
+        assert FACE_MASK not in target["labels"].tolist() and FACE in target["labels"].tolist()
+    with pytest.raises(DataUnavailableError):
+        DetectorSceneDataset(data_root=shared_data, landmarks=utk_landmarks, negatives=None,
+                             config=DetectorDataConfig(negative_fraction=0.5))

@@ -1,0 +1,94 @@
+"""The exemplar bank: unmasked faces that lend their detail to a masked face without a reference.
+
+    python -m training.build_exemplars --data ../shared/data --landmarks cache/utkface_landmarks.npz \\
+        --out engines/weights/exemplars_192.npz
+
+Faces come from the generator's training split only (``generator_data.split_records``), so no
+held-out face can be its own exemplar. They are nearly frontal, with open eyes and a closed
+mouth, spread over UTKFace's age, gender and ethnicity labels (from the file names), and cut as
+the generator's crop window (``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from stream.reference import REFERENCE_SIDE, cut_face, save_exemplars
+from training.generator_data import FaceDataError, load_face_records, read_rgb, split_records
+from training.synth import face_box_from_landmarks, face_turn
+
+logger = logging.getLogger(__name__)
+
+AGE_BUCKETS = (12, 25, 45, 65)
+
+
+def _labels(name: str) -> tuple[int, int, int] | None:
+    """(age bucket, gender, ethnicity) from a UTKFace name ``AGE_GENDER_RACE_DATE.jpg``."""
+    parts = name.split("_")
+    try:
+        age, gender, race = int(parts[0]), int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return None
+    return int(np.searchsorted(AGE_BUCKETS, age)), gender, race
+
+
+def _mouth_open(lm: np.ndarray) -> float:
+    """Inner-lip gap over mouth width."""
+    return float(np.linalg.norm(lm[66] - lm[62]) / max(np.linalg.norm(lm[54] - lm[48]), 1e-6))
+
+
+def choose(records, *, per_group: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[int, int, int], list] = {}
+    for r in records:
+        key = _labels(r.path.name)
+        if key is None or abs(face_turn(r.landmarks) - 0.5) > 0.06 or _mouth_open(r.landmarks) > 0.08:
+            continue
+        groups.setdefault(key, []).append(r)
+    chosen = []
+    for key in sorted(groups):
+        members = groups[key]
+        for i in rng.permutation(len(members))[:per_group]:
+            chosen.append(members[i])
+    return chosen
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Build the exemplar bank from the generator's training faces.")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
+    p.add_argument("--out", type=Path, default=Path("engines/weights/exemplars_192.npz"))
+    p.add_argument("--per-group", type=int, default=3, help="faces per (age bucket, gender, ethnicity) group")
+    p.add_argument("--crop-scale", type=float, default=1.2, help="the generator's crop_scale")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        train, _ = split_records(load_face_records(args.data / "faces" / "utkface", args.landmarks))
+    except FaceDataError as exc:
+        logger.error("%s", exc)
+        return 2
+    chosen = choose(train, per_group=args.per_group, seed=args.seed)
+    crops, names = [], []
+    for r in chosen:
+        image = read_rgb(r.path)
+        crops.append(cut_face(image, face_box_from_landmarks(r.landmarks, image.shape), crop_scale=args.crop_scale))
+        names.append(r.path.name)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_exemplars(args.out, crops, names)
+    logger.info("wrote %s: %d exemplars at %d px, %.0f kB", args.out, len(crops), REFERENCE_SIDE,
+                args.out.stat().st_size / 1024)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Do no harm: how often the program touches what is not a masked face, with recall beside it.
+
+    python -m training.evaluate_precision --data ../shared/data --clips cache/masked_clips \\
+        --json runs/precision.json
+
+Sets (``--sets``), each scored through the pipeline's own detect stage (``stream.detect.FaceDetector``
+at default settings, gates included) or through the whole pipeline (``run_stream.py`` at default
+settings), so the numbers are what a user gets:
+
+* ``photos``, ``lfw``: the held-out (measuring) split of ``photos/unmasked`` and of LFW
+  (``training.negatives``): share of images where any face_mask is reported (lower is better);
+* ``masked-photos``: ``photos/masked``: share of images with a face_mask (recall);
+* ``masked-clips``: the real masked clips, every frame from the annotated first masked one: share
+  of frames with a face_mask (recall);
+* ``unmasked-clips``: ``videos/unmasked`` through ``run_stream.py`` (``--max-frames`` frames):
+  share of frames whose output differs visibly from the input (some 16x16 block with a mean
+  absolute luma difference above 12; re-encoding alone stays under 9), overall and per clip;
+* ``mask-off``: clips made from the synthetic masked clips (``training.masked_clips``): the masked
+  video for the first half, the unmasked ground truth for the second; frames after the switch
+  until the output is the input again (no frame altered from then on), and the share of the masked
+  half that was filled;
+* ``segmentation``, ``synthetic``: the detector's own recall sets, as in ``training.evaluate_detector``
+  (IWM/CWM held-out mask mIoU, synthetic face AP50 and mask mIoU; raw model at ``--score``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engines.models.detector import load_detector_meta
+from engines.registry import load_model
+from engines.runtime import EngineError
+from stream.detect import FaceDetector
+from training.detector_data import DataUnavailableError
+from training.evaluate_detector import (
+    IMAGE_SUFFIXES,
+    Predictor,
+    evaluate_segmentation,
+    evaluate_synthetic,
+    load_clip_annotations,
+)
+from training.evaluate_temporal import EvaluationError, find_clips, iter_rgb, run_stream_once
+from training.masked_clips import H264Writer
+from training.negatives import negative_files
+from training.temporal_metrics import visibly_altered
+
+logger = logging.getLogger(__name__)
+
+SETS = ("photos", "lfw", "masked-photos", "masked-clips", "unmasked-clips", "mask-off", "segmentation", "synthetic")
+RUN_STREAM = Path(__file__).resolve().parent.parent / "run_stream.py"
+
+
+def _read_rgb(path: Path) -> np.ndarray | None:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def mask_rate(detector: FaceDetector, paths: list[Path], desc: str) -> dict:
+    """Share of images in which the detect stage reports a face_mask on some face."""
+    if not paths:
+        raise DataUnavailableError(f"no images for {desc}")
+    found, n, flagged = 0, 0, []
+    for p in tqdm(paths, desc=desc, unit="img", mininterval=5):
+        image = _read_rgb(p)
+        if image is None:
+            continue
+        n += 1
+        if detector(image).masks.any():
+            found += 1
+            flagged.append(p.name)
+    return {"images": n, "face_mask_rate": found / max(n, 1), "flagged": flagged}
+
+
+def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, int]) -> dict:
+    paths = sorted(folder.glob("*.mp4"))
+    if not paths:
+        raise DataUnavailableError(f"no clips in {folder}")
+    per_clip, found, n = {}, 0, 0
+    for path in paths:
+        first = masked_from.get(path.stem, 0)
+        hits = [bool(detector(rgb).masks.any()) for i, rgb in enumerate(iter_rgb(path)) if i >= first]
+        per_clip[path.stem] = {"frames": len(hits), "face_mask_rate": float(np.mean(hits)) if hits else 0.0}
+        found, n = found + sum(hits), n + len(hits)
+    return {"frames": n, "face_mask_rate": found / max(n, 1), "clips": per_clip}
+
+
+def altered_flags(source: Path, output: Path, limit: int | None) -> list[bool]:
+    """Per frame of ``output``: does it differ visibly from the same frame of ``source``."""
+    flags = []
+    for i, (a, b) in enumerate(zip(iter_rgb(source), iter_rgb(output))):
+        if limit is not None and i >= limit:
+            break
+        flags.append(visibly_altered(a, b))
+    return flags
+
+
+def _run(source: Path, output: Path, max_frames: int | None, extra: list[str]) -> None:
+    cmd = [sys.executable, str(RUN_STREAM), "--input", str(source), "--output", str(output), "--no-progress"]
+    if max_frames is not None:
+        cmd += ["--max-frames", str(max_frames)]
+    run_stream_once(cmd + extra, cwd=RUN_STREAM.parent, timeout=None)
+
+
+def unmasked_clips(folder: Path, work: Path, max_frames: int | None, extra: list[str]) -> dict:
+    paths = sorted(p for p in folder.glob("*.mp4"))
+    if not paths:
+        raise DataUnavailableError(f"no clips in {folder}")
+    per_clip, altered, n = {}, 0, 0
+    for path in paths:
+        out = work / f"{path.stem}_out.mp4"
+        _run(path, out, max_frames, extra)
+        flags = altered_flags(path, out, max_frames)
+        per_clip[path.stem] = {"frames": len(flags), "altered_rate": float(np.mean(flags)) if flags else 0.0}
+        altered, n = altered + sum(flags), n + len(flags)
+        logger.info("%s: %d of %d frames altered", path.stem, sum(flags), len(flags))
+    return {"frames": n, "altered_rate": altered / max(n, 1), "clips": per_clip}
+
+
+def make_mask_off_clip(masked: Path, gt: Path, out: Path) -> int:
+    """The masked video up to the middle frame, the unmasked truth from there on. Returns the
+    index of the first unmasked frame."""
+    masked_frames, gt_frames = list(iter_rgb(masked)), list(iter_rgb(gt))
+    if len(masked_frames) != len(gt_frames) or not masked_frames:
+        raise EvaluationError(f"{masked.name} and {gt.name} differ in length")
+    switch = len(masked_frames) // 2
+    with av.open(str(masked)) as container:
+        stream = container.streams.video[0]
+        rate, tb = stream.average_rate, stream.time_base
+    h, w = masked_frames[0].shape[:2]
+    with H264Writer(out, size=(w, h), rate=rate, time_base=tb, crf=16, preset="medium") as writer:
+        step = max(1, round(1 / (rate * tb)))
+        for t, frame in enumerate(masked_frames[:switch] + gt_frames[switch:]):
+            writer.write(frame, t * step)
+    return switch
+
+
+@dataclass(frozen=True)
+class MaskOff:
+    switch: int
+    frames_until_back: int
+    filled_before: float
+
+
+def mask_off_clip(flags: list[bool], switch: int) -> MaskOff:
+    """Frames after ``switch`` until no frame is altered any more, and the altered share before it."""
+    after = [i for i in range(switch, len(flags)) if flags[i]]
+    back = (after[-1] - switch + 1) if after else 0
+    return MaskOff(switch, back, float(np.mean(flags[:switch])) if switch else 0.0)
+
+
+def mask_off(clips_root: Path, work: Path, extra: list[str]) -> dict:
+    clips = [c for c in find_clips(clips_root) if not c.name.startswith("multi")]
+    if not clips:
+        raise DataUnavailableError(f"no masked clips in {clips_root} (python -m training.masked_clips)")
+    per_clip = {}
+    for clip in clips:
+        source = work / f"{clip.name}_maskoff.mp4"
+        switch = make_mask_off_clip(clip.masked, clip.gt, source)
+        out = work / f"{clip.name}_maskoff_out.mp4"
+        _run(source, out, None, extra)
+        r = mask_off_clip(altered_flags(source, out, None), switch)
+        per_clip[clip.name] = {"frames_until_back": r.frames_until_back, "filled_before": r.filled_before}
+        logger.info("%s: back after %d frames, %.0f%% of the masked half filled", clip.name,
+                    r.frames_until_back, 100 * r.filled_before)
+    backs = [c["frames_until_back"] for c in per_clip.values()]
+    return {"clips": per_clip, "frames_until_back_max": max(backs), "frames_until_back_mean": float(np.mean(backs)),
+            "filled_before_mean": float(np.mean([c["filled_before"] for c in per_clip.values()]))}
+
+
+def format_table(r: dict) -> str:
+    rows = []
+
+    def row(name: str, value: str, target: str, n: str) -> None:
+        rows.append(f"{name:44s} {value:>10s} {n:>8s}   {target}")
+
+    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+    rows.append(f"{'measure':44s} {'value':>10s} {'n':>8s}   target")
+    if "photos" in r:
+        row("unmasked web photos (held out): face_mask on", pct(r["photos"]["face_mask_rate"]), "<= 2 %", str(r["photos"]["images"]))
+    if "lfw" in r:
+        row("LFW news photos (held out): face_mask on", pct(r["lfw"]["face_mask_rate"]), "<= 2 %", str(r["lfw"]["images"]))
+    if "unmasked-clips" in r:
+        u = r["unmasked-clips"]
+        row("unmasked clips: frames visibly altered", pct(u["altered_rate"]), "<= 1 %", str(u["frames"]))
+        for name, c in u["clips"].items():
+            row(f"  {name}", pct(c["altered_rate"]), "", str(c["frames"]))
+    if "mask-off" in r:
+        m = r["mask-off"]
+        row("mask taken off: frames until the face is back", f"{m['frames_until_back_max']} max", "<= 5", str(len(m["clips"])))
+        for name, c in m["clips"].items():
+            row(f"  {name} (masked half filled {pct(c['filled_before'])})", str(c["frames_until_back"]), "", "")
+    if "masked-photos" in r:
+        row("real masked photos: face_mask found", pct(r["masked-photos"]["face_mask_rate"]), ">= 95 %",
+            str(r["masked-photos"]["images"]))
+    if "masked-clips" in r:
+        c = r["masked-clips"]
+        row("real masked clips: frames with a face_mask", pct(c["face_mask_rate"]), ">= 95 %", str(c["frames"]))
+        for name, v in c["clips"].items():
+            row(f"  {name}", pct(v["face_mask_rate"]), "", str(v["frames"]))
+    if "segmentation" in r:
+        row("IWM/CWM held out: face_mask mIoU", f"{r['segmentation']['face_mask_mIoU']:.3f}", ">= 0.95",
+            str(r["segmentation"]["images"]))
+    if "synthetic" in r:
+        s = r["synthetic"]
+        row("synthetic held out: face AP50", f"{s['face_AP50']:.3f}", "", str(s["images"]))
+        row("synthetic held out: face_mask mIoU", f"{s['face_mask_mIoU']:.3f}", "", str(s["images"]))
+    return "\n".join(rows)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Precision of mask removal on real unmasked material, recall beside it.")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
+    p.add_argument("--clips", type=Path, default=Path("cache/masked_clips"), help="training.masked_clips output")
+    p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
+    p.add_argument("--detector-weights", type=Path, default=Path("engines/weights/detector_mobilenet_v3.pt"))
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    p.add_argument("--max-frames", type=int, default=150, help="frames per unmasked clip")
+    p.add_argument("--synthetic", type=int, default=200, help="synthetic validation scenes")
+    p.add_argument("--score", type=float, default=0.5, help="raw-model score threshold of the recall sets")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", type=Path, default=None, help="keep the pipeline's outputs here (default: a temp dir)")
+    p.add_argument("--stream-args", default="", help="extra run_stream.py arguments, one string")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    cv2.setNumThreads(1)
+    extra = ["--detector-weights", str(args.detector_weights.resolve())] + args.stream_args.split()
+    try:
+        loaded = load_model("detector", backend="torch", device="cpu", weights=args.detector_weights,
+                            threads=args.threads)
+    except EngineError as exc:
+        logger.error("%s", exc)
+        return 2
+    detector = FaceDetector(loaded.engine, loaded.config)
+    results: dict = {"weights": str(args.detector_weights), "meta": load_detector_meta(args.detector_weights)}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            for name in ("photos", "lfw"):
+                if name in args.sets:
+                    results[name] = mask_rate(detector, negative_files(args.data, name, "val"), name)
+            if "masked-photos" in args.sets:
+                paths = sorted(p for p in (args.data / "photos" / "masked").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                results["masked-photos"] = mask_rate(detector, paths, "masked photos")
+            if "masked-clips" in args.sets:
+                results["masked-clips"] = clip_mask_rate(detector, args.data / "videos" / "masked", load_clip_annotations())
+            if "unmasked-clips" in args.sets:
+                results["unmasked-clips"] = unmasked_clips(args.data / "videos" / "unmasked", work, args.max_frames, extra)
+            if "mask-off" in args.sets:
+                results["mask-off"] = mask_off(args.clips, work, extra)
+            if {"segmentation", "synthetic"} & set(args.sets):
+                predictor = Predictor(args.detector_weights, threads=args.threads)
+                if "segmentation" in args.sets:
+                    results["segmentation"] = evaluate_segmentation(predictor, args.data / "segmentation" / "training",
+                                                                    args.score)
+                if "synthetic" in args.sets:
+                    results["synthetic"] = evaluate_synthetic(predictor, args.data, args.landmarks, args.synthetic,
+                                                              args.score)
+        except (DataUnavailableError, EvaluationError) as exc:
+            logger.error("%s", exc)
+            return 2
+    results["seconds"] = round(time.time() - t0, 1)
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

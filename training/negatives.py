@@ -1,0 +1,138 @@
+"""Real photos of people without masks: the detector's hard negatives, and its precision test sets.
+
+Two sets from the shared data, each with a fixed measuring split that is never trained on:
+
+* ``photos``: ``photos/unmasked`` (web photos, many with a hand or an object near the mouth);
+  every ``holdout_every``-th file by sorted name is held out;
+* ``lfw``: ``faces/lfw/PERSON/*.jpg`` (news photos); every ``holdout_every``-th person by sorted
+  name is held out, so no held-out face was seen in training under another photo.
+
+For training, every face dlib finds in a training image is stored with its 68 landmarks
+(``python -m training.negatives``), so the scenes can label the faces (box and face region,
+no worn mask) and put objects in front of their mouths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from training.landmarks import IMAGE_SUFFIXES, LandmarkDetector, LandmarkModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE_SETS = ("photos", "lfw")
+SPLITS = ("train", "val")
+
+
+def negative_files(data_root: str | Path, name: str, split: str, *, holdout_every: int = 5) -> list[Path]:
+    """Image paths of one negative set's split (see the module docstring)."""
+    if name not in NEGATIVE_SETS:
+        raise ValueError(f"set must be one of {NEGATIVE_SETS}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    root = Path(data_root)
+    held = split == "val"
+    if name == "photos":
+        files = sorted(p for p in (root / "photos" / "unmasked").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [p for i, p in enumerate(files) if (i % holdout_every == 0) == held]
+    people = sorted(p for p in (root / "faces" / "lfw").iterdir() if p.is_dir()) if (root / "faces" / "lfw").is_dir() else []
+    out = []
+    for i, person in enumerate(people):
+        if (i % holdout_every == 0) == held:
+            out.extend(sorted(p for p in person.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+    return out
+
+
+@dataclass(frozen=True)
+class FaceCache:
+    """Every face found in a list of images.
+
+    files: image paths relative to the data root (N,); image: (M,) int index into ``files`` of
+    each face; landmarks: (M, 68, 2) float32 xy pixels of the image as stored on disk.
+    """
+
+    files: tuple[str, ...]
+    image: np.ndarray
+    landmarks: np.ndarray
+
+    def faces_of(self, i: int) -> np.ndarray:
+        """(K, 68, 2) landmarks of the faces in image ``i`` (K may be 0)."""
+        return self.landmarks[self.image == i]
+
+
+def build_face_cache(paths: list[Path], data_root: Path, detector: LandmarkDetector, *, max_side: int = 640) -> FaceCache:
+    files, index, marks = [], [], []
+    for path in tqdm(paths, desc="faces", unit="img", mininterval=5):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            logger.warning("unreadable image %s", path)
+            continue
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        # HOG detection time grows with the pixel count; the landmarks are scaled back.
+        scale = min(1.0, max_side / max(rgb.shape[:2]))
+        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        found = detector.detect(small)
+        if not found:
+            continue
+        files.append(path.relative_to(data_root).as_posix())
+        for lm in found:
+            index.append(len(files) - 1)
+            marks.append(np.asarray(lm, np.float32) / scale)
+    landmarks = np.stack(marks).astype(np.float32) if marks else np.zeros((0, 68, 2), np.float32)
+    return FaceCache(tuple(files), np.array(index, np.int64), landmarks)
+
+
+def save_face_cache(cache: FaceCache, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, files=np.array(cache.files, dtype=str), image=cache.image, landmarks=cache.landmarks)
+
+
+def load_face_cache(path: str | Path) -> FaceCache:
+    with np.load(path, allow_pickle=False) as data:
+        cache = FaceCache(tuple(str(f) for f in data["files"]), data["image"].astype(np.int64),
+                          data["landmarks"].astype(np.float32))
+    if cache.landmarks.shape != (len(cache.image), 68, 2):
+        raise ValueError(f"inconsistent face cache {path}")
+    return cache
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Find every face (dlib) in the training split of the unmasked photo sets.")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
+    p.add_argument("--out", type=Path, default=Path("cache/negative_faces.npz"))
+    p.add_argument("--sets", nargs="+", default=list(NEGATIVE_SETS), choices=NEGATIVE_SETS)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of each set")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    paths = []
+    for name in args.sets:
+        paths.extend(negative_files(args.data, name, "train")[: args.limit])
+    if not paths:
+        logger.error("no images under %s", args.data)
+        return 2
+    try:
+        detector = LandmarkDetector(upsample=1)
+    except LandmarkModelNotFoundError as exc:
+        logger.error("%s", exc)
+        return 2
+    cache = build_face_cache(paths, args.data, detector)
+    save_face_cache(cache, args.out)
+    logger.info("wrote %s: %d of %d images with a face, %d faces", args.out, len(cache.files), len(paths), len(cache.image))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
