@@ -43,6 +43,13 @@ from stream.track import FaceTracker, TrackerConfig
 logger = logging.getLogger("run_stream")
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _detect_every(value: str) -> DetectSchedule:
     if value == "auto":
         return DetectSchedule(auto=True)
@@ -94,7 +101,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=EncoderSettings.crf, help="x264 quality (lower is better)")
     p.add_argument("--preset", default=EncoderSettings.preset, help="x264 preset")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--queue-size", type=int, default=PipelineConfig.queue_size)
+    p.add_argument("--queue-size", type=_positive_int, default=PipelineConfig.queue_size,
+                   help="frames each queue between stages holds (>= 1)")
     p.add_argument("--sequential", action="store_true", help="no threads, no overlap (a baseline)")
     p.add_argument("--benchmark", type=Path, metavar="DIR", nargs="?", const=Path("runs/benchmark"),
                    help="run --max-frames (default 300) frames threaded and then sequentially; print "

@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.runtime import BACKENDS, BackendUnavailableError, Engine, EngineError, EngineMismatchError, TensorSpec
+from engines.runtime import (
+    BACKENDS,
+    BackendUnavailableError,
+    Engine,
+    EngineError,
+    EngineMismatchError,
+    TensorSpec,
+    WeightsError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +29,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-class WeightsNotFoundError(EngineError):
+class WeightsNotFoundError(WeightsError):
     """The shipped weights file is missing."""
 
 

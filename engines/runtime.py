@@ -32,6 +32,10 @@ class EngineMismatchError(EngineError):
     """A serialised engine does not match the weights, the machine or the library versions."""
 
 
+class WeightsError(EngineError):
+    """A weights file is missing, unreadable, of another model, or does not fit its own config."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, shape and dtype of one engine input or output.

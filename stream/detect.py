@@ -37,7 +37,7 @@ class DetectorSettings:
     upper_face: float = 0.3
     upper_covered: float = 0.15
     mask_centre: float = 0.5
-    mask_inside: float = 0.8
+    mask_inside: float = 0.6
 
 
 @dataclass(frozen=True)

@@ -44,14 +44,16 @@ class CropWindow:
                               flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
     def paste(self, frame: np.ndarray, patch: np.ndarray, alpha: np.ndarray, *,
-              detail: np.ndarray | None = None, detail_sigma: float = 0.0, detail_gain: float = 1.0) -> None:
+              detail: np.ndarray | None = None, detail_map: np.ndarray | None = None, detail_sigma: float = 0.0,
+              detail_gain: float = 1.0) -> None:
         """Blend a (S, S, 3) ``patch`` into ``frame`` in place with its (S, S) ``alpha`` in [0, 1].
 
         ``detail``: a (R, R, 3) uint8 crop of the same window at any size R (a reference face):
         the patch's band finer than ``detail_sigma`` patch pixels is replaced by that band of
         ``detail``, worked out at frame resolution, so a face larger than the patch gets the
         reference's own lips, nostrils and skin texture instead of an upscaled blur; ``detail_gain``
-        scales that band (below 1 for a stranger's face)."""
+        scales that band (below 1 for a stranger's face). ``detail_map``: 2x3 from patch pixels to
+        ``detail`` pixels where the two are not the same window (None: they are)."""
         h, w = frame.shape[:2]
         fx1, fy1 = max(int(np.floor(self.x1)), 0), max(int(np.floor(self.y1)), 0)
         fx2, fy2 = min(int(np.ceil(self.x1 + self.side)), w), min(int(np.ceil(self.y1 + self.side)), h)
@@ -65,8 +67,12 @@ class CropWindow:
         a = cv2.warpAffine(alpha.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
         if detail is not None and detail_sigma > 0:
-            to_frame_detail = self._crop_to_frame(detail.shape[0])
-            to_frame_detail[:, 2] -= (fx1, fy1)
+            if detail_map is None:
+                to_frame_detail = self._crop_to_frame(detail.shape[0])
+                to_frame_detail[:, 2] -= (fx1, fy1)
+            else:
+                to_detail = np.vstack([detail_map, (0, 0, 1)]).astype(np.float64)
+                to_frame_detail = (np.vstack([to_frame, (0, 0, 1)]) @ np.linalg.inv(to_detail))[:2].astype(np.float32)
             d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
             sigma = detail_sigma * self.side / patch.shape[0]

@@ -32,8 +32,8 @@ class InpaintSettings:
     # With a reference face (stream.reference): the generated band finer than this many crop
     # pixels is replaced by the reference's, at frame resolution. The generator resolves about
     # two crop pixels after its output blur; a wider band also takes the reference's mouth shape.
-    detail_sigma: float = 3.0
-    exemplar_gain: float = 0.6  # the detail band of a stranger's face, lent softly
+    detail_sigma: float = 2.0
+    exemplar_gain: float = 1.0  # the detail band of a stranger's face (lower: lent more softly)
 
 
 @dataclass
@@ -246,14 +246,23 @@ class FaceInpainter:
             if temporal:
                 generated = self._steady_output(job.previous, job.crop, job.hole, generated)
                 self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
-            reference = None
+            guide = None
             if self.references is not None:
-                reference = self.references.for_track(job.track_id, job.crop.astype(np.uint8))
-            job.window.paste(out, generated, self._seam(job.hole),
-                             detail=None if reference is None else reference.crop,
-                             detail_sigma=self.settings.detail_sigma,
-                             detail_gain=self.settings.exemplar_gain if reference is not None and reference.exemplar else 1.0)
+                guide = self.references.guide(job.track_id, job.crop.astype(np.uint8), self._upper_face(job.hole))
+            if guide is None:
+                job.window.paste(out, generated, self._seam(job.hole))
+            else:
+                job.window.paste(out, generated, self._seam(job.hole), detail=guide.reference.crop,
+                                 detail_map=guide.to_reference, detail_sigma=self.settings.detail_sigma,
+                                 detail_gain=self.settings.exemplar_gain if guide.reference.exemplar else 1.0)
         return out
+
+    def _upper_face(self, hole: np.ndarray) -> np.ndarray:
+        """(S, S) bool: the part of the crop window that holds the visible face above the mask."""
+        s = self.config.size
+        visible = np.zeros((s, s), bool)
+        visible[int(0.12 * s):int(0.6 * s), int(0.15 * s):int(0.85 * s)] = True
+        return visible & (hole < 0.5)
 
     def _remember(self, image: np.ndarray, tracks: list[Track]) -> None:
         """Unmasked faces go to the identity memory; references of tracks that ended are dropped."""

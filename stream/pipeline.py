@@ -203,6 +203,11 @@ class PipelineConfig:
     sequential: bool = False
     max_frames: int | None = None
 
+    def __post_init__(self) -> None:
+        # A queue of size 0 would be unbounded: memory and latency without limit.
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+
 
 class Pipeline:
     def __init__(

@@ -201,7 +201,7 @@ def reference_images(path: Path) -> list[Path]:
 
 def load_references(path: Path, detector, *, crop_scale: float) -> list[ReferenceFace]:
     """One reference per image of ``path`` (see ``reference_images``): the largest face the
-    ``detector`` (``stream.detect.FaceDetector``) finds in it, which must wear no mask."""
+    ``detector`` (``stream.detect.FaceDetector``) finds in it."""
     out = []
     for file in reference_images(path):
         bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
@@ -214,22 +214,81 @@ def load_references(path: Path, detector, *, crop_scale: float) -> list[Referenc
         areas = (found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])
         largest = int(np.argmax(areas))
         if found.masks[largest].any():
-            raise ReferenceError(f"the face in reference image {file} wears a mask")
+            # The user says this is the face unmasked; the detector is the one more likely wrong.
+            logger.warning("reference %s: a mask was detected on the face; using it as given", file.name)
         out.append(ReferenceFace(cut_face(rgb, found.boxes[largest], crop_scale=crop_scale), file.name))
         logger.info("reference %s: face %s", file.name, np.round(found.boxes[largest]).astype(int).tolist())
     return out
 
 
+def align_to(crop: np.ndarray, visible: np.ndarray, reference: ReferenceFace, *,
+             initial: np.ndarray | None = None) -> np.ndarray | None:
+    """2x3 map from pixels of ``crop`` ((S, S, 3) uint8 RGB, a face's crop window) to pixels of
+    ``reference.crop``: a shift fitted (ECC, which ignores brightness and contrast) on the
+    ``visible`` (S, S) bool part of the face, so the reference's eyes and nose land on the face's
+    own. Scale and rotation are left to the face boxes: on the thin band of the upper face a full
+    affine fit is ill-conditioned (it stretched faces vertically). None when the fit fails or
+    moves too far; the box alignment of the two windows holds then."""
+    size = crop.shape[0]
+    scale = REFERENCE_SIDE / size
+    small = cv2.resize(reference.crop, (size, size), interpolation=cv2.INTER_AREA)
+    template = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (0, 0), 1.0).astype(np.float32)
+    moving = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (0, 0), 1.0).astype(np.float32)
+    warp = np.eye(2, 3, dtype=np.float32) if initial is None else (initial / scale).astype(np.float32)
+    try:
+        _, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_TRANSLATION,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4),
+                                       visible.astype(np.uint8), 5)
+    except cv2.error:
+        return None
+    if not np.isfinite(warp).all() or np.abs(warp[:, 2]).max() > 0.12 * size:
+        return None
+    # Crop pixels to reference pixels at the crop's size, then at the reference's.
+    return (warp * scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Guide:
+    """A track's reference and where it lies: ``to_reference`` maps pixels of the track's crop
+    window at the generator's size to pixels of ``reference.crop`` (None: the windows' own box
+    alignment)."""
+
+    reference: ReferenceFace
+    to_reference: np.ndarray | None
+
+
 class References:
     """Picks each track's reference: memory first, then the given references, then an exemplar;
-    the given/exemplar choice is made once per track so it cannot flicker."""
+    the given/exemplar choice is made once per track so it cannot flicker. The reference is
+    aligned to the face's visible upper part every ``realign`` frames, starting from the last fit
+    so the alignment follows the head smoothly."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
-                 memory: IdentityMemory | None) -> None:
+                 memory: IdentityMemory | None, realign: int = 5) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
+        self.realign = realign
         self._chosen: dict[int, ReferenceFace | None] = {}
+        self._guides: dict[int, tuple[Guide, int]] = {}
+
+    def guide(self, track_id: int, crop: np.ndarray, visible: np.ndarray) -> Guide | None:
+        """The track's reference, aligned to ``crop`` ((S, S, 3) uint8 RGB, its crop window at the
+        generator's size) on the ``visible`` (S, S) bool face pixels."""
+        reference = self.for_track(track_id, crop)
+        if reference is None:
+            return None
+        previous, age = self._guides.get(track_id, (None, 0))
+        same = previous is not None and previous.reference is reference
+        if same and age < self.realign:
+            self._guides[track_id] = (previous, age + 1)
+            return previous
+        matrix = align_to(crop, visible, reference, initial=previous.to_reference if same else None)
+        if matrix is None and same:
+            matrix = previous.to_reference
+        guide = Guide(reference, matrix)
+        self._guides[track_id] = (guide, 1)
+        return guide
 
     def for_track(self, track_id: int, crop: np.ndarray) -> ReferenceFace | None:
         """``crop``: the track's current face crop window (any size, uint8 RGB) to match on."""
@@ -247,10 +306,12 @@ class References:
 
     def forget(self, live: set[int]) -> None:
         self._chosen = {k: v for k, v in self._chosen.items() if k in live}
+        self._guides = {k: v for k, v in self._guides.items() if k in live}
         if self.memory is not None:
             self.memory.forget(live)
 
     def reset(self) -> None:
         self._chosen.clear()
+        self._guides.clear()
         if self.memory is not None:
             self.memory.reset()

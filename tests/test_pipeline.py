@@ -331,3 +331,35 @@ def test_closing_a_file_source_mid_read_stops_its_reader(tmp_path):
     reader.join(5)
     assert not reader.is_alive()
     assert 1 <= len(got) < 50
+
+
+def test_bad_weights_give_one_line_errors(tmp_path, tiny_weights, capsys):
+    clip = make_video(tmp_path / "clip.mp4", frames=3)
+    out = tmp_path / "out.mp4"
+    det, gen = tiny_weights
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not weights\n")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(det.read_bytes()[: det.stat().st_size // 2])
+    cases = [
+        ("--detector-weights", notes, "not a readable weights file"),
+        ("--detector-weights", truncated, "not a readable weights file"),
+        ("--detector-weights", gen, "detector"),  # another model's file
+        ("--generator-weights", det, "generator"),
+        ("--generator-weights", tmp_path / "missing.pt", "not found"),
+    ]
+    for flag, path, message in cases:
+        code = run_stream.main(["--input", str(clip), "--output", str(out), "--backend", "torch",
+                                "--detector-weights", str(det), "--generator-weights", str(gen), flag, str(path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and err[-1].startswith("error: ") and message in err[-1], (flag, path, err[-1:])
+        assert "Traceback" not in "\n".join(err)
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_queue_size_zero_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_stream.main(["--input", "x.mp4", "--output", "y.mp4", "--queue-size", "0"])
+    assert exit_info.value.code == 2 and "--queue-size: must be at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        PipelineConfig(queue_size=0)

@@ -57,8 +57,7 @@ def test_reference_loading_errors_are_specific(tmp_path):
         load_references(text, _OneFace(), crop_scale=1.2)
     with pytest.raises(ReferenceError, match="no face"):
         load_references(photo, _OneFace(found=False), crop_scale=1.2)
-    with pytest.raises(ReferenceError, match="wears a mask"):
-        load_references(photo, _OneFace(masked=True), crop_scale=1.2)
+    assert len(load_references(photo, _OneFace(masked=True), crop_scale=1.2)) == 1  # the user knows best
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ReferenceError, match="no images"):
@@ -140,3 +139,21 @@ def test_bad_reference_is_a_one_line_error(tmp_path, tiny_weights, capsys):
     cv2.imwrite(str(blank), np.zeros((64, 64, 3), np.uint8))
     assert "no face found" in _bad(tmp_path, tiny_weights, capsys, "--input", str(clip), "--output", str(out),
                                    "--reference", str(blank))
+
+
+def test_alignment_finds_the_shift_between_a_face_and_its_reference():
+    from stream.reference import align_to
+
+    rng = np.random.default_rng(7)
+    blobs = cv2.GaussianBlur(rng.uniform(0, 255, (REFERENCE_SIDE, REFERENCE_SIDE)).astype(np.float32), (0, 0), 8)
+    blobs = (blobs - blobs.min()) / (blobs.max() - blobs.min()) * 255
+    face = np.repeat(blobs[..., None], 3, axis=2).astype(np.uint8)
+    shifted = np.roll(face, (6, -4), axis=(0, 1))  # the reference's features lie 6 px lower, 4 px left
+    crop = cv2.resize(face, (64, 64), interpolation=cv2.INTER_AREA)
+    visible = np.zeros((64, 64), bool)
+    visible[8:40, 8:56] = True
+    matrix = align_to(crop, visible, ReferenceFace(shifted, "shifted"))
+    assert matrix is not None
+    np.testing.assert_allclose(matrix[:, 2], [-4, 6], atol=1.0)  # in reference pixels
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    assert align_to(flat, visible, ReferenceFace(shifted, "shifted")) is None  # nothing to fit on

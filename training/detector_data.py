@@ -595,6 +595,17 @@ class DetectorSceneDataset(Dataset):
         sh, sw = img.shape[:2]
         m, canvas, flip = self._placement(sh, sw, h, w, rng)
         faces = cache.faces_of(i)
+        if len(faces) and rng.random() < 0.4:
+            # A close-up, as web photos often are: one face fills the frame, chin or brow cut off,
+            # the mouth near the bottom edge where a mask would be.
+            box = face_box_from_landmarks(faces[int(rng.integers(len(faces)))], (sh, sw))
+            side = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
+            s = rng.uniform(0.6, 1.1) * min(h, w) / side
+            ang = rng.normal(0, 7)
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            m = cv2.getRotationMatrix2D((float(cx), float(cy)), float(ang), float(s))
+            m[:, 2] += np.array([w / 2 + rng.uniform(-0.15, 0.15) * w, h / 2 + rng.uniform(-0.1, 0.2) * h]) - (cx, cy)
+            canvas = None
         if flip:
             img = img[:, ::-1].copy()
             faces = faces.copy()

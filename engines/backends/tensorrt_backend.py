@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from engines.registry import check_sidecar
-from engines.runtime import BackendUnavailableError, Engine, EngineMismatchError, TensorSpec
+from engines.runtime import BackendUnavailableError, Engine, EngineError, EngineMismatchError, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class TensorRTEngine(Engine):
                 # Data-dependent shapes (detections after NMS) are sized by TensorRT at run time.
                 self._context.set_output_allocator(spec.name, self._allocator)
         if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
+            raise EngineError("TensorRT execute_async_v3 failed")
         stream.synchronize()
         result = {}
         for spec in self.outputs:

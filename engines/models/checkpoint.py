@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engines.runtime import WeightsError
+
 
 def save_checkpoint(model: nn.Module, config: dict[str, Any], path: str | Path, *, meta: dict | None = None) -> None:
     """Write atomically (temporary file, then rename), so a crash never leaves half a file."""
@@ -26,7 +28,17 @@ def save_checkpoint(model: nn.Module, config: dict[str, Any], path: str | Path, 
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """(config, fp32 state dict, meta) of a file written by ``save_checkpoint``."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """(config, fp32 state dict, meta) of a file written by ``save_checkpoint``; WeightsError for
+    a missing file, one that is not a torch file (a text file, a truncated download), or a torch
+    file that is not a checkpoint of this project."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip, EOF and runtime errors alike for a bad file
+        raise WeightsError(f"{path} is not a readable weights file ({type(exc).__name__})") from exc
+    if not isinstance(blob, dict) or not {"config", "state_dict"} <= set(blob) or not isinstance(blob["config"], dict):
+        raise WeightsError(f"{path} is a torch file but not a weights file of this project")
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     return blob["config"], state, blob.get("meta", {})

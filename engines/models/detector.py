@@ -38,6 +38,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from engines.models.checkpoint import load_checkpoint, save_checkpoint
+from engines.runtime import WeightsError
 
 FACE = 1
 FACE_MASK = 2
@@ -49,7 +50,7 @@ OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 INPUT_NAME = "image"
 
 
-class DetectorConfigError(ValueError):
+class DetectorConfigError(WeightsError, ValueError):
     """Raised for an invalid :class:`DetectorConfig`."""
 
 
@@ -246,9 +247,15 @@ def save_detector(model: nn.Module, config: DetectorConfig, path: str | Path, *,
 def load_detector(path: str | Path) -> tuple[MaskRCNN, DetectorConfig]:
     """Load a file written by :func:`save_detector`; the model is fp32 and in eval mode."""
     config_dict, state, _ = load_checkpoint(path)
-    config = DetectorConfig.from_dict(config_dict)
+    try:
+        config = DetectorConfig.from_dict(config_dict)
+    except (DetectorConfigError, TypeError) as exc:
+        raise WeightsError(f"{path} does not hold detector weights: {exc}") from exc
     model = build_detector(config)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: weights do not fit the detector config they carry (another model's file?)") from exc
     return model.eval(), config
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.models.checkpoint import load_checkpoint, save_checkpoint
+from engines.runtime import WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ INPUT_NAMES = ("image", "mask")
 OUTPUT_NAMES = ("output",)
 
 
-class GeneratorWeightsError(RuntimeError):
+class GeneratorWeightsError(WeightsError):
     """A generator checkpoint is missing, unreadable or does not match its config."""
 
 

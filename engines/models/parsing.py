@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.models.checkpoint import load_checkpoint, save_checkpoint
+from engines.runtime import WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ PARSING_CLASSES = (
 )
 
 
-class ParsingWeightsError(RuntimeError):
+class ParsingWeightsError(WeightsError):
     """A parsing checkpoint is missing, unreadable or does not match its config."""
 
 
