@@ -7,10 +7,19 @@
 
 from __future__ import annotations
 
-import argparse
+import signal
+import sys
+
+# A Ctrl-C while the libraries below import raises KeyboardInterrupt inside their import code,
+# and one of them swallows it (numpy half-imported, the run going on as if nothing was pressed).
+# Run as a script, a Ctrl-C until main() takes over only leaves a note, which main() acts on.
+_EARLY_INTERRUPTS: list[int] = []
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda signum, frame: _EARLY_INTERRUPTS.append(signum))
+
+import argparse  # noqa: E402
 import json
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "its detail goes into the reconstructed lower face")
     p.add_argument("--identity-memory", default="on", choices=["on", "off"],
                    help="use a face seen without its mask earlier in the video as its reference")
-    p.add_argument("--exemplars", default="on", choices=["on", "off"],
-                   help="without a reference, borrow detail from the closest face of the shipped exemplar bank")
+    p.add_argument("--exemplars", default="off", choices=["on", "off"],
+                   help="without a reference, borrow detail from the closest face of the shipped exemplar bank "
+                        "(off by default: a stranger's features can show as ghosts where they do not line up)")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
                    help="detail finer than this many generator pixels comes from the reference (0: none)")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
@@ -292,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    if __name__ == "__main__":
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _EARLY_INTERRUPTS:
+        print("interrupted before start: nothing written", file=sys.stderr)
+        return 130
     try:
         if args.benchmark:
             benchmark(args)

@@ -260,15 +260,16 @@ class Guide:
 class References:
     """Picks each track's reference: memory first, then the given references, then an exemplar;
     the given/exemplar choice is made once per track so it cannot flicker. The reference is
-    aligned to the face's visible upper part every ``realign`` frames, starting from the last fit
-    so the alignment follows the head smoothly."""
+    aligned to the face's visible upper part every ``realign`` frames, starting from the last fit,
+    and each new fit moves the alignment by ``follow`` of the way, so it follows the head smoothly."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
-                 memory: IdentityMemory | None, realign: int = 5) -> None:
+                 memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
         self.realign = realign
+        self.follow = follow
         self._chosen: dict[int, ReferenceFace | None] = {}
         self._guides: dict[int, tuple[Guide, int]] = {}
 
@@ -284,8 +285,10 @@ class References:
             self._guides[track_id] = (previous, age + 1)
             return previous
         matrix = align_to(crop, visible, reference, initial=previous.to_reference if same else None)
-        if matrix is None and same:
-            matrix = previous.to_reference
+        if same and previous.to_reference is not None:
+            # Each fit is noisy by a fraction of a pixel; moved at once, the lent detail shimmers.
+            matrix = previous.to_reference if matrix is None else (
+                self.follow * matrix + (1 - self.follow) * previous.to_reference).astype(np.float32)
         guide = Guide(reference, matrix)
         self._guides[track_id] = (guide, 1)
         return guide

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -98,26 +100,43 @@ def test_stage_exception_stops_closes_output_and_reraises(tmp_path, sequential):
     assert count > 0 and seconds <= len(written) / 25 + 0.1  # audio cut where the video stopped
 
 
+@contextlib.contextmanager
+def _busy_cpus(count: int) -> Iterator[None]:
+    """Processes that keep ``count`` cores busy, as on a loaded CI machine."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
 def test_ctrl_c_leaves_playable_file_and_exits(tmp_path, tiny_weights):
     src = make_video(tmp_path / "in.mp4", frames=1500, audio=True)
     out = tmp_path / "out.mp4"
     det, gen = tiny_weights
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "run_stream.py"), "--input", str(src), "--output", str(out),
-         "--detector-weights", str(det), "--generator-weights", str(gen), "--no-progress"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
     partial = tmp_path / "out.partial.mp4"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 2000):
-        time.sleep(0.1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, stderr = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("run_stream did not exit after Ctrl-C")
+    # A stop that hangs dumps every thread's stack on SIGABRT, so a failure says where it hung.
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+    with _busy_cpus(os.cpu_count() or 2):
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "run_stream.py"), "--input", str(src), "--output", str(out),
+             "--detector-weights", str(det), "--generator-weights", str(gen), "--no-progress"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 2000):
+            time.sleep(0.1)
+        assert partial.exists(), "run_stream wrote nothing within 120 s"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            pytest.fail(f"run_stream did not exit after Ctrl-C; its threads:\n{stderr[-8000:]}")
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     frames = video_timestamps(out)
