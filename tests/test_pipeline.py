@@ -144,6 +144,28 @@ def test_ctrl_c_leaves_playable_file_and_exits(tmp_path, tiny_weights):
     assert audio_packets(out)[0] > 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc to time the signal")
+def test_ctrl_c_while_starting_up_is_not_lost(tmp_path, tiny_weights):
+    """A Ctrl-C while the libraries import used to raise inside their import code, where it was
+    swallowed, and the whole file was processed anyway."""
+    src = make_video(tmp_path / "in.mp4", frames=30, audio=False)
+    out = tmp_path / "out.mp4"
+    det, gen = tiny_weights
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run_stream.py"), "--input", str(src), "--output", str(out),
+         "--detector-weights", str(det), "--generator-weights", str(gen), "--no-progress"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.005)  # until torch's libraries are being loaded: the middle of the imports
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
 class _LiveSource(Source):
     """Frames as fast as a camera at 200 FPS would deliver them."""
 
