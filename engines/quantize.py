@@ -69,6 +69,12 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
     generator = load_model("generator", backend="torch", device="cpu", weights=weights)
     find = FaceDetector(detector.engine, detector.config)
     inpainter = FaceInpainter(generator.engine, generator.config)
+    references = None
+    if generator.config.reference:
+        from stream.reference import EXEMPLARS, References, load_exemplars
+
+        # Half the faces with a reference (the closest exemplar), half without, as served.
+        references = References(given=[], exemplars=load_exemplars(EXEMPLARS), memory=None)
     feeds = []
     for image in images:
         detections = find(image)
@@ -77,8 +83,14 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
                 continue
             track = Track(i, detections.boxes[i], float(detections.scores[i]), detections.masks[i])
             _, crop, hole = inpainter.prepare(image, track)
-            feeds.append({"image": crop.transpose(2, 0, 1)[None].astype(np.float32) / 255.0,
-                          "mask": hole[None, None]})
+            feed = {"image": crop.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, "mask": hole[None, None]}
+            if references is not None:
+                size = generator.config.size
+                guide = references.guide(len(feeds), crop, hole < 0.5) if len(feeds) % 2 else None
+                feed["reference"] = (np.zeros((1, 3, size, size), np.float32) if guide is None
+                                     else guide.in_window(size).transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+                feed["reference_mask"] = np.full((1, 1, size, size), float(guide is not None), np.float32)
+            feeds.append(feed)
     if not feeds:
         raise ExportError("the detector found no masked face in the calibration images")
     return feeds

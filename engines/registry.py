@@ -84,10 +84,10 @@ def _load_generator(path: Path) -> tuple[nn.Module, Any]:
 
 def _generator_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     s = config.size
-    return (
-        (TensorSpec("image", ("N", 3, s, s), "float32"), TensorSpec("mask", ("N", 1, s, s), "float32")),
-        (TensorSpec("output", ("N", 3, s, s), "float32"),),
-    )
+    inputs = (TensorSpec("image", ("N", 3, s, s), "float32"), TensorSpec("mask", ("N", 1, s, s), "float32"))
+    if config.reference:
+        inputs += (TensorSpec("reference", ("N", 3, s, s), "float32"), TensorSpec("reference_mask", ("N", 1, s, s), "float32"))
+    return inputs, (TensorSpec("output", ("N", 3, s, s), "float32"),)
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -13,7 +13,7 @@ from engines.models.generator import GeneratorConfig
 from engines.runtime import DeviceStream, Engine
 from stream.geometry import CropWindow
 from stream.records import Track
-from stream.reference import References
+from stream.reference import Guide, References
 from stream.smoothing import TemporalConfig
 
 logger = logging.getLogger(__name__)
@@ -235,20 +235,20 @@ class FaceInpainter:
                 job.previous = (previous_generated, previous_crop)
                 job.hole, job.average = self._steady_hole(previous_hole, hole)
             jobs.append(job)
+        guides = [self._guide(job) for job in jobs]
         crops = torch.from_numpy(np.stack([j.crop for j in jobs])).permute(0, 3, 1, 2).div_(255.0)
         holes = torch.from_numpy(np.stack([j.hole for j in jobs]))[:, None]
         feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
+        if self.config.reference:
+            feeds.update(self._reference_feeds(guides))
         predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
         self._device.wait()
         predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy()
-        for job, generated in zip(jobs, predicted):
+        for job, guide, generated in zip(jobs, guides, predicted):
             if temporal:
                 generated = self._steady_output(job.previous, job.crop, job.hole, generated)
                 self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
-            guide = None
-            if self.references is not None:
-                guide = self.references.guide(job.track_id, job.crop.astype(np.uint8), self._upper_face(job.hole))
             if guide is None:
                 job.window.paste(out, generated, self._seam(job.hole))
             else:
@@ -256,6 +256,26 @@ class FaceInpainter:
                                  detail_map=guide.to_reference, detail_sigma=self.settings.detail_sigma,
                                  detail_gain=self.settings.exemplar_gain if guide.reference.exemplar else 1.0)
         return out
+
+    def _guide(self, job: _FaceJob) -> Guide | None:
+        if self.references is None:
+            return None
+        return self.references.guide(job.track_id, job.crop.astype(np.uint8), self._upper_face(job.hole))
+
+    def _reference_feeds(self, guides: list[Guide | None]) -> dict[str, torch.Tensor]:
+        """The reference-conditioned generator's extra inputs: each face's reference carried into
+        its crop window at generator size (zeros, and a zero mask, for a face without one)."""
+        s = self.config.size
+        references = np.zeros((len(guides), s, s, 3), np.float32)
+        valid = np.zeros((len(guides), 1, s, s), np.float32)
+        for i, guide in enumerate(guides):
+            if guide is None:
+                continue
+            references[i] = guide.in_window(s)
+            valid[i] = 1.0
+        tensor = torch.from_numpy(references).permute(0, 3, 1, 2).div_(255.0)
+        return {"reference": self._device.upload(tensor.contiguous()),
+                "reference_mask": self._device.upload(torch.from_numpy(valid))}
 
     def _upper_face(self, hole: np.ndarray) -> np.ndarray:
         """(S, S) bool: the part of the crop window that holds the visible face above the mask."""

@@ -256,6 +256,14 @@ class Guide:
     reference: ReferenceFace
     to_reference: np.ndarray | None
 
+    def in_window(self, size: int) -> np.ndarray:
+        """The reference seen through the track's crop window at ``size`` (the generator's size,
+        at which ``to_reference`` was fitted): (size, size, 3) uint8 RGB."""
+        if self.to_reference is None:
+            return cv2.resize(self.reference.crop, (size, size), interpolation=cv2.INTER_AREA)
+        return cv2.warpAffine(self.reference.crop, self.to_reference, (size, size),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
 
 class References:
     """Picks each track's reference: memory first, then the given references, then an exemplar;

@@ -195,3 +195,20 @@ def test_calibration_inputs_are_what_the_pipeline_feeds():
     (gen,) = calibration_feeds("generator", [frame])  # one masked face in the sample
     assert gen["image"].shape == (1, 3, 128, 128) and gen["mask"].shape == (1, 1, 128, 128)
     assert 0.05 < gen["mask"].mean() < 0.6 and 0 <= gen["image"].min() and gen["image"].max() <= 1
+
+
+def test_reference_generator_exports_with_its_named_inputs(tmp_path):
+    from engines.models.generator import GeneratorConfig, build_generator, save_generator
+
+    config = GeneratorConfig(size=64, width=8, output_blur=1.0, reference=True)
+    torch.manual_seed(3)
+    weights = tmp_path / "generator_ref.pt"
+    save_generator(build_generator(config=config), config, weights)
+    export_onnx("generator", weights=weights, artifacts=tmp_path)
+    ref = load_model("generator", backend="torch", device="cpu", weights=weights)
+    ort = load_model("generator", backend="onnxruntime", device="cpu", weights=weights, artifacts=tmp_path)
+    names = ["image", "mask", "reference", "reference_mask"]
+    assert [s.name for s in ort.engine.inputs] == names == [s.name for s in ref.engine.inputs]
+    feeds = dict(zip(names, example_inputs(ref.engine.inputs, batch=2)))
+    feeds["reference_mask"] = (feeds["reference_mask"] > 0.5).float()
+    torch.testing.assert_close(ort.engine.run(feeds)["output"], ref.engine.run(feeds)["output"], atol=2e-3, rtol=1e-3)

@@ -20,6 +20,7 @@ from engines.models.generator import (
     load_generator,
     save_generator,
     square_crop_box,
+    widen_inputs,
 )
 from engines.models.parsing import PARSING_CLASSES, build_parsing_net
 from engines.export import TENSORRT_ONNX_OPS
@@ -175,24 +176,69 @@ def test_load_missing_weights_raises(tmp_path):
         load_generator(tmp_path / "nope.pt")
 
 
-def test_onnx_export_parity_and_tensorrt_ops(tmp_path, small_generator):
+@pytest.fixture(scope="module")
+def reference_generator():
+    torch.manual_seed(1)
+    return build_generator(config=GeneratorConfig(size=SIZE, width=8, output_blur=1.0, reference=True)).eval()
+
+
+def _reference_inputs(n: int = 2, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, SIZE, SIZE, generator=g), torch.ones(n, 1, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_onnx_export_parity_and_tensorrt_ops(tmp_path, small_generator, reference_generator, with_reference):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    image, mask = _inputs(n=1)
-    program = torch.onnx.export(small_generator, (image, mask), dynamo=True,
-                                input_names=["image", "mask"], output_names=["output"])
+    generator = reference_generator if with_reference else small_generator
+    inputs = _inputs(n=1) + (_reference_inputs(n=1) if with_reference else ())
+    names = list(generator.config.input_names)
+    program = torch.onnx.export(generator, inputs, dynamo=True, input_names=names, output_names=["output"])
     path = tmp_path / "g.onnx"
     program.save(str(path))
     model = onnx.load(str(path))
-    assert [i.name for i in model.graph.input] == ["image", "mask"]
+    assert [i.name for i in model.graph.input] == names
     assert [o.name for o in model.graph.output] == ["output"]
     ops = {node.op_type for node in model.graph.node}
     assert ops <= TENSORRT_ONNX_OPS, f"ops TensorRT cannot parse: {sorted(ops - TENSORRT_ONNX_OPS)}"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(["output"], {"image": image.numpy(), "mask": mask.numpy()})
+    (out,) = session.run(["output"], {name: t.numpy() for name, t in zip(names, inputs)})
     with torch.no_grad():
-        ref = small_generator(image, mask).numpy()
+        ref = generator(*inputs).numpy()
     np.testing.assert_allclose(out, ref, atol=1e-3, rtol=0)
+
+
+def test_widened_generator_starts_as_the_old_one_and_reads_the_reference(small_generator):
+    config = GeneratorConfig(size=SIZE, width=8, output_blur=1.0, reference=True)
+    widened = build_generator(config=config).eval()
+    widen_inputs(widened, dict(small_generator.state_dict()))
+    image, mask = _inputs()
+    reference, valid = _reference_inputs()
+    with torch.no_grad():
+        before = small_generator(image, mask)
+        without = widened(image, mask, reference, torch.zeros_like(valid))
+        with_ref = widened(image, mask, reference, valid)
+    torch.testing.assert_close(without, before, atol=1e-5, rtol=0)
+    # Contextual attention already borrows from a valid reference before any training.
+    assert (with_ref - before).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="reference"):
+        widened(image, mask)
+
+
+def test_contextual_attention_borrows_from_a_valid_source_only():
+    attention = ContextualAttention(scale=50.0)
+    x = torch.zeros(1, 2, 16, 16)
+    keys = torch.rand(1, 3, 8, 8)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 6:10, 6:10] = 1.0
+    x[..., mask[0, 0] < 0.5] = -1.0  # the visible face's features
+    source_x = torch.full((1, 2, 16, 16), 5.0)
+    source_keys = keys.clone()  # the reference's patches match as well as the face's own
+    filled = attention(x, keys, mask, (source_x, source_keys, torch.zeros_like(mask)))
+    assert filled[..., 6:10, 6:10].mean() > 1.0  # mostly the reference's content
+    ignored = attention(x, keys, mask, (source_x, source_keys, torch.ones_like(mask)))
+    torch.testing.assert_close(ignored, attention(x, keys, mask))
 
 
 def test_discriminator_scores_patches():
@@ -253,3 +299,43 @@ def test_metrics_identity_and_ordering():
     b = a.clone()
     b[..., :4, :4] = 1 - b[..., :4, :4]  # error outside the mask only
     assert (psnr(b, a, mask) > 90).all()
+
+
+class _PaintSynthesizer:
+    """Stands in for MaskSynthesizer: a grey block over the lower face."""
+
+    def apply(self, face, landmarks, *, rng, pulled_down):
+        from training.synth import SynthResult, face_box_from_landmarks
+
+        box = face_box_from_landmarks(landmarks, face.shape)
+        mask = np.zeros(face.shape[:2], bool)
+        y = int((box[1] + box[3]) / 2)
+        mask[y:int(box[3]), int(box[0]):int(box[2])] = True
+        image = face.copy()
+        image[mask] = 128
+        return SynthResult(image=image, mask=mask, face_box=box, template="grey")
+
+
+def test_reference_samples_are_own_other_or_none(tmp_path):
+    import cv2
+
+    from training.generator_data import FaceRecord, MaskedFaceDataset, ReferenceSampling
+
+    records = []
+    for i in range(3):
+        face = np.full((96, 96, 3), 40 + 80 * i, np.uint8)  # each person a different grey
+        cv2.imwrite(str(tmp_path / f"{i}.png"), face)
+        records.append(FaceRecord(tmp_path / f"{i}.png", _frontal_landmarks(96).astype(np.float32)))
+    config = GeneratorConfig(size=32, width=4, reference=True)
+    sampling = ReferenceSampling(own=0.5, other=0.25, shift=0.0, scale=0.0, turn=0.0)
+    data = MaskedFaceDataset(records, synthesizer=_PaintSynthesizer(), config=config, train=False, references=sampling)
+    own, other, none = data[0], data[1], data[2]
+    for item in (own, other, none):
+        assert item["reference"].shape == (3, 32, 32) and item["reference_mask"].shape == (1, 32, 32)
+    assert own["reference_mask"].min() == 1 and other["reference_mask"].min() == 1
+    assert none["reference_mask"].max() == 0 and none["reference"].abs().max() == 0
+    # Own: the same grey face (re-coloured by at most the photo jitter); other: a different face.
+    assert abs(own["reference"].mean() - own["target"].mean()) < 0.12
+    assert abs(other["reference"].mean() - other["target"].mean()) > 0.2
+    with pytest.raises(ValueError):
+        ReferenceSampling(own=0.8, other=0.4)

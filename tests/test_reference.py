@@ -157,3 +157,56 @@ def test_alignment_finds_the_shift_between_a_face_and_its_reference():
     np.testing.assert_allclose(matrix[:, 2], [-4, 6], atol=1.0)  # in reference pixels
     flat = np.full((64, 64, 3), 128, np.uint8)
     assert align_to(flat, visible, ReferenceFace(shifted, "shifted")) is None  # nothing to fit on
+
+
+class _RecordingEngine:
+    """A reference-conditioned generator stand-in: returns the reference where one is valid."""
+
+    backend = "test"
+
+    def __init__(self, size: int) -> None:
+        import torch
+
+        from engines.runtime import TensorSpec
+
+        self.device = torch.device("cpu")
+        self.inputs = tuple(TensorSpec(n, ("N", c, size, size), "float32")
+                            for n, c in (("image", 3), ("mask", 1), ("reference", 3), ("reference_mask", 1)))
+        self.feeds = []
+
+    def run(self, feeds, stream=None):
+        self.feeds.append({k: v.clone() for k, v in feeds.items()})
+        valid = feeds["reference_mask"]
+        return {"output": feeds["reference"] * valid + feeds["image"] * (1 - valid)}
+
+
+def test_reference_generator_gets_each_faces_reference_in_its_window():
+    from engines.models.generator import GeneratorConfig
+    from stream.inpaint import FaceInpainter
+    from stream.records import Track
+    from stream.smoothing import TemporalConfig
+
+    size = 32
+    config = GeneratorConfig(size=size, width=4, mask_dilation=1, reference=True)
+    given = ReferenceFace(_face(3), "me.png")
+    engine = _RecordingEngine(size)
+    refs = References(given=[given], exemplars=[], memory=None)
+    inpainter = FaceInpainter(engine, config, temporal=TemporalConfig(enabled=False), references=refs)
+    image = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    inpainter(image, [track])
+    feeds = engine.feeds[-1]
+    assert feeds["reference_mask"].min() == 1
+    seen = (feeds["reference"][0].permute(1, 2, 0).numpy() * 255).astype(np.float32)
+    # Flat face, so the alignment keeps the windows' own framing: the reference, resized.
+    expected = cv2.resize(given.crop, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(seen - expected).mean() < 4.0
+
+    no_refs = FaceInpainter(engine, config, temporal=TemporalConfig(enabled=False),
+                            references=References(given=[], exemplars=[], memory=None))
+    out = no_refs(image, [track])
+    feeds = engine.feeds[-1]
+    assert feeds["reference_mask"].max() == 0 and feeds["reference"].abs().max() == 0
+    assert (out == 90).all()  # "no reference" is zeros, and the stand-in then gives the face back

@@ -8,7 +8,6 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import pytest
 
 import run_stream
 from engines.registry import MODELS

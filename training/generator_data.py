@@ -115,6 +115,46 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
 
 
+@dataclass(frozen=True)
+class ReferenceSampling:
+    """Which reference a training sample gets, as probabilities (the rest: no reference).
+
+    own: the same face, re-cut with the crop window shifted by up to ``shift`` of its side,
+        scaled by up to ``scale``, turned by up to ``turn`` degrees, and with its colours and
+        sharpness changed, so the generator learns to copy a person's own mouth and tolerate
+        what the pipeline's alignment leaves (a remembered or given photo is never pixel-exact).
+    other: another training face, framed by its own landmarks (an exemplar: lips and skin
+        texture to borrow, but a different person, so it must not be pasted as it is).
+    """
+
+    own: float = 0.5
+    other: float = 0.25
+    shift: float = 0.04
+    scale: float = 0.05
+    turn: float = 5.0
+
+    def __post_init__(self) -> None:
+        if min(self.own, self.other) < 0 or self.own + self.other > 1:
+            raise ValueError(f"reference probabilities must be >= 0 and sum to <= 1, got {self.own}, {self.other}")
+
+
+def _jittered_affine(affine: np.ndarray, size: int, rng: np.random.Generator, sampling: ReferenceSampling) -> np.ndarray:
+    """``affine`` (image -> crop) followed by a random similarity about the crop's centre."""
+    turn = rng.uniform(-sampling.turn, sampling.turn)
+    scale = 1.0 + rng.uniform(-sampling.scale, sampling.scale)
+    jitter = cv2.getRotationMatrix2D((size / 2.0, size / 2.0), turn, scale)
+    jitter[:, 2] += rng.uniform(-sampling.shift, sampling.shift, 2) * size
+    return np.hstack([jitter[:, :2] @ affine[:, :2], (jitter[:, :2] @ affine[:, 2] + jitter[:, 2])[:, None]])
+
+
+def _photo_jitter(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another photo's look: per-channel gain, brightness, and sometimes softer focus."""
+    out = crop.astype(np.float32) * rng.uniform(0.85, 1.15, 3)[None, None] + rng.uniform(-15, 15)
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.2))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 class MaskedFaceDataset(Dataset):
     """Masked-face samples for the generator.
 
@@ -122,6 +162,9 @@ class MaskedFaceDataset(Dataset):
     (1,S,S) the dilated synthetic mask, ``target`` (3,S,S) the same crop without the mask.
     ``train`` draws a fresh mask, template and flip every time; otherwise sample i always gets
     the same mask (seeded by i), so validation numbers are comparable between runs.
+    With ``references`` the item also has ``reference`` (3,S,S) and ``reference_mask`` (1,S,S)
+    (all ones, or all zeros for none), drawn by ``ReferenceSampling``; held-out sample i gets
+    mode i % 3 (own, other, none).
     """
 
     def __init__(
@@ -133,6 +176,7 @@ class MaskedFaceDataset(Dataset):
         train: bool,
         seed: int = 0,
         p_pulled_down: float = 0.15,
+        references: ReferenceSampling | None = None,
     ) -> None:
         self.records = records
         self.synthesizer = synthesizer
@@ -140,6 +184,7 @@ class MaskedFaceDataset(Dataset):
         self.train = train
         self.seed = seed
         self.p_pulled_down = p_pulled_down
+        self.references = references
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -158,18 +203,44 @@ class MaskedFaceDataset(Dataset):
         target = warp_crop(face, affine, size)
         mask = warp_crop(synth.mask.astype(np.float32), affine, size) > 0.5
         mask = dilate_mask(mask, self.config.mask_dilation)
+        sample = {"image": image, "target": target, "mask": mask, "box": box}
+        if self.references is not None:
+            sample["reference"] = self._reference(index, face, affine, rng)
         if self.train and rng.random() < 0.5:
-            image, target, mask = image[:, ::-1], target[:, ::-1], mask[:, ::-1]
-        return {"image": image, "target": target, "mask": mask, "box": box}
+            sample = {k: v[:, ::-1] if k != "box" and v is not None else v for k, v in sample.items()}
+        return sample
+
+    def _reference(self, index: int, face: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """HxWx3 uint8 RGB reference crop, or None (no reference)."""
+        sampling, size = self.references, self.config.size
+        if self.train:
+            pick = rng.random()
+            mode = "own" if pick < sampling.own else "other" if pick < sampling.own + sampling.other else "none"
+        else:
+            mode = ("own", "other", "none")[index % 3]
+        if mode == "own":
+            return _photo_jitter(warp_crop(face, _jittered_affine(affine, size, rng, sampling), size), rng)
+        if mode == "other":
+            other = self.records[(index + 1 + int(rng.integers(len(self.records) - 1))) % len(self.records)]
+            other_face = read_rgb(other.path)
+            box = square_crop_box(face_box_from_landmarks(other.landmarks, other_face.shape), crop_scale=self.config.crop_scale)
+            return _photo_jitter(warp_crop(other_face, crop_affine(box, size), size), rng)
+        return None
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng if self.train else np.random.default_rng((self.seed, index))
         s = self.sample(index, rng)
-        return {
+        item = {
             "image": _to_chw(s["image"]),
             "target": _to_chw(s["target"]),
             "mask": torch.from_numpy(np.ascontiguousarray(s["mask"]))[None].float(),
         }
+        if self.references is not None:
+            size = self.config.size
+            reference = s["reference"]
+            item["reference"] = torch.zeros(3, size, size) if reference is None else _to_chw(reference)
+            item["reference_mask"] = torch.full((1, size, size), float(reference is not None))
+        return item
 
 
 # Parsing labels from dlib's 68 landmarks (iBUG layout). "Left"/"right" are image sides.

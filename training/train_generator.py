@@ -29,11 +29,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from engines.models.discriminators import DiscriminatorConfig, build_discriminator
-from engines.models.generator import GeneratorConfig, build_generator, save_generator
+from engines.models.checkpoint import load_checkpoint
+from engines.models.generator import GeneratorConfig, build_generator, save_generator, widen_inputs
 from engines.models.parsing import ParsingWeightsError, load_parsing_net
+from engines.runtime import WeightsError
 from training.generator_data import (
     FaceDataError,
     MaskedFaceDataset,
+    ReferenceSampling,
     build_synthesizer,
     load_face_records,
     split_records,
@@ -84,6 +87,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--out", type=Path, default=Path("runs/generator"))
+    p.add_argument("--reference", action="store_true",
+                   help="train the reference-conditioned generator (v2): each sample gets its own face "
+                        "re-cut and re-coloured, another face, or none (--p-own, --p-other)")
+    p.add_argument("--p-own", type=float, default=ReferenceSampling.own)
+    p.add_argument("--p-other", type=float, default=ReferenceSampling.other)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these shipped generator weights (a generator without a reference "
+                        "is widened: the reference's input weights start at zero)")
     p.add_argument("--parsing", type=Path, default=Path("runs/parsing/parsing.pt"),
                    help="frozen face-parsing net for the parsing loss")
     p.add_argument("--no-parsing-loss", action="store_true")
@@ -116,9 +127,19 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         self.args = args
         self.device = device
+        init_config, init_state = {}, None
+        if args.init is not None:
+            init_config, init_state, _ = load_checkpoint(args.init)
+            for key in ("size", "width"):
+                if init_config.get(key) != getattr(args, key):
+                    raise ValueError(f"--init {args.init} has {key} {init_config.get(key)}, training {getattr(args, key)}")
+        # The inference-time output blur belongs to the architecture the init weights were tuned with.
         self.config = GeneratorConfig(size=args.size, width=args.width, crop_scale=args.crop_scale,
-                                      mask_dilation=args.mask_dilation)
+                                      mask_dilation=args.mask_dilation, reference=args.reference,
+                                      output_blur=init_config.get("output_blur", 0.0))
         self.gen = build_generator(config=self.config).to(device)
+        if init_state is not None:
+            widen_inputs(self.gen, init_state)
         self.ema = copy.deepcopy(self.gen).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -158,6 +179,7 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         a = self.args
         image, mask, target = (batch[k].to(self.device) for k in ("image", "mask", "target"))
+        reference = self._reference(batch)
         adversarial = self.step >= a.adv_start
         factor = lr_factor(self.step, a.steps)
         for group in self.opt_g.param_groups:
@@ -167,7 +189,7 @@ class Trainer:
         logs: dict[str, float] = {}
 
         with autocast(self.device, self.use_bf16):
-            coarse, refined = self.gen.forward_stages(image, mask)
+            coarse, refined = self.gen.forward_stages(image, mask, *reference)
         completed = composite(refined, target, mask)
 
         if adversarial:
@@ -207,15 +229,24 @@ class Trainer:
         logs["loss"] = loss.item()
         return logs
 
+    def _reference(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if not self.config.reference:
+            return ()
+        return batch["reference"].to(self.device), batch["reference_mask"].to(self.device)
+
     @torch.no_grad()
     def preview(self, val: dict[str, torch.Tensor]) -> tuple[float, float, np.ndarray]:
         """Quick held-out check with the EMA weights: whole-crop and hole PSNR of the
         composited output, and a sample grid."""
         image, mask, target = (val[k].to(self.device) for k in ("image", "mask", "target"))
-        coarse, refined = self.ema.forward_stages(image, mask)
+        reference = self._reference(val)
+        coarse, refined = self.ema.forward_stages(image, mask, *reference)
         completed = composite(refined, target, mask)
         shown = image * (1 - mask) + 0.5 * mask
-        grid = to_uint8_rows(shown[:8], composite(coarse, target, mask)[:8], completed[:8], target[:8])
+        columns = [shown[:8], composite(coarse, target, mask)[:8], completed[:8], target[:8]]
+        if reference:
+            columns.append(reference[0][:8])
+        grid = to_uint8_rows(*columns)
         return float(psnr(completed, target).mean()), float(psnr(completed, target, mask).mean()), grid
 
 
@@ -233,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         train_recs, val_recs = split_records(records, val_count=args.val_count)
         synth = build_synthesizer(args.data / "mask_templates")
         trainer = Trainer(args, device)
-    except (FaceDataError, ParsingWeightsError, FileNotFoundError) as exc:
+    except (FaceDataError, ParsingWeightsError, WeightsError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -245,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("generator %s: %d parameters; %d train / %d held-out faces", trainer.config, n_params,
                 len(train_recs), len(val_recs))
 
+    sampling = ReferenceSampling(own=args.p_own, other=args.p_other) if args.reference else None
     train_ds = MaskedFaceDataset(train_recs, synthesizer=synth, config=trainer.config, train=True,
-                                 seed=args.seed + trainer.step)
-    val_ds = MaskedFaceDataset(val_recs[: args.quick_val], synthesizer=synth, config=trainer.config, train=False)
+                                 seed=args.seed + trainer.step, references=sampling)
+    val_ds = MaskedFaceDataset(val_recs[: args.quick_val], synthesizer=synth, config=trainer.config, train=False,
+                               references=sampling)
     val_batch = next(iter(DataLoader(val_ds, batch_size=len(val_ds))))
     loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))

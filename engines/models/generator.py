@@ -32,6 +32,7 @@ from engines.runtime import WeightsError
 logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ("image", "mask")
+REFERENCE_INPUT_NAMES = ("image", "mask", "reference", "reference_mask")
 OUTPUT_NAMES = ("output",)
 
 
@@ -55,6 +56,10 @@ class GeneratorConfig:
         none). A small model's pixel-shuffle output keeps a faint 2x2 checkerboard that the
         upscale into a large face makes visible; the blur removes it (and raises held-out
         PSNR: the pattern is error, not detail). Training uses ``forward_stages``, unblurred.
+    reference: the generator also takes a reference face aligned to the crop (``reference``
+        (N,3,S,S) RGB [0,1] and ``reference_mask`` (N,1,S,S) {0,1}, 1 where the reference is
+        valid; all zeros means "no reference"). It enters both networks as extra channels, and
+        contextual attention may borrow patches from it as well as from the visible face.
     """
 
     size: int = 128
@@ -63,6 +68,11 @@ class GeneratorConfig:
     mask_dilation: int = 5
     attention_scale: float = 10.0
     output_blur: float = 0.0
+    reference: bool = False
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return REFERENCE_INPUT_NAMES if self.reference else INPUT_NAMES
 
     def __post_init__(self) -> None:
         if self.size % 8 or self.size < 32:
@@ -146,39 +156,52 @@ class ContextualAttention(nn.Module):
     autocast, because the scaled scores overflow float16.
 
     forward(x (N, C, H, W), keys (N, K, H/2, W/2), mask (N, 1, H, W) {0, 1}, 1 = hole)
-    -> (N, C, H, W) float32. H and W must be even.
+    -> (N, C, H, W) float32. H and W must be even. ``source`` adds a second set of candidate
+    patches (a reference face's features, keys and invalid-pixel mask, shaped like x, keys and
+    mask); hole positions then match over the known face and the valid reference together.
     """
 
     def __init__(self, *, scale: float = 10.0) -> None:
         super().__init__()
         self.scale = float(scale)
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             x, keys, mask = x.float(), keys.float(), mask.float()
             n, c, h, w = x.shape
-            hole = F.max_pool2d(mask, 2)  # a low-res position is a hole if any of its pixels is
-            patches = _shifted_patches(keys).flatten(2)  # (N, 9K, L)
-            patches = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-4)
-            scores = torch.bmm(patches.transpose(1, 2), patches) * self.scale  # (N, L query, L key)
-            # A patch is a valid source only if its whole 3x3 support is known.
-            key_hole = F.max_pool2d(hole, 3, stride=1, padding=1).flatten(2)  # (N, 1, L)
+            patches, key_hole, values = self._candidates(x, keys, mask)
+            queries = patches
+            if source is not None:
+                more = self._candidates(*(t.float() for t in source))
+                patches, key_hole, values = (torch.cat([a, b], dim=2) for a, b in zip((patches, key_hole, values), more))
+            scores = torch.bmm(queries.transpose(1, 2), patches) * self.scale  # (N, L query, L key)
             attn = torch.softmax(scores - key_hole * 1e4, dim=-1)
-            values = F.pixel_unshuffle(x, 2).flatten(2)  # (N, 4C, L)
             pasted = torch.bmm(values, attn.transpose(1, 2))  # (N, 4C, L query)
             pasted = F.pixel_shuffle(pasted.reshape(n, 4 * c, h // 2, w // 2), 2)
             return pasted * mask + x * (1.0 - mask)
+
+    @staticmethod
+    def _candidates(x: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised 3x3 key patches (N, 9K, L), their invalidity (N, 1, L) and the 2x2 value
+        patches (N, 4C, L) of one feature map."""
+        hole = F.max_pool2d(mask, 2)  # a low-res position is a hole if any of its pixels is
+        patches = _shifted_patches(keys).flatten(2)
+        patches = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-4)
+        # A patch is a valid source only if its whole 3x3 support is known.
+        key_hole = F.max_pool2d(hole, 3, stride=1, padding=1).flatten(2)
+        return patches, key_hole, F.pixel_unshuffle(x, 2).flatten(2)
 
 
 class CoarseNet(nn.Module):
     """Runs on a half-resolution copy of the input (the coarse guess is blurry anyway), so
     its bottleneck sees the whole face at 1/8 of the crop size for a quarter of the cost."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, *, extra_in: int = 0) -> None:
         super().__init__()
         a, b, c = width, 2 * width, 3 * width
         self.net = nn.Sequential(
-            GatedConv2d(5, a, 5, stride=2),
+            GatedConv2d(5 + extra_in, a, 5, stride=2),
             GatedConv2d(a, b, 3),
             GatedConv2d(b, c, 3, stride=2),
             ConvAct(c, c, dilation=2),
@@ -199,10 +222,10 @@ class RefineNet(nn.Module):
     contextual-attention branch at 1/4 resolution, merged and decoded with a skip from the
     stem and a sub-pixel (pixel shuffle) output layer instead of full-resolution convs."""
 
-    def __init__(self, width: int, *, attention_scale: float) -> None:
+    def __init__(self, width: int, *, attention_scale: float, extra_in: int = 0) -> None:
         super().__init__()
         a, b, c = width, 2 * width, 3 * width
-        self.stem = GatedConv2d(5, a, 5, stride=2)
+        self.stem = GatedConv2d(5 + extra_in, a, 5, stride=2)
         self.down = ConvAct(a, b, stride=2)
         self.conv_branch = nn.Sequential(
             ConvAct(b, c),
@@ -218,13 +241,22 @@ class RefineNet(nn.Module):
         self.up = UpConv(c, b)
         self.out = nn.Sequential(ConvAct(b + a, b), nn.Conv2d(b, 12, 3, padding=1), nn.PixelShuffle(2))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """reference: (the reference's input, laid out like x, and its invalid-pixel mask): its
+        features, from the same stem, are extra candidates for contextual attention."""
+        n = x.shape[0]
+        if reference is not None:
+            x = torch.cat([x, reference[0]], dim=0)  # one pass of the shared layers for both
         stem = self.stem(x)
         feat = self.down(stem)
-        conv = self.conv_branch(feat)
         att_in = self.attention_in(feat)
         keys = self.attention_keys(F.avg_pool2d(att_in, 2))
-        att = self.attention(att_in, keys, F.max_pool2d(mask, 4)).to(att_in.dtype)
+        source = None
+        if reference is not None:
+            source = (att_in[n:], keys[n:], F.max_pool2d(reference[1], 4))
+            stem, feat, att_in, keys = stem[:n], feat[:n], att_in[:n], keys[:n]
+        conv = self.conv_branch(feat)
+        att = self.attention(att_in, keys, F.max_pool2d(mask, 4), source).to(att_in.dtype)
         att = self.attention_out(att)
         merged = self.up(self.merge(torch.cat([conv, att], dim=1)))
         return self.out(torch.cat([merged, stem], dim=1))
@@ -250,23 +282,40 @@ class FaceCompletionGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        self.coarse = CoarseNet(config.width)
-        self.refine = RefineNet(config.width, attention_scale=config.attention_scale)
+        extra = 4 if config.reference else 0
+        self.coarse = CoarseNet(config.width, extra_in=extra)
+        self.refine = RefineNet(config.width, attention_scale=config.attention_scale, extra_in=extra)
         self.blur = GaussianBlur(config.output_blur) if config.output_blur > 0 else None
 
-    def forward_stages(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_stages(self, image: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | None = None,
+                       reference_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = (mask > 0.5).to(image.dtype)
         known = image * (1.0 - mask)  # never read pixels inside the hole
         half_in = _net_input(F.avg_pool2d(known, 2), F.max_pool2d(mask, 2))
+        refine_ref = None
+        if self.config.reference:
+            if reference is None or reference_mask is None:
+                raise ValueError("this generator takes a reference and reference_mask (all zeros for none)")
+            valid = (reference_mask > 0.5).to(image.dtype)
+            ref_in = torch.cat([(reference * 2.0 - 1.0) * valid, valid], dim=1)
+            half_in = torch.cat([half_in, F.avg_pool2d(ref_in, 2)], dim=1)
+            # The reference's own pass through the refine stem: laid out like the face's input,
+            # its invalid pixels as the hole, no reference channels.
+            invalid = 1.0 - valid
+            refine_ref = (torch.cat([ref_in[:, :3], invalid, torch.ones_like(invalid), torch.zeros_like(ref_in)], dim=1),
+                          invalid)
         coarse = F.interpolate(_to_unit(self.coarse(half_in)), scale_factor=2.0, mode="bilinear",
                                align_corners=False)
         blended = coarse * mask + known
         refine_in = torch.cat([blended * 2.0 - 1.0, mask, torch.ones_like(mask)], dim=1)
-        refined = _to_unit(self.refine(refine_in, mask))
+        if self.config.reference:
+            refine_in = torch.cat([refine_in, ref_in], dim=1)
+        refined = _to_unit(self.refine(refine_in, mask, refine_ref))
         return coarse.float(), refined.float()
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        refined = self.forward_stages(image, mask)[1]
+    def forward(self, image: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | None = None,
+                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
+        refined = self.forward_stages(image, mask, reference, reference_mask)[1]
         return refined if self.blur is None else self.blur(refined)
 
 
@@ -294,6 +343,19 @@ class GaussianBlur(nn.Module):
 
 def build_generator(*, config: GeneratorConfig | None = None) -> FaceCompletionGenerator:
     return FaceCompletionGenerator(config or GeneratorConfig())
+
+
+def widen_inputs(model: FaceCompletionGenerator, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` of a generator without a reference into ``model`` (which takes one): the
+    weights of the reference's extra input channels start at zero, so the widened model begins
+    as exactly the old one and learns to use the reference from there."""
+    own = model.state_dict()
+    for name, value in state.items():
+        if name in own and own[name].shape != value.shape and own[name].dim() == 4 and value.dim() == 4:
+            widened = torch.zeros_like(own[name])
+            widened[:, : value.shape[1]] = value
+            state[name] = widened
+    model.load_state_dict(state)
 
 
 def save_generator(model: nn.Module, config: GeneratorConfig, path: str | Path, *, meta: dict | None = None) -> None:
