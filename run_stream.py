@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from engines.registry import LoadedModel, file_sha256, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
-from stream.detect import DetectorSettings, FaceDetector
+from stream.detect import DetectorSettings, FaceDetector, MaskVerifier
 from stream.inpaint import FaceInpainter, InpaintSettings
 from stream.pipeline import DetectSchedule, DetectStage, InpaintStage, Pipeline, PipelineConfig, TrackStage
+from stream.progress import make_progress
 from stream.records import Frame
 from stream.reference import (
     EXEMPLARS,
@@ -102,6 +102,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(off by default: a stranger's features can show as ghosts where they do not line up)")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
                    help="detail finer than this many generator pixels comes from the reference (0: none)")
+    p.add_argument("--verifier", default="off", choices=["on", "off"],
+                   help="a second opinion per face (the mask verifier network) before a mask is filled: "
+                        "far fewer unmasked faces touched, but it also refuses some real masks (its model card)")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
     p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score)
     p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
@@ -119,6 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "latency and FPS, write DIR/benchmark.json and DIR/benchmark.png")
     p.add_argument("--detector-weights", type=Path, help="detector weights (default: the shipped model)")
     p.add_argument("--generator-weights", type=Path, help="generator weights (default: the shipped model)")
+    p.add_argument("--verifier-weights", type=Path, help="mask verifier weights (default: the shipped model)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads per model (default 1: the stages already run in parallel, and more "
                         "threads per model measured slower on 2 cores)")
@@ -131,28 +135,32 @@ def get_args_parser() -> argparse.ArgumentParser:
 class Models:
     detector: LoadedModel
     generator: LoadedModel
+    verifier: LoadedModel | None = None
 
     def describe(self) -> dict[str, object]:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
-            for m in (self.detector, self.generator)
+            for m in (self.detector, self.generator, self.verifier) if m is not None
         }
 
 
 def load_models(args: argparse.Namespace) -> Models:
     kwargs = dict(backend=args.backend, device=args.device, threads=args.threads,
-                  precision="int8" if args.int8 else "fp32")
+                  precision="int8" if args.int8 else "fp32", export_on_first_use=True)
     return Models(
         detector=load_model("detector", weights=args.detector_weights, **kwargs),
         generator=load_model("generator", weights=args.generator_weights, **kwargs),
+        verifier=load_model("verifier", weights=args.verifier_weights, **kwargs) if args.verifier == "on" else None,
     )
 
 
 def _detector(models: Models, args: argparse.Namespace) -> FaceDetector:
+    verifier = models.verifier
     return FaceDetector(
         models.detector.engine, models.detector.config,
         settings=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
+        verifier=MaskVerifier(verifier.engine, verifier.config) if verifier is not None else None,
     )
 
 
@@ -238,7 +246,7 @@ def run(args: argparse.Namespace) -> RunStats:
         source.close()
         raise
     pipeline = build_pipeline(source, models, sinks, args, given=given)
-    progress = tqdm(total=source.info.frame_count, unit="frame", disable=args.no_progress, dynamic_ncols=True)
+    progress = make_progress(source.info.frame_count, enabled=not args.no_progress)
     preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
 
     def on_frame(frame: Frame) -> None:

@@ -61,6 +61,17 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
         hw = tuple(detector.config.input_size)
         return [{"image": Letterbox.fit(im.shape[:2], hw).apply(im, hw).transpose(2, 0, 1)[None]
                  .astype(np.float32) / 255.0} for im in images]
+    if name == "verifier":
+        from stream.geometry import CropWindow
+
+        verifier = load_model("verifier", backend="torch", device="cpu", weights=weights)
+        find = FaceDetector(detector.engine, detector.config)
+        s = verifier.config.size
+        feeds = [{"image": CropWindow.for_face(b, verifier.config.crop_scale).cut(im, s).transpose(2, 0, 1)[None]
+                  .astype(np.float32) / 255.0} for im in images for b in find(im).boxes]
+        if not feeds:
+            raise ExportError("the detector found no face in the calibration images")
+        return feeds
     if name != "generator":
         raise ExportError(f"no calibration recipe for model {name!r}")
     from stream.inpaint import FaceInpainter

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +91,21 @@ def _generator_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorS
     return inputs, (TensorSpec("output", ("N", 3, s, s), "float32"),)
 
 
+def _load_verifier(path: Path) -> tuple[nn.Module, Any]:
+    from engines.models.verifier import load_verifier
+
+    return load_verifier(path)
+
+
+def _verifier_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    s = config.size
+    return (TensorSpec("image", ("N", 3, s, s), "float32"),), (TensorSpec("logit", ("N",), "float32"),)
+
+
 MODELS: dict[str, ModelSpec] = {
     "detector": ModelSpec("detector", "detector_mobilenet_v3.pt", _load_detector, _detector_specs, "legacy"),
     "generator": ModelSpec("generator", "generator_128.pt", _load_generator, _generator_specs, "dynamo"),
+    "verifier": ModelSpec("verifier", "mask_verifier.pt", _load_verifier, _verifier_specs, "dynamo"),
 }
 
 
@@ -190,6 +203,32 @@ def resolve_backend(name: str, backend: str, device: torch.device, *, weights: P
     return "torch"
 
 
+def user_cache_dir() -> Path:
+    """Where exports made on first use live: $UNMASK_STREAM_CACHE, else the XDG cache folder."""
+    if os.environ.get("UNMASK_STREAM_CACHE"):
+        return Path(os.environ["UNMASK_STREAM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "unmask-stream"
+
+
+def cached_export(name: str, weights: Path) -> Path | None:
+    """The artifacts folder holding an ONNX export of ``weights`` in the user cache, exporting it
+    there on first use (one folder per weights hash, so a changed file never meets a stale
+    export); None when the export fails, and the caller stays on torch."""
+    artifacts = user_cache_dir() / "onnx" / file_sha256(weights)[:16]
+    if _artifact_ready(onnx_path(name, artifacts), model=name, weights=weights):
+        return artifacts
+    logger.info("%s: exporting to ONNX for the faster ONNX Runtime backend, once (cached in %s)", name, artifacts)
+    try:
+        from engines.export import export_onnx
+
+        export_onnx(name, weights=weights, artifacts=artifacts)
+    except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, torch still runs the model
+        logger.warning("%s: ONNX export failed (%s: %s); running on torch", name, type(exc).__name__, exc)
+        return None
+    return artifacts
+
+
 def load_model(
     name: str,
     *,
@@ -199,16 +238,23 @@ def load_model(
     artifacts: Path = ARTIFACTS_DIR,
     threads: int | None = None,
     precision: str = "fp32",
+    export_on_first_use: bool = False,
 ) -> LoadedModel:
     """Load a shipped model by name on a backend; ``auto`` picks and logs the fastest available.
 
-    ``precision="int8"`` loads the quantised ONNX Runtime variant (``build_engines.py --int8``)."""
+    ``precision="int8"`` loads the quantised ONNX Runtime variant (``build_engines.py --int8``).
+    ``export_on_first_use``: with ``auto`` on CPU and no export in ``artifacts``, export to the
+    user cache (``cached_export``) and run on ONNX Runtime rather than eager torch."""
     if name not in MODELS:
         raise EngineError(f"unknown model {name!r}; known: {sorted(MODELS)}")
     spec = MODELS[name]
     path = weights_path(name, weights)
     dev = resolve_device(device)
     chosen = resolve_backend(name, backend, dev, weights=path, artifacts=artifacts, precision=precision)
+    if chosen == "torch" and backend == "auto" and dev.type == "cpu" and export_on_first_use:
+        cached = cached_export(name, path)
+        if cached is not None:
+            artifacts, chosen = cached, "onnxruntime"
     module, config = spec.load(path)
     inputs, outputs = spec.specs(config)
     if chosen == "torch":

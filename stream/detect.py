@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from engines.models.detector import FACE, FACE_MASK, DetectorConfig
+from engines.models.verifier import VerifierConfig
 from engines.runtime import DeviceStream, Engine
+from stream.geometry import CropWindow
 from stream.records import Detections
 
 logger = logging.getLogger(__name__)
@@ -92,13 +94,38 @@ def _overlap(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area[:, None], 1e-6)
 
 
-class FaceDetector:
-    """Runs the detector engine on a frame and pairs each face_mask with the face wearing it."""
+class MaskVerifier:
+    """Asks the verifier network whether each face wears a mask (engines/models/verifier.py).
 
-    def __init__(self, engine: Engine, config: DetectorConfig, *, settings: DetectorSettings = DetectorSettings()) -> None:
+    __call__(image (H, W, 3) uint8 RGB, boxes (F, 4) float32 xyxy frame pixels) -> (F,) float32
+    probabilities that each face is masked."""
+
+    def __init__(self, engine: Engine, config: VerifierConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self._device = DeviceStream(engine.device)
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        if len(boxes) == 0:
+            return np.zeros(0, np.float32)
+        s = self.config.size
+        crops = np.stack([CropWindow.for_face(b, self.config.crop_scale).cut(image, s) for b in boxes])
+        tensor = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        out = self.engine.run({"image": self._device.upload(tensor)}, stream=self._device.stream)
+        self._device.wait()
+        return torch.sigmoid(out["logit"].float()).cpu().numpy()
+
+
+class FaceDetector:
+    """Runs the detector engine on a frame and pairs each face_mask with the face wearing it.
+    With a ``verifier``, a face keeps its mask only if the verifier also sees one on it."""
+
+    def __init__(self, engine: Engine, config: DetectorConfig, *, settings: DetectorSettings = DetectorSettings(),
+                 verifier: MaskVerifier | None = None) -> None:
         self.engine = engine
         self.config = config
         self.settings = settings
+        self.verifier = verifier
         self._device = DeviceStream(engine.device)
 
     def __call__(self, image: np.ndarray) -> Detections:
@@ -139,4 +166,11 @@ class FaceDetector:
                     masks[owner] |= full
                 else:
                     logger.debug("face_mask %d dropped: not on the lower part of its face", k)
+        if self.verifier is not None:
+            masked = np.flatnonzero(masks.any(axis=(1, 2)))
+            probs = self.verifier(image, face_boxes[masked])
+            for i, p in zip(masked, probs):
+                if p < self.verifier.config.threshold:
+                    masks[i] = False
+                    logger.debug("face %d: mask vetoed by the verifier (p=%.2f)", i, p)
         return Detections(boxes=face_boxes, scores=scores[faces], masks=masks)

@@ -10,6 +10,17 @@ import torch  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Path:
+    """Exports made on first use (run_stream's default) go to a folder of this test session,
+    never to the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("export_cache")
+    os.environ["UNMASK_STREAM_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

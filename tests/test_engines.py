@@ -212,3 +212,57 @@ def test_reference_generator_exports_with_its_named_inputs(tmp_path):
     feeds = dict(zip(names, example_inputs(ref.engine.inputs, batch=2)))
     feeds["reference_mask"] = (feeds["reference_mask"] > 0.5).float()
     torch.testing.assert_close(ort.engine.run(feeds)["output"], ref.engine.run(feeds)["output"], atol=2e-3, rtol=1e-3)
+
+
+def test_verifier_exports_with_parity(tmp_path):
+    from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
+
+    config = VerifierConfig(size=32, width=8, threshold=0.3)
+    torch.manual_seed(4)
+    model = build_verifier(config=config)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, as after training
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "verifier.pt"
+    save_verifier(model, config, weights)
+    export_onnx("verifier", weights=weights, artifacts=tmp_path)
+    ref = load_model("verifier", backend="torch", device="cpu", weights=weights)
+    ort = load_model("verifier", backend="onnxruntime", device="cpu", weights=weights, artifacts=tmp_path)
+    assert ref.config.threshold == 0.3
+    feeds = {"image": torch.rand(3, 3, 32, 32)}
+    want, got = ref.engine.run(feeds)["logit"], ort.engine.run(feeds)["logit"]
+    assert want.shape == got.shape == (3,)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_first_use_exports_to_the_user_cache_once_and_falls_back_to_torch(tiny_weights, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from engines import registry
+
+    monkeypatch.setenv("UNMASK_STREAM_CACHE", str(tmp_path / "cache"))
+    det, _ = tiny_weights
+    empty = tmp_path / "no_artifacts"
+    assert load_model("detector", device="cpu", weights=det, artifacts=empty).engine.backend == "torch"
+    with caplog.at_level(logging.INFO, logger="engines.registry"):
+        first = load_model("detector", device="cpu", weights=det, artifacts=empty, export_on_first_use=True)
+    assert first.engine.backend == "onnxruntime"
+    assert any("exporting to ONNX" in r.getMessage() for r in caplog.records)
+    exported = list((tmp_path / "cache" / "onnx").glob("*/detector.onnx"))
+    assert len(exported) == 1
+    stamp = exported[0].stat().st_mtime_ns
+    again = load_model("detector", device="cpu", weights=det, artifacts=empty, export_on_first_use=True)
+    assert again.engine.backend == "onnxruntime" and exported[0].stat().st_mtime_ns == stamp
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setenv("UNMASK_STREAM_CACHE", str(tmp_path / "other_cache"))
+    monkeypatch.setattr("engines.export.export_onnx", broken)
+    with caplog.at_level(logging.WARNING, logger="engines.registry"):
+        fallback = load_model("detector", device="cpu", weights=det, artifacts=empty, export_on_first_use=True)
+    assert fallback.engine.backend == "torch"
+    assert any("exporter crashed" in r.getMessage() for r in caplog.records)
+    assert registry.user_cache_dir() == tmp_path / "other_cache"

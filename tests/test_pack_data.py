@@ -90,3 +90,16 @@ def test_cli_refuses_an_existing_folder(data, tmp_path, capsys):
     out.mkdir()
     assert main(["--data", str(root), "--landmarks", str(cache), "--out", str(out), "--faces", "5"]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+def test_generator_copy_leaves_the_generators_held_out_faces_behind(data, tmp_path):
+    from training.generator_data import load_face_records, split_records
+
+    root, cache = data
+    out = tmp_path / "packed_generator"
+    pack(data=root, landmarks=cache, out=out, faces=40, split_of="generator", generator_val_count=10)
+    _, held_out = split_records(load_face_records(root / "faces" / "utkface", cache), val_count=10)
+    packed = set(load_landmark_cache(out / "landmarks.npz").files)
+    assert len(packed) == 40 and not packed & {r.path.name for r in held_out}
+    with pytest.raises(PackError, match="split_of"):
+        pack(data=root, landmarks=cache, out=tmp_path / "other", faces=5, split_of="parsing")

@@ -66,3 +66,16 @@ def test_masked_photos_are_unmasked(tmp_path, shared_data):
         b = cv2.imread(str(out / p.name)).astype(int)
         changed += np.abs(a - b).max(axis=2).__gt__(40).mean() > 0.01
     assert changed >= 5, f"only {changed} of {len(photos)} photos were changed"
+
+
+def test_verifier_on_keeps_the_sample_clips_mask_and_says_it_ran(tmp_path):
+    out = tmp_path / "out.mp4"
+    faces = tmp_path / "faces.jsonl"
+    report = tmp_path / "report.json"
+    code = run_stream.main(["--input", str(SAMPLE), "--output", str(out), "--detections", str(faces),
+                            "--report", str(report), "--verifier", "on", "--max-frames", "8", "--no-progress",
+                            "--log-level", "WARNING"])
+    assert code == 0
+    records = [json.loads(line) for line in faces.read_text().splitlines()]
+    assert sum(any(_area(f["mask_rle"]) > 500 for f in r["faces"]) for r in records) >= 7
+    assert "verifier" in json.loads(report.read_text())["models"]

@@ -378,3 +378,43 @@ def test_auto_schedule_detects_again_at_once_when_a_mask_appears():
             detected.append((i, bool(frame.detections.masks.any())))
     first_masked = next(i for i, masked in detected if masked)
     assert (first_masked + 1, True) in detected  # the second sighting is on the next frame
+
+
+class _SideVerifierEngine(Engine):
+    """A verifier stand-in: says "masked" for faces in the left half of the frame only (it sees
+    the crop's position through the crop's mean brightness, which the test paints)."""
+
+    backend = "test"
+    device = torch.device("cpu")
+
+    def __init__(self, size: int = 32) -> None:
+        self.inputs = (TensorSpec("image", ("N", 3, size, size), "float32"),)
+        self.outputs = (TensorSpec("logit", ("N",), "float32"),)
+        self.seen = 0
+
+    def _run(self, feeds, stream):
+        self.seen += feeds["image"].shape[0]
+        return {"logit": (feeds["image"].mean(dim=(1, 2, 3)) - 0.5) * 20.0}
+
+
+def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
+    from engines.models.detector import DetectorConfig
+    from engines.models.verifier import VerifierConfig
+    from stream.detect import FaceDetector, MaskVerifier
+
+    masks = np.zeros((4, 1, 64, 64), np.float32)
+    masks[1, 0, 22:34, 11:29] = 0.9
+    masks[3, 0, 22:34, 41:59] = 0.9
+    engine = _FixedDetectorEngine(
+        boxes=[[10, 5, 30, 35], [11, 22, 29, 34], [40, 5, 60, 35], [41, 22, 59, 34]],
+        labels=[1, 2, 1, 2], scores=[0.95, 0.9, 0.95, 0.9], masks=masks,
+    )
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = 255  # the verifier stand-in says "masked" on bright crops
+    verifier = _SideVerifierEngine()
+    found = FaceDetector(engine, DetectorConfig(input_size=(64, 64)),
+                         verifier=MaskVerifier(verifier, VerifierConfig(size=32)))(image)
+    assert found.masks[0].any() and not found.masks[1].any()
+    assert verifier.seen == 2
+    plain = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))(image)
+    assert plain.masks[0].any() and plain.masks[1].any()

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from engines.models.detector import load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
-from stream.detect import FaceDetector
+from stream.detect import FaceDetector, MaskVerifier
 from training.detector_data import DataUnavailableError
 from training.evaluate_detector import (
     IMAGE_SUFFIXES,
@@ -226,6 +226,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=Path, default=Path("cache/masked_clips"), help="training.masked_clips output")
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--detector-weights", type=Path, default=Path("engines/weights/detector_mobilenet_v3.pt"))
+    p.add_argument("--verifier-weights", type=Path, default=Path("engines/weights/mask_verifier.pt"),
+                   help="the mask verifier that vetoes masks face by face")
+    p.add_argument("--verifier", default="off", choices=["on", "off"], help="as run_stream.py --verifier")
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     p.add_argument("--max-frames", type=int, default=150, help="frames per unmasked clip")
     p.add_argument("--synthetic", type=int, default=200, help="synthetic validation scenes")
@@ -243,15 +246,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     cv2.setNumThreads(1)
-    extra = ["--detector-weights", str(args.detector_weights.resolve())] + args.stream_args.split()
+    extra = ["--detector-weights", str(args.detector_weights.resolve()), "--verifier", args.verifier]
+    if args.verifier == "on":
+        extra += ["--verifier-weights", str(args.verifier_weights.resolve())]
+    extra += args.stream_args.split()
     try:
         loaded = load_model("detector", backend="torch", device="cpu", weights=args.detector_weights,
                             threads=args.threads)
+        verifier = None
+        if args.verifier == "on":
+            checker = load_model("verifier", backend="torch", device="cpu", weights=args.verifier_weights,
+                                 threads=args.threads)
+            verifier = MaskVerifier(checker.engine, checker.config)
     except EngineError as exc:
         logger.error("%s", exc)
         return 2
-    detector = FaceDetector(loaded.engine, loaded.config)
-    results: dict = {"weights": str(args.detector_weights), "meta": load_detector_meta(args.detector_weights)}
+    detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier)
+    results: dict = {"weights": str(args.detector_weights), "meta": load_detector_meta(args.detector_weights),
+                     "verifier": str(args.verifier_weights) if args.verifier == "on" else None}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

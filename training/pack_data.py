@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from training.detector_data import TEXTURE_SUFFIXES, segmentation_files, utk_split_indices
+from training.generator_data import DEFAULT_VAL_COUNT, FaceDataError, load_face_records, split_records
 from training.landmarks import LandmarkCache, load_landmark_cache, save_landmark_cache
 
 logger = logging.getLogger(__name__)
@@ -59,13 +60,25 @@ def pack(
     avoid: LandmarkCache | None = None,
     texture_size: int = 512,
     segmentation_size: int = 384,
+    split_of: str = "detector",
+    generator_val_count: int = DEFAULT_VAL_COUNT,
 ) -> PackSummary:
-    """Write the reduced copy into ``out`` (which must not exist yet)."""
+    """Write the reduced copy into ``out`` (which must not exist yet). ``split_of``: whose
+    training split the faces come from ("detector" or "generator": their held-out faces differ;
+    the generator's is ``split_records(..., val_count=generator_val_count)``)."""
     if out.exists():
         raise PackError(f"{out} exists; choose a new folder")
     cache = load_landmark_cache(landmarks)
     avoided = set(avoid.files) if avoid is not None else set()
-    pool = [i for i in utk_split_indices(len(cache), "train") if cache.files[i] not in avoided]
+    if split_of == "generator":
+        train, _ = split_records(load_face_records(data / "faces" / "utkface", landmarks), val_count=generator_val_count)
+        names = {r.path.name for r in train}
+        candidates = [i for i, f in enumerate(cache.files) if f in names]
+    elif split_of == "detector":
+        candidates = list(utk_split_indices(len(cache), "train"))
+    else:
+        raise PackError(f"split_of must be 'detector' or 'generator', got {split_of!r}")
+    pool = [i for i in candidates if cache.files[i] not in avoided]
     if faces > len(pool):
         raise PackError(f"asked for {faces} faces, only {len(pool)} training faces are available")
     chosen = np.sort(np.random.default_rng(seed).choice(pool, faces, replace=False))
@@ -130,6 +143,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--avoid", type=Path, default=None,
                    help="landmarks.npz of an earlier copy: take other faces than it has")
+    p.add_argument("--split-of", default="detector", choices=["detector", "generator"],
+                   help="take faces from this model's training split (their held-out faces differ)")
     p.add_argument("--texture-size", type=int, default=512)
     p.add_argument("--segmentation-size", type=int, default=384)
     return p
@@ -142,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = pack(
             data=args.data, landmarks=args.landmarks, out=args.out, faces=args.faces, seed=args.seed,
             avoid=load_landmark_cache(args.avoid) if args.avoid is not None else None,
-            texture_size=args.texture_size, segmentation_size=args.segmentation_size,
+            texture_size=args.texture_size, segmentation_size=args.segmentation_size, split_of=args.split_of,
         )
-    except (PackError, FileNotFoundError) as exc:
+    except (PackError, FileNotFoundError, FaceDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     logger.info("%s: %d faces, %d textures, %d segmentation images, %.1f MiB", args.out, summary.faces,

@@ -82,6 +82,12 @@ def save_grid(path: Path, grid_rgb: np.ndarray) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(grid_rgb, cv2.COLOR_RGB2BGR))
 
 
+def reseed_worker(worker_id: int) -> None:
+    """Each loader process draws its own masks: a forked copy of one generator would repeat them."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset._rng = np.random.default_rng((info.seed % 2**32, worker_id))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the face-completion generator.")
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
@@ -99,6 +105,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="frozen face-parsing net for the parsing loss")
     p.add_argument("--no-parsing-loss", action="store_true")
     p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop (with a checkpoint and the weights) after this many minutes of training, "
+                        "so a short loan of a GPU goes wholly into training")
     p.add_argument("--adv-start", type=int, default=4000, help="step at which the adversarial loss starts")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr-g", type=float, default=5e-4)
@@ -118,6 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (a GPU outruns one)")
     p.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -282,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     val_ds = MaskedFaceDataset(val_recs[: args.quick_val], synthesizer=synth, config=trainer.config, train=False,
                                references=sampling)
     val_batch = next(iter(DataLoader(val_ds, batch_size=len(val_ds))))
-    loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        num_workers=args.workers, persistent_workers=args.workers > 0,
+                        worker_init_fn=reseed_worker)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     log = (args.out / "log.jsonl").open("a")
     weights_path = args.out / f"generator_{args.size}.pt"
@@ -297,7 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         })
 
     t_last, window = time.time(), []
+    deadline = None if args.minutes is None else time.time() + 60.0 * args.minutes
     while trainer.step < args.steps:
+        if deadline is not None and time.time() > deadline:
+            logger.info("--minutes %.1f reached at step %d", args.minutes, trainer.step)
+            checkpoint()
+            break
         logs = trainer.train_step(next(batches))
         window.append(logs)
         step = trainer.step

@@ -1,0 +1,161 @@
+"""Train the mask verifier (engines/models/verifier.py): masked or not, per face crop.
+
+    python -m training.train_verifier --out runs/verifier --scenes 5000 --steps 3000
+
+Faces come from the detector's training scenes (``training.detector_data``, train split only):
+real masked photos (IWM/CWM training part), real unmasked photos (LFW and web photos' training
+parts, ``training.negatives``) with hands, microphones, cups and scarves at the mouth, and
+synthetic UTKFace scenes with masks worn, pulled down, held or lying about. A face is "masked"
+when the scene labels a worn mask on it. Each face is cut with the generator's crop window
+around its box, jittered as a detector's box would be. Every 10th scene is held out to choose
+the threshold: the lowest probability that keeps the held-out false-positive rate at or under
+``--max-fpr`` (refusing a mask costs little: the face is shown as it is; filling an unmasked
+face is the harm). OUT/verifier.pt holds the weights with that threshold, OUT/log.json the
+held-out numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
+from stream.geometry import CropWindow
+from training.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
+
+logger = logging.getLogger(__name__)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train the mask verifier (masked face or not).")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
+    p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
+    p.add_argument("--negatives", type=Path, default=Path("cache/negative_faces.npz"),
+                   help="face cache of the unmasked photos' training split (python -m training.negatives)")
+    p.add_argument("--out", type=Path, default=Path("runs/verifier"))
+    p.add_argument("--scenes", type=int, default=5000)
+    p.add_argument("--min-face", type=float, default=20.0, help="smallest face (box width, scene pixels) used")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--max-fpr", type=float, default=0.02)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def face_crops(data: DetectorSceneDataset, scenes: range, *, size: int, crop_scale: float, min_face: float,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(crops (N, size, size, 3) uint8 RGB, labels (N,) uint8 1 = masked) of every face in the scenes."""
+    rng = np.random.default_rng(seed)
+    crops, labels = [], []
+    for index in scenes:
+        image, instances, _ = data.scene(index)
+        for inst in instances:
+            box = np.asarray(inst.face_box, np.float64)
+            w, h = box[2] - box[0], box[3] - box[1]
+            if w < min_face or h < min_face:
+                continue
+            # A detector's face box wanders by a few percent in place and size.
+            box = box + rng.normal(0, 0.04, 4) * np.array([w, h, w, h])
+            if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+                continue
+            face_area = max(float(inst.face.sum()), 1.0)
+            masked = inst.worn is not None and inst.worn.sum() >= 0.05 * face_area
+            crops.append(CropWindow.for_face(box.astype(np.float32), crop_scale).cut(image, size))
+            labels.append(int(masked))
+    return np.stack(crops), np.array(labels, np.uint8)
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    gain = 1.0 + 0.2 * (torch.rand(batch.shape[0], 3, 1, 1, generator=generator) - 0.5)
+    return (batch * gain).clamp(0, 1)
+
+
+def choose_threshold(probs: np.ndarray, labels: np.ndarray, *, max_fpr: float) -> float:
+    """The lowest threshold whose false-positive rate on ``labels == 0`` is at most ``max_fpr``."""
+    negatives = np.sort(probs[labels == 0])
+    if len(negatives) == 0:
+        return 0.5
+    k = int(np.floor(max_fpr * len(negatives)))
+    cut = negatives[len(negatives) - 1 - k] if k < len(negatives) else 0.0
+    return float(min(max(cut + 1e-4, 0.05), 0.95))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    cv2.setNumThreads(1)
+    torch.manual_seed(args.seed)
+    config = VerifierConfig()
+    scene_config = DetectorDataConfig(real_fraction=0.3, negative_fraction=0.35, p_unmasked=0.3, p_sheer=0.2,
+                                      p_mouth_object=0.5, p_loose_mask=0.3, min_face=24.0)
+    try:
+        data = DetectorSceneDataset(data_root=args.data, landmarks=args.landmarks, config=scene_config,
+                                    split="train", seed=args.seed, negatives=args.negatives)
+    except DataUnavailableError as exc:
+        logger.error("%s", exc)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train_idx = [i for i in range(args.scenes) if i % 10]
+    crops, labels = face_crops(data, train_idx, size=config.size, crop_scale=config.crop_scale,
+                               min_face=args.min_face, seed=args.seed)
+    val_crops, val_labels = face_crops(data, range(0, args.scenes, 10), size=config.size,
+                                       crop_scale=config.crop_scale, min_face=args.min_face, seed=args.seed + 1)
+    logger.info("%d training faces (%.0f %% masked), %d held out, in %.0f s", len(labels), 100 * labels.mean(),
+                len(val_labels), time.time() - t0)
+
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels).float()
+    pos_weight = torch.tensor((1 - labels.mean()) / max(labels.mean(), 1e-3))
+    model = build_verifier(config=config)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(args.seed)
+    model.train()
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(len(y), (args.batch_size,), generator=gen)
+        batch = _augment(x[idx].float().div(255.0), gen)
+        loss = F.binary_cross_entropy_with_logits(model(batch), y[idx], pos_weight=pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 250 == 0:
+            logger.info("step %d loss %.4f", step, loss.item())
+
+    model.eval()
+    with torch.no_grad():
+        vx = torch.from_numpy(val_crops).permute(0, 3, 1, 2).float().div(255.0)
+        probs = torch.sigmoid(torch.cat([model(vx[i:i + 256]) for i in range(0, len(vx), 256)])).numpy()
+    threshold = choose_threshold(probs, val_labels, max_fpr=args.max_fpr)
+    said = probs >= threshold
+    report = {
+        "held_out_faces": int(len(val_labels)), "masked": int(val_labels.sum()), "threshold": threshold,
+        "recall": float(said[val_labels == 1].mean()), "false_positive_rate": float(said[val_labels == 0].mean()),
+        "accuracy_at_0.5": float(((probs >= 0.5) == val_labels).mean()),
+        "train_faces": int(len(labels)), "steps": args.steps, "seconds": round(time.time() - t0),
+    }
+    logger.info("held out: %s", report)
+    final = VerifierConfig(size=config.size, width=config.width, crop_scale=config.crop_scale, threshold=threshold)
+    save_verifier(model, final, args.out / "verifier.pt", meta=report)
+    (args.out / "log.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
