@@ -9,6 +9,10 @@ Each face is masked with the project's synthesizer (fixed seed), then goes throu
 * PSNR (dB);
 * sharpness: mean gradient magnitude of the output over that of the true face (1: as much detail
   as the real face; the true face blurred with a Gaussian of sigma 4 px scores about 0.6);
+* SSIM inside the mask;
+* face-parts score: the project's frozen parsing net (``engines/weights/face_parsing.pt``) labels
+  the generator's crop window of output and truth; F-score of nose, lips and inner mouth, pixels
+  inside the mask only (1: the same parts in the same places);
 * identity distance: Euclidean distance between dlib's 128-D face descriptors of the output and
   of the true face (lower is closer; dlib calls 0.6 the same-person threshold).
 
@@ -38,6 +42,7 @@ from tqdm import tqdm
 from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.detect import FaceDetector
+from stream.geometry import CropWindow
 from stream.inpaint import FaceInpainter, InpaintSettings
 from stream.reference import EXEMPLARS, ReferenceFace, References, cut_face, load_exemplars
 from stream.smoothing import TemporalConfig
@@ -46,6 +51,7 @@ from training.generator_data import FaceDataError, load_face_records, read_rgb, 
 from training.landmarks import LandmarkDetector, default_predictor_path
 from training.negatives import negative_files
 from training.synth import MaskSynthesizer
+from training.image_metrics import ssim
 from training.temporal_metrics import frame_psnr, gradient_magnitude
 
 logger = logging.getLogger(__name__)
@@ -107,6 +113,35 @@ def lfw_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n:
     return cases
 
 
+PARTS = ("nose", "upper_lip", "inner_mouth", "lower_lip")
+
+
+class PartsScore:
+    """F-score of the face parts in ``PARTS`` between the parsing net's labels of output and truth,
+    counted inside the hole, on the generator's crop window of the face."""
+
+    def __init__(self, weights: Path, *, size: int, crop_scale: float) -> None:
+        from engines.models.parsing import PARSING_CLASSES, load_parsing_net
+
+        self.net, _ = load_parsing_net(weights)
+        self.size, self.crop_scale = size, crop_scale
+        self.classes = [PARSING_CLASSES.index(p) for p in PARTS]
+
+    def _labels(self, image: np.ndarray, window: CropWindow) -> np.ndarray:
+        crop = torch.from_numpy(window.cut(image, self.size)).permute(2, 0, 1)[None].float().div(255.0)
+        with torch.no_grad():
+            return self.net(crop).argmax(1)[0].numpy()
+
+    def __call__(self, output: np.ndarray, truth: np.ndarray, hole: np.ndarray, box: np.ndarray) -> float:
+        window = CropWindow.for_face(box, self.crop_scale)
+        inside = window.cut(hole.astype(np.uint8), self.size, interpolation=cv2.INTER_NEAREST) > 0
+        got, want = self._labels(output, window)[inside], self._labels(truth, window)[inside]
+        hit = sum(int(((got == c) & (want == c)).sum()) for c in self.classes)
+        said = sum(int((got == c).sum()) for c in self.classes)
+        true = sum(int((want == c).sum()) for c in self.classes)
+        return 2.0 * hit / max(said + true, 1)
+
+
 def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, exemplars, crop_scale: float):
     """The pipeline's photo path on one case; None when no mask is found."""
     found = detector(case.masked)
@@ -126,6 +161,14 @@ def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, ex
     return inpainter_for(references)(case.masked, tracks), found
 
 
+def _ssim(output: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
+    ys, xs = np.nonzero(hole)
+    y1, y2, x1, x2 = max(ys.min() - 8, 0), ys.max() + 9, max(xs.min() - 8, 0), xs.max() + 9
+    a, b = (torch.from_numpy(np.ascontiguousarray(im[y1:y2, x1:x2])).permute(2, 0, 1)[None].float().div(255.0)
+            for im in (output, truth))
+    return float(ssim(a, b, torch.from_numpy(hole[y1:y2, x1:x2])[None, None].float())[0])
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Held-out masked faces through the pipeline: PSNR, sharpness, identity.")
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -137,6 +180,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma)
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parsing", type=Path, default=Path("engines/weights/face_parsing.pt"),
+                   help="the frozen parsing net of the face-parts score")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG (masked, modes, truth)")
@@ -166,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     synth = MaskSynthesizer(templates_root=args.data / "mask_templates",
                             textures_root=args.data / "mask_templates" / "textures")
     identity = IdentityDescriptor()
+    parts = PartsScore(args.parsing, size=gen.config.size, crop_scale=gen.config.crop_scale)
     results: dict = {}
     sheet_rows = []
     try:
@@ -179,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, cases in sets.items():
         modes = [m for m in MODES if m != "reference" or name == "lfw"]
-        scores = {m: {"psnr": [], "sharpness": [], "identity": []} for m in modes}
+        scores = {m: {"psnr": [], "ssim": [], "sharpness": [], "parts": [], "identity": []} for m in modes}
         missed = 0
         for k, case in enumerate(tqdm(cases, desc=name, unit="face", mininterval=5)):
             outs = {}
@@ -197,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             g_truth = float(gradient_magnitude(case.truth)[case.hole].mean())
             for mode, (out, _) in outs.items():
                 scores[mode]["psnr"].append(frame_psnr(out, case.truth, case.hole))
+                scores[mode]["ssim"].append(_ssim(out, case.truth, case.hole))
+                scores[mode]["parts"].append(parts(out, case.truth, case.hole, box))
                 scores[mode]["sharpness"].append(float(gradient_magnitude(out)[case.hole].mean()) / max(g_truth, 1e-6))
                 scores[mode]["identity"].append(float(np.linalg.norm(identity(out, box) - truth_id)))
             if args.sheet is not None and k < 6:
@@ -208,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
             "faces": len(cases), "no_mask_found": missed,
             **{m: {k: float(np.mean(v)) if v else float("nan") for k, v in s.items()} for m, s in scores.items()},
         }
-    print(f"{'set':6s} {'mode':10s} {'PSNR hole':>10s} {'sharpness':>10s} {'identity':>9s}")
+    print(f"{'set':6s} {'mode':10s} {'PSNR hole':>10s} {'SSIM':>6s} {'sharpness':>10s} {'parts F':>8s} {'identity':>9s}")
     for name, r in results.items():
         for mode in MODES:
             if mode in r:
-                print(f"{name:6s} {mode:10s} {r[mode]['psnr']:10.2f} {r[mode]['sharpness']:10.3f} {r[mode]['identity']:9.3f}")
+                m = r[mode]
+                print(f"{name:6s} {mode:10s} {m['psnr']:10.2f} {m['ssim']:6.3f} {m['sharpness']:10.3f} {m['parts']:8.3f} "
+                      f"{m['identity']:9.3f}")
         print(f"{name:6s} {r['faces']} faces, no mask found on {r['no_mask_found']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
