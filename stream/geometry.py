@@ -34,6 +34,12 @@ class CropWindow:
         k = self.side / size
         return np.array([[k, 0, self.x1 + 0.5 * k - 0.5], [0, k, self.y1 + 0.5 * k - 0.5]], np.float32)
 
+    def to_crop(self, size: int) -> np.ndarray:
+        """2x3 float64 map from frame pixels to pixels of the (size x size) crop (the inverse of
+        what ``cut`` samples with), for carrying points such as landmarks into the crop."""
+        k = self.side / size
+        return np.array([[1 / k, 0, -(self.x1 - 0.5 + 0.5 * k) / k], [0, 1 / k, -(self.y1 - 0.5 + 0.5 * k) / k]])
+
     def cut(self, image: np.ndarray, size: int, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
         """The window resampled to (size, size, ...); edges replicated where it leaves the frame."""
         if self.side > 2 * size and interpolation == cv2.INTER_LINEAR:

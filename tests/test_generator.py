@@ -339,3 +339,37 @@ def test_reference_samples_are_own_other_or_none(tmp_path):
     assert abs(other["reference"].mean() - other["target"].mean()) > 0.2
     with pytest.raises(ValueError):
         ReferenceSampling(own=0.8, other=0.4)
+
+
+def test_training_crops_are_the_pipelines_crops(tmp_path):
+    """One crop geometry: the generator's training sample is what FaceInpainter.prepare cuts."""
+    import cv2
+
+    from engines.models.generator import GeneratorConfig
+    from stream.geometry import CropWindow
+    from stream.inpaint import FaceInpainter
+    from stream.records import Track
+    from training.generator_data import FaceRecord, MaskedFaceDataset
+    from training.synth import face_box_from_landmarks
+
+    rng = np.random.default_rng(0)
+    face = cv2.GaussianBlur(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), (0, 0), 1.5)
+    cv2.imwrite(str(tmp_path / "f.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    landmarks = _frontal_landmarks(96).astype(np.float32)
+    config = GeneratorConfig(size=32, width=4, mask_dilation=1)
+    sample = MaskedFaceDataset([FaceRecord(tmp_path / "f.png", landmarks)], synthesizer=_PaintSynthesizer(),
+                               config=config, train=False).sample(0, np.random.default_rng(0))
+    synth = _PaintSynthesizer().apply(face, landmarks, rng=None, pulled_down=False)
+    track = Track(1, synth.face_box, 0.9, synth.mask)
+    no_engine = mock.Mock(device=torch.device("cpu"))  # prepare() only cuts; nothing is run
+    _, crop, hole = FaceInpainter(no_engine, config).prepare(face, track)
+    np.testing.assert_array_equal(sample["target"], crop)
+    np.testing.assert_array_equal(sample["mask"], hole > 0.5)
+    # Points go into the crop by the inverse of the map the crop is cut with.
+    window = CropWindow.for_face(face_box_from_landmarks(landmarks, face.shape), 1.2)
+    dot = np.zeros((96, 96), np.float32)
+    dot[40, 50] = 1.0
+    blurred = window.cut(cv2.GaussianBlur(dot, (0, 0), 3.0), 32)
+    y, x = np.unravel_index(np.argmax(blurred), blurred.shape)
+    cx, cy = window.to_crop(32) @ np.array([50.0, 40.0, 1.0])
+    assert abs(x - cx) <= 0.5 and abs(y - cy) <= 0.5

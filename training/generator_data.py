@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from engines.models.generator import GeneratorConfig, square_crop_box
 from engines.models.parsing import PARSING_CLASSES
+from stream.geometry import CropWindow
 from training.landmarks import load_landmark_cache
 from training.synth import MaskSynthesizer, face_box_from_landmarks
 
@@ -80,13 +81,6 @@ def read_rgb(path: Path) -> np.ndarray:
     if bgr is None:
         raise FaceDataError(f"unreadable image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def crop_affine(box_xyxy: np.ndarray, size: int) -> np.ndarray:
-    """2x3 float64 affine map from image pixels to a size x size crop of ``box_xyxy``."""
-    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-    s = size / (x1 - x0)
-    return np.array([[s, 0.0, -x0 * s], [0.0, s, -y0 * s]])
 
 
 def warp_crop(image: np.ndarray, affine: np.ndarray, size: int, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -197,20 +191,22 @@ class MaskedFaceDataset(Dataset):
         pulled_down = bool(rng.random() < self.p_pulled_down)
         synth = self.synthesizer.apply(face, record.landmarks, rng=rng, pulled_down=pulled_down)
         size = self.config.size
+        # The pipeline's own crop (stream.geometry.CropWindow, as FaceInpainter.prepare cuts it),
+        # so the generator trains on exactly the framing and resampling it is served.
+        window = CropWindow.for_face(synth.face_box, self.config.crop_scale)
         box = square_crop_box(synth.face_box, crop_scale=self.config.crop_scale)
-        affine = crop_affine(box, size)
-        image = warp_crop(synth.image, affine, size)
-        target = warp_crop(face, affine, size)
-        mask = warp_crop(synth.mask.astype(np.float32), affine, size) > 0.5
+        image = window.cut(synth.image, size)
+        target = window.cut(face, size)
+        mask = window.cut(synth.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         mask = dilate_mask(mask, self.config.mask_dilation)
         sample = {"image": image, "target": target, "mask": mask, "box": box}
         if self.references is not None:
-            sample["reference"] = self._reference(index, face, affine, rng)
+            sample["reference"] = self._reference(index, face, window, rng)
         if self.train and rng.random() < 0.5:
             sample = {k: v[:, ::-1] if k != "box" and v is not None else v for k, v in sample.items()}
         return sample
 
-    def _reference(self, index: int, face: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    def _reference(self, index: int, face: np.ndarray, window: CropWindow, rng: np.random.Generator) -> np.ndarray | None:
         """HxWx3 uint8 RGB reference crop, or None (no reference)."""
         sampling, size = self.references, self.config.size
         if self.train:
@@ -219,12 +215,13 @@ class MaskedFaceDataset(Dataset):
         else:
             mode = ("own", "other", "none")[index % 3]
         if mode == "own":
-            return _photo_jitter(warp_crop(face, _jittered_affine(affine, size, rng, sampling), size), rng)
+            return _photo_jitter(warp_crop(face, _jittered_affine(window.to_crop(size), size, rng, sampling), size), rng)
         if mode == "other":
             other = self.records[(index + 1 + int(rng.integers(len(self.records) - 1))) % len(self.records)]
             other_face = read_rgb(other.path)
-            box = square_crop_box(face_box_from_landmarks(other.landmarks, other_face.shape), crop_scale=self.config.crop_scale)
-            return _photo_jitter(warp_crop(other_face, crop_affine(box, size), size), rng)
+            other_window = CropWindow.for_face(face_box_from_landmarks(other.landmarks, other_face.shape),
+                                               self.config.crop_scale)
+            return _photo_jitter(other_window.cut(other_face, size), rng)
         return None
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -307,8 +304,9 @@ class ParsingDataset(Dataset):
             side = box[2] - box[0]
             jitter = self._rng.uniform(-0.05, 0.05, 3) * side
             box = box + np.array([jitter[0] - jitter[2], jitter[1] - jitter[2], jitter[0] + jitter[2], jitter[1] + jitter[2]], np.float32)
-        affine = crop_affine(box, size)
-        image = warp_crop(face, affine, size)
+        window = CropWindow(float(box[0]), float(box[1]), float(box[2] - box[0]))
+        image = window.cut(face, size)
+        affine = window.to_crop(size)
         lm = record.landmarks.astype(np.float64) @ affine[:, :2].T + affine[:, 2]
         labels = parsing_labels(lm, size)
         if self.train:
