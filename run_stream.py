@@ -276,18 +276,28 @@ def benchmark(args: argparse.Namespace) -> BenchmarkResult:
     scratch = tempfile.TemporaryDirectory()
     inputs: list[Source] = []
 
-    def make_pipeline(sequential: bool) -> Pipeline:
-        source = _open_input(args)
-        inputs.append(source)
-        run_args = argparse.Namespace(**{
+    def bench_args(sequential: bool) -> argparse.Namespace:
+        return argparse.Namespace(**{
             **vars(args), "sequential": sequential, "show": False,
             "max_frames": args.max_frames if args.max_frames is not None else 300,
             "output": args.output or str(Path(scratch.name) / "bench.mp4"),
         })
+
+    def make_pipeline(sequential: bool) -> Pipeline:
+        source = _open_input(args)
+        inputs.append(source)
+        run_args = bench_args(sequential)
         return build_pipeline(source, models, open_sinks(source, run_args), run_args, given=given)
 
+    def make_decode_encode() -> Pipeline:
+        source = _open_input(args)
+        run_args = bench_args(False)
+        config = PipelineConfig(queue_size=run_args.queue_size, max_frames=run_args.max_frames)
+        return Pipeline(source, [], open_sinks(source, run_args), config=config)
+
     with scratch:
-        result = run_benchmark(make_pipeline, compare_sequential=not args.sequential)
+        result = run_benchmark(make_pipeline, compare_sequential=not args.sequential,
+                               make_decode_encode=make_decode_encode)
     print(format_table(result))
     info = inputs[0].info
     context = {

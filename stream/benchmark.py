@@ -1,7 +1,9 @@
-"""Benchmark: the threaded pipeline against the same stages run one frame at a time.
+"""Benchmark: the threaded pipeline against the same stages run one frame at a time, and against
+its limit, decoding and encoding the same input with no stage between.
 
-Prints per-stage latency (p50/p95), end-to-end FPS and latency for both runs and the gain as
-a ratio, and writes ``benchmark.json`` and ``benchmark.png`` (per-stage time bars; FPS over time).
+Prints per-stage latency (p50/p95), end-to-end FPS and latency for both runs, the gain as a ratio
+and the pipeline's FPS as a share of decode -> encode alone, and writes ``benchmark.json`` and
+``benchmark.png`` (per-stage time bars; FPS over time).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ logger = logging.getLogger(__name__)
 class BenchmarkResult:
     threaded: RunStats
     sequential: RunStats | None
+    decode_encode: RunStats | None = None
 
     @property
     def gain(self) -> float | None:
@@ -29,19 +32,31 @@ class BenchmarkResult:
             return None
         return self.threaded.fps / self.sequential.fps
 
+    @property
+    def share_of_limit(self) -> float | None:
+        """The threaded pipeline's FPS over that of decode -> encode alone."""
+        if self.decode_encode is None or not self.decode_encode.fps:
+            return None
+        return self.threaded.fps / self.decode_encode.fps
+
     def summary(self) -> dict[str, object]:
         return {
             "threaded": self.threaded.summary(),
             "sequential": self.sequential.summary() if self.sequential else None,
             "gain": round(self.gain, 2) if self.gain else None,
+            "decode_encode_fps": round(self.decode_encode.fps, 2) if self.decode_encode else None,
+            "share_of_decode_encode": round(self.share_of_limit, 3) if self.share_of_limit else None,
         }
 
 
-def run_benchmark(make_pipeline: Callable[[bool], Pipeline], *, compare_sequential: bool = True) -> BenchmarkResult:
-    """``make_pipeline(sequential)`` builds a fresh pipeline (new source, sinks and stage state)."""
+def run_benchmark(make_pipeline: Callable[[bool], Pipeline], *, compare_sequential: bool = True,
+                  make_decode_encode: Callable[[], Pipeline] | None = None) -> BenchmarkResult:
+    """``make_pipeline(sequential)`` builds a fresh pipeline (new source, sinks and stage state);
+    ``make_decode_encode()`` the same source and sinks with no stage, the limit."""
     threaded = make_pipeline(False).run()
     sequential = make_pipeline(True).run() if compare_sequential else None
-    return BenchmarkResult(threaded, sequential)
+    limit = make_decode_encode().run() if make_decode_encode is not None else None
+    return BenchmarkResult(threaded, sequential, limit)
 
 
 def format_table(result: BenchmarkResult) -> str:
@@ -55,6 +70,9 @@ def format_table(result: BenchmarkResult) -> str:
     lines.append(f"{'frames':<12}" + "".join(f"{s.frames_written:>28d}" for _, s in runs))
     if result.gain:
         lines.append(f"pipeline gain over sequential: {result.gain:.2f}x")
+    if result.share_of_limit:
+        lines.append(f"decode -> encode alone: {result.decode_encode.fps:.1f} FPS; the pipeline runs at "
+                     f"{100 * result.share_of_limit:.0f} % of it")
     return "\n".join(lines)
 
 

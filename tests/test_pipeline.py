@@ -289,6 +289,9 @@ def test_benchmark_writes_json_and_chart(tmp_path, tiny_weights, capsys):
     report = __import__("json").loads((out / "benchmark.json").read_text())
     assert report["threaded"]["frames_written"] == report["sequential"]["frames_written"] == 10
     assert report["gain"] > 0 and "detector" in report["models"]
+    # The limit: the same input decoded and encoded with no stage between.
+    assert "decode -> encode alone" in printed
+    assert report["decode_encode_fps"] > 0 and report["share_of_decode_encode"] > 0
     assert (out / "benchmark.png").stat().st_size > 10_000
 
 
