@@ -61,13 +61,15 @@ def run_benchmark(make_pipeline: Callable[[bool], Pipeline], *, compare_sequenti
 
 def format_table(result: BenchmarkResult) -> str:
     runs = [("threaded", result.threaded)] + ([("sequential", result.sequential)] if result.sequential else [])
-    names = [n for n in [*result.threaded.stage_names, "encode", "end_to_end"] if n in result.threaded.latencies]
-    lines = [f"{'stage':<12}" + "".join(f"{label + ' p50/p95 ms':>28}" for label, _ in runs)]
+    names = [n for n in [*result.threaded.stage_names, *result.threaded.step_names, "encode", "end_to_end"]
+             if n in result.threaded.latencies]
+    lines = [f"{'stage':<20}" + "".join(f"{label + ' p50/p95 ms':>28}" for label, _ in runs)]
     for name in names:
         cells = "".join(f"{s.latency(name).p50:>18.1f} / {s.latency(name).p95:>7.1f}" for _, s in runs)
-        lines.append(f"{name:<12}{cells}")
-    lines.append(f"{'FPS':<12}" + "".join(f"{s.fps:>28.1f}" for _, s in runs))
-    lines.append(f"{'frames':<12}" + "".join(f"{s.frames_written:>28d}" for _, s in runs))
+        label = f"  {name.split('.', 1)[1]}" if "." in name else name  # a step inside the stage above
+        lines.append(f"{label:<20}{cells}")
+    lines.append(f"{'FPS':<20}" + "".join(f"{s.fps:>28.1f}" for _, s in runs))
+    lines.append(f"{'frames':<20}" + "".join(f"{s.frames_written:>28d}" for _, s in runs))
     if result.gain:
         lines.append(f"pipeline gain over sequential: {result.gain:.2f}x")
     if result.share_of_limit:
@@ -87,7 +89,8 @@ def write_outputs(result: BenchmarkResult, directory: Path, context: dict[str, o
     json_path = directory / "benchmark.json"
     json_path.write_text(json.dumps({**context, **result.summary()}, indent=2) + "\n")
     runs = [("threaded", result.threaded)] + ([("sequential", result.sequential)] if result.sequential else [])
-    names = [n for n in [*result.threaded.stage_names, "encode"] if n in result.threaded.latencies]
+    names = [n for n in [*result.threaded.stage_names, *result.threaded.step_names, "encode"]
+             if n in result.threaded.latencies]
     fig, (bars, timeline) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / len(runs)
     for k, (label, stats) in enumerate(runs):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -125,6 +128,21 @@ def face_motion(previous: np.ndarray, current: np.ndarray, visible: np.ndarray,
     return matrix.astype(np.float32)
 
 
+class _StepClock:
+    """Seconds spent in named steps of one call (summed over the faces)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 class FaceInpainter:
     """Crops every masked face, runs the generator on the batch, composites and pastes back.
 
@@ -133,6 +151,9 @@ class FaceInpainter:
     previous one in proportion to how little the visible face changed. The previous state is
     carried to the new crop by the face's own motion (``face_motion``), not the box's alone, so the
     blended reconstruction stays attached to the face instead of lagging behind it.
+
+    ``last_steps``: seconds per step of the last call (crop, motion, reference, generator, blend,
+    paste; only the steps that ran), for the benchmark's breakdown.
     """
 
     def __init__(
@@ -156,6 +177,7 @@ class FaceInpainter:
         self._dilate = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) if config.mask_dilation else None
         self._states: dict[int, _FaceState] = {}
         self._device = DeviceStream(engine.device)
+        self.last_steps: dict[str, float] = {}
 
     def reset(self) -> None:
         """Drop all temporal state (scene cut)."""
@@ -214,6 +236,7 @@ class FaceInpainter:
     def __call__(self, image: np.ndarray, tracks: list[Track]) -> np.ndarray:
         """image: (H, W, 3) uint8 RGB. Returns a new frame with every masked face reconstructed."""
         self._calls += 1
+        self.last_steps = {}
         todo = [t for t in tracks if t.mask.any()]
         if self.references is not None:
             self._remember(image, tracks)
@@ -223,38 +246,46 @@ class FaceInpainter:
             self._states = {k: v for k, v in self._states.items() if k in live}
         if not todo:
             return image
+        steps = _StepClock()
         jobs = []
         for track in todo:
-            window, crop, hole = self.prepare(image, track)
-            job = _FaceJob(track.track_id, window, crop.astype(np.float32), hole, hole)
+            with steps("crop"):
+                window, crop, hole = self.prepare(image, track)
+                job = _FaceJob(track.track_id, window, crop.astype(np.float32), hole, hole)
             state = self._states.get(track.track_id) if temporal else None
             if state is not None:
-                motion = self._motion(state, window, job.crop, track.box, hole)
-                previous_hole, previous_generated, previous_crop = _warp(
-                    motion, self.config.size, state.hole_avg, state.generated, state.crop)
-                job.previous = (previous_generated, previous_crop)
-                job.hole, job.average = self._steady_hole(previous_hole, hole)
+                with steps("motion"):
+                    motion = self._motion(state, window, job.crop, track.box, hole)
+                    previous_hole, previous_generated, previous_crop = _warp(
+                        motion, self.config.size, state.hole_avg, state.generated, state.crop)
+                    job.previous = (previous_generated, previous_crop)
+                    job.hole, job.average = self._steady_hole(previous_hole, hole)
             jobs.append(job)
-        guides = [self._guide(job) for job in jobs]
-        crops = torch.from_numpy(np.stack([j.crop for j in jobs])).permute(0, 3, 1, 2).div_(255.0)
-        holes = torch.from_numpy(np.stack([j.hole for j in jobs]))[:, None]
-        feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
-        if self.config.reference:
-            feeds.update(self._reference_feeds(guides))
-        predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
-        self._device.wait()
-        predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
+        with steps("reference"):
+            guides = [self._guide(job) for job in jobs]
+        with steps("generator"):
+            crops = torch.from_numpy(np.stack([j.crop for j in jobs])).permute(0, 3, 1, 2).div_(255.0)
+            holes = torch.from_numpy(np.stack([j.hole for j in jobs]))[:, None]
+            feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
+            if self.config.reference:
+                feeds.update(self._reference_feeds(guides))
+            predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
+            self._device.wait()
+            predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy()
         for job, guide, generated in zip(jobs, guides, predicted):
             if temporal:
-                generated = self._steady_output(job.previous, job.crop, job.hole, generated)
-                self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
-            if guide is None:
-                job.window.paste(out, generated, self._seam(job.hole))
-            else:
-                job.window.paste(out, generated, self._seam(job.hole), detail=guide.reference.crop,
-                                 detail_map=guide.to_reference, detail_sigma=self.settings.detail_sigma,
-                                 detail_gain=self.settings.exemplar_gain if guide.reference.exemplar else 1.0)
+                with steps("blend"):
+                    generated = self._steady_output(job.previous, job.crop, job.hole, generated)
+                    self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
+            with steps("paste"):
+                if guide is None:
+                    job.window.paste(out, generated, self._seam(job.hole))
+                else:
+                    job.window.paste(out, generated, self._seam(job.hole), detail=guide.reference.crop,
+                                     detail_map=guide.to_reference, detail_sigma=self.settings.detail_sigma,
+                                     detail_gain=self.settings.exemplar_gain if guide.reference.exemplar else 1.0)
+        self.last_steps = steps.seconds
         return out
 
     def _guide(self, job: _FaceJob) -> Guide | None:

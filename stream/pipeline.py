@@ -147,6 +147,8 @@ class InpaintStage(Stage):
         if frame.scene_cut:
             self.inpainter.reset()
         frame.output = self.inpainter(frame.image, frame.tracks)
+        for step, seconds in self.inpainter.last_steps.items():
+            frame.latency[f"{self.name}.{step}"] = seconds
 
 
 class _DropOldestQueue:

@@ -80,12 +80,18 @@ class RunStats:
     def fps(self) -> float:
         return self.frames_written / self.wall_seconds if self.wall_seconds > 0 else float("nan")
 
+    @property
+    def step_names(self) -> list[str]:
+        """Steps inside a stage that reported them ("inpaint.generator", ...), in stage order."""
+        steps = sorted({n for n in self.latencies if "." in n})
+        return [n for stage in self.stage_names for n in steps if n.startswith(stage + ".")]
+
     def latency(self, name: str) -> LatencySummary:
         return LatencySummary.of(self.latencies.get(name, []))
 
     def summary(self) -> dict[str, object]:
         """A JSON-ready summary (the ``--report`` file's ``run`` section)."""
-        names = [*self.stage_names, "encode", "end_to_end"]
+        names = [*self.stage_names, *self.step_names, "encode", "end_to_end"]
         return {
             "frames_read": self.frames_read,
             "frames_written": self.frames_written,

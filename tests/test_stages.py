@@ -418,3 +418,29 @@ def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
     assert verifier.seen == 2
     plain = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))(image)
     assert plain.masks[0].any() and plain.masks[1].any()
+
+
+def test_inpainter_times_its_steps_and_the_report_lists_them():
+    from stream.records import Frame
+    from stream.report import RunStats
+
+    image = np.full((120, 160, 3), 100, np.uint8)
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, np.zeros((120, 160), bool))
+    track.mask[60:95, 50:90] = True
+    inpainter = FaceInpainter(_MeanEngine(1.0), GeneratorConfig(size=32, width=4, mask_dilation=1))
+    inpainter(image, [track])
+    assert {"crop", "generator", "paste"} <= set(inpainter.last_steps)
+    inpainter(image, [track])  # the second frame of the track: carried by its motion and blended
+    assert {"crop", "motion", "generator", "blend", "paste"} <= set(inpainter.last_steps)
+    assert all(v >= 0 for v in inpainter.last_steps.values())
+    inpainter(image, [])
+    assert inpainter.last_steps == {}
+
+    stats = RunStats(stage_names=["detect", "inpaint"])
+    frame = Frame(index=0, pts=None, image=image)
+    frame.latency = {"inpaint": 0.02, "inpaint.paste": 0.004, "inpaint.crop": 0.001, "detect": 0.03}
+    stats.start()
+    stats.count_written(frame)
+    stats.finish(corrupt=0)
+    assert stats.step_names == ["inpaint.crop", "inpaint.paste"]
+    assert stats.summary()["latency_ms"]["inpaint.paste"]["p50"] == pytest.approx(4.0)
