@@ -7,8 +7,9 @@ and loaded back as fp32; ``meta`` holds plain JSON-able values so files load wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -42,3 +43,30 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         raise WeightsError(f"{path} is a torch file but not a weights file of this project")
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     return blob["config"], state, blob.get("meta", {})
+
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+ConfigT = TypeVar("ConfigT")
+
+
+def load_weights(path: str | Path, *, kind: str, config_type: Callable[..., ConfigT],
+                 build: Callable[[ConfigT], ModelT], error: type[WeightsError],
+                 device: str | torch.device = "cpu") -> tuple[ModelT, ConfigT]:
+    """The float32 model in eval mode and its config, from a file written by ``save_checkpoint``.
+    ``kind`` names the model in messages; every failure is raised as ``error``: missing file,
+    a config ``config_type`` refuses, or weights that do not fit ``build(config)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"no {kind} weights at {path}")
+    try:
+        config_dict, state, _ = load_checkpoint(path)
+        config = config_type(**config_dict)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise error(f"unreadable {kind} checkpoint {path}: {exc}") from exc
+    model = build(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise error(f"weights in {path} do not match {config}: {exc}") from exc
+    return model.to(device).eval(), config
+

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.checkpoint import load_checkpoint, save_checkpoint
+from engines.models.checkpoint import load_weights, save_checkpoint
 from engines.runtime import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -365,17 +365,5 @@ def save_generator(model: nn.Module, config: GeneratorConfig, path: str | Path, 
 
 def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[FaceCompletionGenerator, GeneratorConfig]:
     """Load a checkpoint written by ``save_generator``; returns the float32 model in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise GeneratorWeightsError(f"no generator weights at {path}")
-    try:
-        config_dict, state, _ = load_checkpoint(path)
-        config = GeneratorConfig(**config_dict)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise GeneratorWeightsError(f"unreadable generator checkpoint {path}: {exc}") from exc
-    model = build_generator(config=config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise GeneratorWeightsError(f"weights in {path} do not match {config}: {exc}") from exc
-    return model.to(device).eval(), config
+    return load_weights(path, kind="generator", config_type=GeneratorConfig,
+                        build=lambda config: build_generator(config=config), error=GeneratorWeightsError, device=device)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.checkpoint import load_checkpoint, save_checkpoint
+from engines.models.checkpoint import load_weights, save_checkpoint
 from engines.runtime import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -92,14 +92,5 @@ def save_parsing_net(model: nn.Module, config: ParsingConfig, path: str | Path, 
 
 def load_parsing_net(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[FaceParsingNet, ParsingConfig]:
     """Load a checkpoint written by ``save_parsing_net``; returns the float32 model in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParsingWeightsError(f"no parsing weights at {path}")
-    try:
-        config_dict, state, _ = load_checkpoint(path)
-        config = ParsingConfig(**config_dict)
-        model = build_parsing_net(config=config)
-        model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ParsingWeightsError(f"unreadable parsing checkpoint {path}: {exc}") from exc
-    return model.to(device).eval(), config
+    return load_weights(path, kind="parsing", config_type=ParsingConfig,
+                        build=lambda config: build_parsing_net(config=config), error=ParsingWeightsError, device=device)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.models.checkpoint import load_checkpoint, save_checkpoint
+from engines.models.checkpoint import load_weights, save_checkpoint
 from engines.runtime import WeightsError
 
 INPUT_NAMES = ("image",)
@@ -75,17 +75,5 @@ def save_verifier(model: nn.Module, config: VerifierConfig, path: str | Path, *,
 
 
 def load_verifier(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[MaskVerifier, VerifierConfig]:
-    path = Path(path)
-    if not path.is_file():
-        raise VerifierWeightsError(f"no verifier weights at {path}")
-    try:
-        config_dict, state, _ = load_checkpoint(path)
-        config = VerifierConfig(**config_dict)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise VerifierWeightsError(f"unreadable verifier checkpoint {path}: {exc}") from exc
-    model = build_verifier(config=config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise VerifierWeightsError(f"weights in {path} do not match {config}: {exc}") from exc
-    return model.to(device).eval(), config
+    return load_weights(path, kind="verifier", config_type=VerifierConfig,
+                        build=lambda config: build_verifier(config=config), error=VerifierWeightsError, device=device)
