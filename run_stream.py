@@ -117,6 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=_positive_int, default=PipelineConfig.queue_size,
                    help="frames each queue between stages holds (>= 1)")
     p.add_argument("--sequential", action="store_true", help="no threads, no overlap (a baseline)")
+    p.add_argument("--live", default="auto", choices=["auto", "on", "off"],
+                   help="latency first: one-frame queues (the newest frame wins) and the detector beside the "
+                        "frames, not in their way; auto: on for cameras and network streams, off for files")
     p.add_argument("--benchmark", type=Path, metavar="DIR", nargs="?", const=Path("runs/benchmark"),
                    help="run --max-frames (default 300) frames threaded and then sequentially; print "
                         "latency and FPS, write DIR/benchmark.json and DIR/benchmark.png")
@@ -189,14 +192,18 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argp
         exemplars=load_exemplars(EXEMPLARS) if args.exemplars == "on" else [],
         memory=IdentityMemory(crop_scale=crop_scale) if args.identity_memory == "on" and not still else None,
     )
+    live = args.live == "on" or (args.live == "auto" and source.live)
     stages = [
         DetectStage(detector, schedule=schedule,
-                    scene_cuts=SceneCutDetector(temporal.scene_cut) if temporal.enabled else None),
+                    scene_cuts=SceneCutDetector(temporal.scene_cut) if temporal.enabled else None, background=live),
         TrackStage(FaceTracker(tracker_config, temporal=temporal, rate=rate)),
         InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,
                                    settings=InpaintSettings(detail_sigma=args.detail_sigma), references=references)),
     ]
-    config = PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames)
+    config = PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames,
+                            live=live)
+    logger.info("%s mode: %s", "live" if live else "file",
+                "one-frame queues, detector in the background" if live else f"queues of {args.queue_size}, no frame dropped")
     return Pipeline(source, stages, sinks, config=config)
 
 
@@ -216,10 +223,11 @@ def open_sinks(source: Source, args: argparse.Namespace) -> list[Sink]:
     return sinks
 
 
-def write_report(path: Path, stats: RunStats, models: Models, source: Source) -> None:
+def write_report(path: Path, stats: RunStats, models: Models, source: Source, config: PipelineConfig) -> None:
     report = {
         "input": {"width": source.info.width, "height": source.info.height, "live": source.live,
                   "rate": float(source.info.rate) if source.info.rate else None},
+        "mode": "live" if config.live else "file",
         "run": stats.summary(),
         "models": models.describe(),
         "torch": torch.__version__,
@@ -260,7 +268,7 @@ def run(args: argparse.Namespace) -> RunStats:
     finally:
         progress.close()
         if args.report:
-            write_report(args.report, pipeline.stats, models, source)
+            write_report(args.report, pipeline.stats, models, source, pipeline.config)
     logger.info(
         "%d frames in %.1f s (%.1f FPS), %d dropped, %d corrupt",
         stats.frames_written, stats.wall_seconds, stats.fps, stats.frames_dropped, stats.frames_corrupt,

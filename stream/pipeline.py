@@ -3,8 +3,10 @@
 Stop path: the source ends, or ``max_frames`` is reached, and an end marker flows down the
 queues. Error path: an exception in any stage sets the stop event, every thread leaves its
 loop, the sinks are closed so the output stays valid, and the exception is re-raised to the
-caller. Ctrl-C in the caller's thread takes the same path. Live sources drop the oldest
-queued frame when the pipeline falls behind; files never drop one.
+caller. Ctrl-C in the caller's thread takes the same path. Files never drop a frame. Live
+sources run latency first (``PipelineConfig.live``): every queue holds one frame, the newest
+wins (the decoder drops the oldest when the pipeline falls behind), and the detector runs beside
+the frames rather than in their way (``DetectStage(background=True)``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 import queue
 import threading
 import time
@@ -23,7 +26,7 @@ import torch
 
 from stream.detect import FaceDetector
 from stream.inpaint import FaceInpainter
-from stream.records import Frame
+from stream.records import Detections, Frame
 from stream.report import RunStats
 from stream.sink import Sink
 from stream.smoothing import SceneCutDetector
@@ -47,6 +50,9 @@ class Stage(abc.ABC):
 
     @abc.abstractmethod
     def process(self, frame: Frame) -> None: ...
+
+    def close(self) -> None:
+        """Release what the stage holds (worker threads); called once the pipeline has ended."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,19 @@ def _centre_motion(previous: np.ndarray, current: np.ndarray) -> float:
 
 
 class DetectStage(Stage):
-    """Runs the detector on the frames the schedule picks and on scene cuts."""
+    """Runs the detector on the frames the schedule picks and on scene cuts.
+
+    background: latency first (live sources). The detector runs in a worker thread of its own and
+    the frames flow past it: a frame whose detection is still in flight goes on without one (the
+    tracker carries the faces forward), and a finished detection is handed to the next frame
+    that passes, ``Frame.detected_index`` telling which picture it came from. A slow detector
+    then costs staleness of the boxes, not delay of the frames.
+    """
 
     name = "detect"
 
     def __init__(self, detector: FaceDetector, *, schedule: DetectSchedule = DetectSchedule(),
-                 scene_cuts: SceneCutDetector | None = None) -> None:
+                 scene_cuts: SceneCutDetector | None = None, background: bool = False) -> None:
         self.detector = detector
         self.schedule = schedule
         self.scene_cuts = scene_cuts
@@ -96,17 +109,37 @@ class DetectStage(Stage):
         self._last_boxes = np.zeros((0, 4), np.float32)
         self._last_masked = 0
         self._interval = schedule.every
+        self._worker = (
+            ThreadPoolExecutor(1, thread_name_prefix="detector", initializer=torch.set_flush_denormal, initargs=(True,))
+            if background else None
+        )
+        self._pending: tuple[int, Future] | None = None
 
     def process(self, frame: Frame) -> None:
         if self.scene_cuts is not None:
             frame.scene_cut = self.scene_cuts(frame.image)
-        due = self._last is None or frame.index - self._last >= self._interval
-        if not (due or frame.scene_cut):
+        if self._worker is None:
+            if self._due(frame):
+                self._take(frame, self.detector(frame.image), frame.index)
             return
-        detections = self.detector(frame.image)
+        if frame.scene_cut:
+            # What is in flight saw the previous scene; the tracker has just forgotten it.
+            self._pending = None
+        elif self._pending is not None and self._pending[1].done():
+            index, future = self._pending
+            self._pending = None
+            self._take(frame, future.result(), index)
+        if self._pending is None and self._due(frame):
+            self._pending = (frame.index, self._worker.submit(self.detector, frame.image))
+
+    def _due(self, frame: Frame) -> bool:
+        return self._last is None or frame.index - self._last >= self._interval or frame.scene_cut
+
+    def _take(self, frame: Frame, detections: Detections, index: int) -> None:
         frame.detections = detections
+        frame.detected_index = index
         if self.schedule.auto:
-            elapsed = 1 if self._last is None else max(frame.index - self._last, 1)
+            elapsed = 1 if self._last is None else max(index - self._last, 1)
             moving = _centre_motion(self._last_boxes, detections.boxes) / elapsed > self.schedule.fast_motion
             # No face at all is the least certain state: a face walking in must be caught at once.
             unsure = len(detections) == 0 or float(detections.scores.min()) < self.schedule.low_score
@@ -116,7 +149,11 @@ class DetectStage(Stage):
             changed = len(detections) != len(self._last_boxes) or masked != self._last_masked
             self._interval = 1 if moving or unsure or changed else min(self._interval + 1, self.schedule.max_every)
             self._last_masked = masked
-        self._last, self._last_boxes = frame.index, detections.boxes
+        self._last, self._last_boxes = index, detections.boxes
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
 
 
 class TrackStage(Stage):
@@ -199,11 +236,14 @@ class PipelineConfig:
     """queue_size: frames each queue holds; bounds latency and memory.
     sequential: run every stage in the caller's thread, one frame at a time (the baseline).
     max_frames: stop after this many frames (None: until the source ends).
+    live: latency first: every queue holds one frame whatever ``queue_size`` says, so a frame
+        waits behind at most one other at each stage.
     """
 
     queue_size: int = 4
     sequential: bool = False
     max_frames: int | None = None
+    live: bool = False
 
     def __post_init__(self) -> None:
         # A queue of size 0 would be unbounded: memory and latency without limit.
@@ -302,7 +342,7 @@ class Pipeline:
                 continue
 
     def _run_threaded(self) -> None:
-        size = self.config.queue_size
+        size = 1 if self.config.live else self.config.queue_size
         first = (
             _DropOldestQueue(size, self.stats.count_dropped) if self.source.live else _BlockingQueue(size)
         )
@@ -361,6 +401,8 @@ class Pipeline:
             # Only a fully read source may have the rest of its audio appended.
             complete = self._exhausted and not self._errors
         finally:
+            for stage in self.stages:
+                stage.close()
             self.stats.finish(corrupt=self.source.corrupt_frames)
             self._close_sinks(complete)
         if self._errors:

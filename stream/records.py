@@ -63,6 +63,8 @@ class Frame:
     image:  (H, W, 3) uint8 RGB, the decoded frame; never modified in place.
     output: (H, W, 3) uint8 RGB, the frame to encode; set by the inpaint stage.
     scene_cut: the picture changed completely here; temporal state must not carry over.
+    detected_index: index of the frame the ``detections`` were found on: this one, or an
+            earlier one when the detector runs in the background (live sources).
     pts:    presentation timestamp in ``time_base`` units (None for still images).
     decoded_at: ``time.perf_counter()`` when the frame entered the pipeline (end-to-end latency).
     latency: seconds spent in each stage, keyed by stage name.
@@ -74,6 +76,7 @@ class Frame:
     time_base: Fraction | None = None
     file: str | None = None
     detections: Detections | None = None
+    detected_index: int | None = None
     tracks: list[Track] = field(default_factory=list)
     output: np.ndarray | None = None
     scene_cut: bool = False

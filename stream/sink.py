@@ -160,7 +160,9 @@ class VideoSink(Sink):
         image = frame.output if frame.output is not None else frame.image
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         if frame.pts is not None and frame.time_base == self._time_base:
-            vf.pts = frame.pts
+            # Live frames are stamped by the wall clock in milliseconds; two decoded in the same
+            # millisecond (a burst after a stall) would share a stamp, which the muxer refuses.
+            vf.pts = max(frame.pts, self._next_pts)
         else:
             vf.pts = self._next_pts
         self._next_pts = vf.pts + 1

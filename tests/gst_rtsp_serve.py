@@ -30,12 +30,24 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 HOST = "127.0.0.1"
 
 
-def build_launch(*, width: int, height: int, fps: int) -> str:
-    """Return the gst-launch description of the served media (payloader named pay0)."""
+def build_launch(*, width: int, height: int, fps: int, file: str | None = None) -> str:
+    """Return the gst-launch description of the served media (payloader named pay0).
+
+    With ``file``, that video (decoded, scaled to width x height at fps) instead of the test
+    pattern; the RTSP server paces it at its frame rate, as a camera would deliver it."""
+    if file is not None:
+        source = (
+            f"filesrc location=\"{file}\" ! decodebin ! videoconvert ! videoscale ! videorate "
+            f"! video/x-raw,width={width},height={height},framerate={fps}/1 "
+        )
+    else:
+        source = (
+            f"videotestsrc is-live=true pattern=ball "
+            f"! video/x-raw,width={width},height={height},framerate={fps}/1 "
+            f"! timeoverlay font-desc=\"Sans {max(height // 12, 8)}\" "
+        )
     return (
-        f"videotestsrc is-live=true pattern=ball "
-        f"! video/x-raw,width={width},height={height},framerate={fps}/1 "
-        f"! timeoverlay font-desc=\"Sans {max(height // 12, 8)}\" "
+        f"{source}"
         f"! videoconvert "
         f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} threads=1 "
         f"! video/x-h264,profile=constrained-baseline "
@@ -50,6 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--file", help="serve this video file (at --fps, scaled) instead of the test pattern")
     parser.add_argument(
         "--check",
         action="store_true",
@@ -64,7 +77,7 @@ def main(argv=None) -> int:
         print(f"mount must start with '/': {args.mount!r}", file=sys.stderr)
         return 2
     Gst.init(None)
-    launch = build_launch(width=args.width, height=args.height, fps=args.fps)
+    launch = build_launch(width=args.width, height=args.height, fps=args.fps, file=args.file)
 
     # The RTSP server only builds the pipeline when a client connects; building it
     # once here turns a missing plugin into an immediate, visible startup failure.

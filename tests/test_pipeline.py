@@ -207,6 +207,38 @@ def test_live_source_drops_oldest_and_counts():
     assert sink.indices[-1] >= 190  # the newest frames survive, not the oldest
 
 
+class _InFlight(Stage):
+    """Records how many frames were read but neither written nor dropped while it works."""
+
+    name = "in_flight"
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self.most = 0
+
+    def process(self, frame: Frame) -> None:
+        s = self.pipeline.stats
+        self.most = max(self.most, s.frames_read - s.frames_written - s.frames_dropped)
+        time.sleep(0.02)
+
+
+def _max_in_flight(config: PipelineConfig) -> tuple[int, list[int]]:
+    stage, sink = _InFlight(), _Collect()
+    stage.pipeline = Pipeline(_LiveSource(150), [stage], [sink], config=config)
+    stage.pipeline.run()
+    return stage.most, sink.indices
+
+
+def test_live_mode_queues_hold_one_frame_and_the_newest_wins():
+    most, indices = _max_in_flight(PipelineConfig(queue_size=4, live=True))
+    # At most: the frame in the stage, one waiting before it, one the decoder is handing over.
+    assert most <= 3
+    assert indices[-1] >= 145 and indices == sorted(indices)
+    # The same source with file-style queues lets frames pile up (and so delay).
+    backlog, _ = _max_in_flight(PipelineConfig(queue_size=4))
+    assert backlog >= 5
+
+
 def test_file_source_never_drops(tmp_path):
     src = make_video(tmp_path / "in.mp4", frames=50, audio=False)
     sink = _Collect()

@@ -199,6 +199,84 @@ def test_auto_schedule_backs_off_when_still_and_detects_on_motion():
     assert len(det.calls) >= 15
 
 
+class _HeldDetector:
+    """A detector that answers only when released; records which pictures it was given."""
+
+    def __init__(self, box=(40, 20, 100, 100), fail: bool = False):
+        self.box = np.array([box], np.float32)
+        self.release = __import__("threading").Event()
+        self.seen: list[int] = []
+        self.fail = fail
+
+    def __call__(self, image):
+        self.seen.append(int(image[0, 0, 0]))
+        assert self.release.wait(10)
+        if self.fail:
+            raise RuntimeError("detector failed")
+        return _detections(self.box)
+
+
+def _numbered(i: int) -> Frame:
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[0, 0, 0] = i
+    return Frame(index=i, image=image)
+
+
+def _settle(stage: DetectStage) -> None:
+    """Wait until the detection in flight has finished (without taking it)."""
+    stage._pending[1].exception(timeout=10)
+
+
+def test_background_detection_lets_frames_pass_and_hands_over_stale_results():
+    det = _HeldDetector()
+    stage = DetectStage(det, background=True)
+    try:
+        frames = [_numbered(i) for i in range(4)]
+        for f in frames:  # the detector is busy with frame 0: nobody waits for it
+            stage.process(f)
+        assert all(f.detections is None for f in frames) and det.seen == [0]
+        det.release.set()
+        _settle(stage)
+        late = _numbered(4)
+        stage.process(late)
+        assert late.detections is not None and late.detected_index == 0
+        assert len(late.detections) == 1
+        _settle(stage)  # frame 4 went to the detector as soon as it was free
+        assert det.seen == [0, 4]
+    finally:
+        stage.close()
+
+
+def test_background_detection_drops_a_result_from_before_a_scene_cut():
+    det = _HeldDetector()
+    stage = DetectStage(det, background=True)
+    try:
+        stage.process(_numbered(0))
+        cut = _numbered(1)
+        cut.scene_cut = True
+        stage.process(cut)
+        det.release.set()
+        _settle(stage)
+        after = _numbered(2)
+        stage.process(after)
+        assert after.detected_index == 1  # the new scene's detection, never frame 0's
+    finally:
+        stage.close()
+
+
+def test_background_detector_error_reaches_the_stage_thread():
+    det = _HeldDetector(fail=True)
+    stage = DetectStage(det, background=True)
+    try:
+        stage.process(_numbered(0))
+        det.release.set()
+        _settle(stage)
+        with pytest.raises(RuntimeError, match="detector failed"):
+            stage.process(_numbered(1))
+    finally:
+        stage.close()
+
+
 def test_detections_jsonl_round_trips_rle(tmp_path):
     mask = np.zeros((40, 60), bool)
     mask[10:30, 5:25] = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -51,14 +52,18 @@ def test_rtsp_source_reconnects_after_server_restart():
 
 
 def test_rtsp_to_file_with_cli(tmp_path, tiny_weights):
-    out = tmp_path / "live.mp4"
+    out, report = tmp_path / "live.mp4", tmp_path / "report.json"
     det, gen = tiny_weights
     with RtspTestServer(width=160, height=120, fps=25) as server:
         code = run_stream.main([
             "--input", server.url, "--output", str(out), "--max-frames", "40", "--no-progress",
-            "--detector-weights", str(det), "--generator-weights", str(gen),
+            "--detector-weights", str(det), "--generator-weights", str(gen), "--report", str(report),
         ])
     assert code == 0
     stamps = video_timestamps(out)
     assert 1 <= len(stamps) <= 40
     assert stamps == sorted(stamps)
+    # A network stream runs live by default: the detector beside the frames, its results late.
+    run = json.loads(report.read_text())
+    assert run["mode"] == "live"
+    assert run["run"]["detection_staleness_frames"]["max"] >= 0

@@ -7,6 +7,9 @@ Two sets from the shared data, each with a fixed measuring split that is never t
 * ``lfw``: ``faces/lfw/PERSON/*.jpg`` (news photos); every ``holdout_every``-th person by sorted
   name is held out, so no held-out face was seen in training under another photo.
 
+The real masked web photos (``photos/masked``) are split the same way (``masked_photo_files``):
+their held-out fifth measures recall, the rest may train the mask verifier.
+
 For training, every face dlib finds in a training image is stored with its 68 landmarks
 (``python -m training.negatives``), so the scenes can label the faces (box and face region,
 no worn mask) and put objects in front of their mouths.
@@ -41,14 +44,25 @@ def negative_files(data_root: str | Path, name: str, split: str, *, holdout_ever
     root = Path(data_root)
     held = split == "val"
     if name == "photos":
-        files = sorted(p for p in (root / "photos" / "unmasked").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return [p for i, p in enumerate(files) if (i % holdout_every == 0) == held]
+        return _file_split(root / "photos" / "unmasked", held, holdout_every)
     people = sorted(p for p in (root / "faces" / "lfw").iterdir() if p.is_dir()) if (root / "faces" / "lfw").is_dir() else []
     out = []
     for i, person in enumerate(people):
         if (i % holdout_every == 0) == held:
             out.extend(sorted(p for p in person.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
     return out
+
+
+def masked_photo_files(data_root: str | Path, split: str, *, holdout_every: int = 5) -> list[Path]:
+    """Image paths of one split of ``photos/masked``: every ``holdout_every``-th file is ``val``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    return _file_split(Path(data_root) / "photos" / "masked", split == "val", holdout_every)
+
+
+def _file_split(folder: Path, held: bool, holdout_every: int) -> list[Path]:
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [p for i, p in enumerate(files) if (i % holdout_every == 0) == held]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ Faces come from the detector's training scenes (``training.detector_data``, trai
 real masked photos (IWM/CWM training part), real unmasked photos (LFW and web photos' training
 parts, ``training.negatives``) with hands, microphones, cups and scarves at the mouth, and
 synthetic UTKFace scenes with masks worn, pulled down, held or lying about. A face is "masked"
-when the scene labels a worn mask on it. Each face is cut with the generator's crop window
+when the scene labels a worn mask on it. With ``--detector-weights``, real photos are added as
+the pipeline sees them: every face the detect stage finds in the training splits of the masked
+web photos (masked) and of the unmasked web photos and LFW (unmasked), cut around the detector's
+own box; half of each batch is drawn from them. Each face is cut with the generator's crop window
 around its box, jittered as a detector's box would be. Every 10th scene is held out to choose
 the threshold: the lowest probability that keeps the held-out false-positive rate at or under
 ``--max-fpr`` (refusing a mask costs little: the face is shown as it is; filling an unmasked
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 from stream.geometry import CropWindow
 from training.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
+from training.negatives import masked_photo_files, negative_files
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--negatives", type=Path, default=Path("cache/negative_faces.npz"),
                    help="face cache of the unmasked photos' training split (python -m training.negatives)")
+    p.add_argument("--detector-weights", type=Path,
+                   help="add the real photos' faces as this detector finds them (see above)")
+    p.add_argument("--lfw-every", type=int, default=2, help="use every N-th LFW training photo")
+    p.add_argument("--width", type=int, default=VerifierConfig.width, help="channels of the first layer")
     p.add_argument("--out", type=Path, default=Path("runs/verifier"))
     p.add_argument("--scenes", type=int, default=5000)
     p.add_argument("--min-face", type=float, default=20.0, help="smallest face (box width, scene pixels) used")
@@ -76,6 +84,33 @@ def face_crops(data: DetectorSceneDataset, scenes: range, *, size: int, crop_sca
     return np.stack(crops), np.array(labels, np.uint8)
 
 
+def photo_faces(detector_weights: Path, data_root: Path, *, size: int, crop_scale: float,
+                lfw_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(crops (N, size, size, 3) uint8 RGB, labels (N,) uint8 1 = masked) of every face the detect
+    stage finds in the training splits of the real photos."""
+    # Imported here: the scenes-only recipe needs no detector.
+    from engines.registry import load_model
+    from stream.detect import FaceDetector
+
+    loaded = load_model("detector", backend="torch", device="cpu", weights=detector_weights, threads=1)
+    detector = FaceDetector(loaded.engine, loaded.config)
+    sets = [(masked_photo_files(data_root, "train"), 1), (negative_files(data_root, "photos", "train"), 0),
+            (negative_files(data_root, "lfw", "train")[::lfw_every], 0)]
+    crops, labels = [], []
+    for paths, label in sets:
+        for path in paths:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                continue
+            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            for box in detector(image).boxes:
+                crops.append(CropWindow.for_face(box, crop_scale).cut(image, size))
+                labels.append(label)
+    if not crops:
+        raise DataUnavailableError(f"no faces found in the photos under {data_root}")
+    return np.stack(crops), np.array(labels, np.uint8)
+
+
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(batch.shape[0], generator=generator) < 0.5
     batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
@@ -100,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     cv2.setNumThreads(1)
     torch.manual_seed(args.seed)
-    config = VerifierConfig()
+    config = VerifierConfig(width=args.width)
     scene_config = DetectorDataConfig(real_fraction=0.3, negative_fraction=0.35, p_unmasked=0.3, p_sheer=0.2,
                                       p_mouth_object=0.5, p_loose_mask=0.3, min_face=24.0)
     try:
@@ -118,6 +153,26 @@ def main(argv: list[str] | None = None) -> int:
                                        crop_scale=config.crop_scale, min_face=args.min_face, seed=args.seed + 1)
     logger.info("%d training faces (%.0f %% masked), %d held out, in %.0f s", len(labels), 100 * labels.mean(),
                 len(val_labels), time.time() - t0)
+    photo_x = photo_y = None
+    if args.detector_weights is not None:
+        try:
+            p_crops, p_labels = photo_faces(args.detector_weights, args.data, size=config.size,
+                                            crop_scale=config.crop_scale, lfw_every=args.lfw_every)
+        except DataUnavailableError as exc:
+            logger.error("%s", exc)
+            return 2
+        # Every 10th photo face chooses the threshold with the held-out scenes; none is from the
+        # measuring splits, which evaluate_precision keeps for itself.
+        held = np.arange(len(p_labels)) % 10 == 0
+        val_crops, val_labels = np.concatenate([val_crops, p_crops[held]]), np.concatenate([val_labels, p_labels[held]])
+        photo_x = torch.from_numpy(p_crops[~held]).permute(0, 3, 1, 2).contiguous()
+        photo_y = torch.from_numpy(p_labels[~held]).float()
+        pos, neg = torch.nonzero(photo_y == 1)[:, 0], torch.nonzero(photo_y == 0)[:, 0]
+        if len(pos) == 0 or len(neg) == 0:
+            logger.error("the photos gave %d masked and %d unmasked faces: both are needed", len(pos), len(neg))
+            return 2
+        logger.info("%d photo faces (%d masked) from the detector, %d of them held out", len(p_labels),
+                    int(p_labels.sum()), int(held.sum()))
 
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).float()
@@ -129,8 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     for step in range(1, args.steps + 1):
         idx = torch.randint(len(y), (args.batch_size,), generator=gen)
-        batch = _augment(x[idx].float().div(255.0), gen)
-        loss = F.binary_cross_entropy_with_logits(model(batch), y[idx], pos_weight=pos_weight)
+        images, targets = x[idx], y[idx]
+        if photo_x is not None:
+            # As many masked as unmasked photo faces per batch: the photos hold far more unmasked.
+            quarter = args.batch_size // 4
+            pidx = torch.cat([pos[torch.randint(len(pos), (quarter,), generator=gen)],
+                              neg[torch.randint(len(neg), (quarter,), generator=gen)]])
+            images = torch.cat([images[2 * quarter:], photo_x[pidx]])
+            targets = torch.cat([targets[2 * quarter:], photo_y[pidx]])
+        batch = _augment(images.float().div(255.0), gen)
+        loss = F.binary_cross_entropy_with_logits(model(batch), targets, pos_weight=pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -148,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_faces": int(len(val_labels)), "masked": int(val_labels.sum()), "threshold": threshold,
         "recall": float(said[val_labels == 1].mean()), "false_positive_rate": float(said[val_labels == 0].mean()),
         "accuracy_at_0.5": float(((probs >= 0.5) == val_labels).mean()),
-        "train_faces": int(len(labels)), "steps": args.steps, "seconds": round(time.time() - t0),
+        "train_faces": int(len(labels)) + (len(photo_y) if photo_y is not None else 0),
+        "photo_faces": len(photo_y) if photo_y is not None else 0, "steps": args.steps,
+        "seconds": round(time.time() - t0),
     }
     logger.info("held out: %s", report)
     final = VerifierConfig(size=config.size, width=config.width, crop_scale=config.crop_scale, threshold=threshold)
