@@ -42,11 +42,12 @@ from stream.reference import (
     References,
     load_exemplars,
     load_references,
+    reference_from_image,
 )
 from stream.report import RunStats
 from stream.smoothing import SceneCutDetector, TemporalConfig
 from stream.sink import DetectionsSink, EncoderSettings, PreviewSink, Sink, SinkError, open_sink
-from stream.source import ImageSource, ReconnectPolicy, Source, SourceError, open_source
+from stream.source import ImageSource, PacedSource, ReconnectPolicy, Source, SourceError, open_source
 from stream.track import FaceTracker, TrackerConfig
 
 logger = logging.getLogger("run_stream")
@@ -70,8 +71,13 @@ def _detect_every(value: str) -> DetectSchedule:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True,
-                   help="video file, image, image directory, rtsp/rtmp/http URL, webcam index or /dev/videoN")
+    p.add_argument("--input",
+                   help="video file, image, image directory, rtsp/rtmp/http URL, webcam index or /dev/videoN "
+                        "(with --serve: optional, watchable on the page)")
+    p.add_argument("--serve", metavar="[HOST:]PORT",
+                   help="start the web page instead of writing a file: your browser's camera in, the unmasked "
+                        "stream back (and --input, if given); bound to 127.0.0.1 unless HOST is given, any "
+                        "other address needs the access token printed in the URL")
     p.add_argument("--output", help="video file (.mp4 .mkv .mov .avi .webm .ts), image, directory, or rtsp/rtmp/udp URL")
     p.add_argument("--show", action="store_true", help="preview window (needs opencv-python with GUI)")
     p.add_argument("--no-overlays", action="store_true", help="preview without boxes and track ids")
@@ -276,6 +282,43 @@ def run(args: argparse.Namespace) -> RunStats:
     return stats
 
 
+def serve_web(args: argparse.Namespace) -> None:
+    """``--serve``: the web page (stream/serve.py) around the same models and pipeline."""
+    # Imported here: the web stack (aiohttp, aiortc) is needed by --serve only.
+    import asyncio
+
+    from stream.serve import ServeAddress, WebApp, access_token, serve
+
+    address = ServeAddress.parse(args.serve)
+    models = load_models(args)
+    given = load_given_references(models, args)
+    detector = _detector(models, args)
+    crop_scale = models.generator.config.crop_scale
+
+    def build(source: Source, sinks: list[Sink]) -> Pipeline:
+        return build_pipeline(source, models, sinks, args, given=given)
+
+    def make_reference(image):
+        return reference_from_image(image, detector, crop_scale=crop_scale, name="a frame of your camera")
+
+    def open_input() -> Source:
+        source = _open_input(args)
+        if source.live:
+            return source
+        # A recording is played at its own pace, as a camera would be, so viewers watch it in
+        # time, and over again while anyone watches.
+        source.close()
+        return PacedSource(lambda: _open_input(args), loop=True)
+
+    webapp = WebApp(build=build, make_reference=make_reference, open_input=open_input if args.input else None,
+                    token=access_token(address))
+
+    def ready(url: str) -> None:
+        print(f"serving on {url} (Ctrl-C stops)", flush=True)
+
+    asyncio.run(serve(webapp, address, ready=ready))
+
+
 def benchmark(args: argparse.Namespace) -> BenchmarkResult:
     """Threaded, then sequential, on the same models and settings; encodes to a scratch file
     unless --output is given, so encoding is part of the measured cost."""
@@ -333,8 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     if _EARLY_INTERRUPTS:
         print("interrupted before start: nothing written", file=sys.stderr)
         return 130
+    if not (args.input or args.serve):
+        print("error: give --input (or --serve for the web page)", file=sys.stderr)
+        return 2
     try:
-        if args.benchmark:
+        if args.serve:
+            serve_web(args)
+        elif args.benchmark:
             benchmark(args)
         else:
             run(args)
@@ -342,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.serve:
+            print("stopped", file=sys.stderr)
+            return 0
         print("interrupted: output closed at the last written frame", file=sys.stderr)
         return 130
     return 0

@@ -207,18 +207,23 @@ def load_references(path: Path, detector, *, crop_scale: float) -> list[Referenc
         bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ReferenceError(f"cannot read reference image {file}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        found = detector(rgb)
-        if len(found) == 0:
-            raise ReferenceError(f"no face found in reference image {file}")
-        areas = (found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])
-        largest = int(np.argmax(areas))
-        if found.masks[largest].any():
-            # The user says this is the face unmasked; the detector is the one more likely wrong.
-            logger.warning("reference %s: a mask was detected on the face; using it as given", file.name)
-        out.append(ReferenceFace(cut_face(rgb, found.boxes[largest], crop_scale=crop_scale), file.name))
-        logger.info("reference %s: face %s", file.name, np.round(found.boxes[largest]).astype(int).tolist())
+        out.append(reference_from_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), detector, crop_scale=crop_scale,
+                                        name=file.name))
     return out
+
+
+def reference_from_image(rgb: np.ndarray, detector, *, crop_scale: float, name: str) -> ReferenceFace:
+    """The largest face the ``detector`` finds in ``rgb`` ((H, W, 3) uint8), as a reference."""
+    found = detector(rgb)
+    if len(found) == 0:
+        raise ReferenceError(f"no face found in reference image {name}")
+    areas = (found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])
+    largest = int(np.argmax(areas))
+    if found.masks[largest].any():
+        # The user says this is the face unmasked; the detector is the one more likely wrong.
+        logger.warning("reference %s: a mask was detected on the face; using it as given", name)
+    logger.info("reference %s: face %s", name, np.round(found.boxes[largest]).astype(int).tolist())
+    return ReferenceFace(cut_face(rgb, found.boxes[largest], crop_scale=crop_scale), name)
 
 
 def align_to(crop: np.ndarray, visible: np.ndarray, reference: ReferenceFace, *,
@@ -314,6 +319,11 @@ class References:
             if chosen is not None:
                 logger.info("track %d: reference %s", track_id, chosen.source)
         return self._chosen[track_id]
+
+    def prefer(self, reference: ReferenceFace) -> None:
+        """From now on ``reference`` is every track's (the user picked it, over memory and exemplars)."""
+        self.given = [reference]
+        self.reset()
 
     def forget(self, live: set[int]) -> None:
         self._chosen = {k: v for k, v in self._chosen.items() if k in live}

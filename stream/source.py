@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import logging
 import re
 import threading
@@ -387,6 +388,46 @@ class ImageSource(Source):
 
 
 _WEBCAM_PATH = re.compile(r"^/dev/video\d+$")
+
+
+class PacedSource(Source):
+    """A recording played at its own frame rate, as a camera would deliver it (live): for
+    watching a file on the web page, and for measuring live latency on a recording.
+
+    ``open`` opens the recording; with ``loop`` it is opened again at its end, frame indices and
+    timestamps running on, until ``close``."""
+
+    def __init__(self, open: Callable[[], Source], *, loop: bool = False) -> None:
+        self._open = open
+        self._loop = loop
+        self._current = open()
+        self._closed = threading.Event()
+        self.info = dataclasses.replace(self._current.info, live=True, audio_path=None, frame_count=None)
+        self._rate = float(self.info.rate) if self.info.rate else 25.0
+
+    @property
+    def corrupt_frames(self) -> int:
+        return self._current.corrupt_frames
+
+    def __iter__(self) -> Iterator[Frame]:
+        start, n = time.monotonic(), 0
+        while not self._closed.is_set():
+            cycle_start = n
+            for frame in self._current:
+                due = start + n / self._rate
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                tb = frame.time_base or self.info.time_base
+                yield dataclasses.replace(frame, index=n, pts=round(n / self._rate / tb) if tb else None, time_base=tb)
+                n += 1
+            if not self._loop or self._closed.is_set() or n == cycle_start:
+                return
+            self._current.close()
+            self._current = self._open()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._current.close()
 
 
 def open_source(spec: str, *, policy: ReconnectPolicy = ReconnectPolicy()) -> Source:

@@ -21,7 +21,7 @@ import run_stream
 from stream.pipeline import Pipeline, PipelineConfig, Stage
 from stream.records import Frame
 from stream.sink import VideoSink
-from stream.source import Source, SourceInfo, VideoFileSource, _HandleGuard
+from stream.source import PacedSource, Source, SourceInfo, VideoFileSource, _HandleGuard
 from tests.media import audio_packets, make_video, video_timestamps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -439,3 +439,21 @@ def test_queue_size_zero_is_refused(capsys):
     assert exit_info.value.code == 2 and "--queue-size: must be at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError):
         PipelineConfig(queue_size=0)
+
+
+def test_paced_source_plays_at_its_rate_and_loops(tmp_path):
+    src = make_video(tmp_path / "in.mp4", frames=10, audio=False)
+    paced = PacedSource(lambda: VideoFileSource(src), loop=True)
+    assert paced.live and paced.info.frame_count is None
+    start, frames = time.monotonic(), []
+    for frame in paced:
+        frames.append(frame)
+        if len(frames) == 25:
+            paced.close()
+            break
+    elapsed = time.monotonic() - start
+    rate = float(paced.info.rate)
+    assert [f.index for f in frames] == list(range(25))  # on into the second and third pass
+    stamps = [f.pts for f in frames]
+    assert stamps == sorted(set(stamps))
+    assert elapsed >= 24 / rate * 0.9  # not faster than the recording
