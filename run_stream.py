@@ -31,7 +31,7 @@ from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
 from stream.detect import DetectorSettings, FaceDetector, MaskVerifier
 from stream.inpaint import FaceInpainter, InpaintSettings
-from stream.pipeline import DetectSchedule, DetectStage, InpaintStage, Pipeline, PipelineConfig, TrackStage
+from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
 from stream.reference import (
@@ -48,6 +48,7 @@ from stream.report import RunStats
 from stream.smoothing import SceneCutDetector, TemporalConfig
 from stream.sink import DetectionsSink, EncoderSettings, PreviewSink, Sink, SinkError, open_sink
 from stream.source import ImageSource, PacedSource, ReconnectPolicy, Source, SourceError, open_source
+from stream.stages import DetectSchedule, DetectStage, InpaintStage, TrackStage
 from stream.track import FaceTracker, TrackerConfig
 
 logger = logging.getLogger("run_stream")

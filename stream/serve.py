@@ -40,11 +40,12 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from stream.pipeline import InpaintStage, Pipeline, TrackStage
+from stream.pipeline import Pipeline
 from stream.records import Frame
 from stream.reference import ReferenceError
 from stream.sink import Sink, SinkError
 from stream.source import Source, SourceInfo
+from stream.stages import InpaintStage, TrackStage
 
 logger = logging.getLogger(__name__)
 

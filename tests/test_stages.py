@@ -14,7 +14,7 @@ from engines.models.generator import GeneratorConfig
 from engines.runtime import Engine, TensorSpec
 from stream.detect import Letterbox
 from stream.inpaint import CropWindow, FaceInpainter, MotionSettings, face_motion
-from stream.pipeline import DetectSchedule, DetectStage
+from stream.stages import DetectSchedule, DetectStage
 from stream.records import Detections, Frame, Track
 from stream.sink import DetectionsSink
 from stream.smoothing import OneEuroFilter, SceneCutDetector, TemporalConfig
