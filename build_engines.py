@@ -59,7 +59,7 @@ def parity_feeds(name: str, inputs) -> dict[str, torch.Tensor]:
     if name == "detector" and SAMPLE.exists():
         import av
 
-        from stream.detect import Letterbox
+        from stream.geometry import Letterbox
 
         with av.open(str(SAMPLE)) as container:
             image = next(container.decode(video=0)).to_ndarray(format="rgb24")

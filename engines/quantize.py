@@ -54,7 +54,8 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
 
     ``weights``: of model ``name`` (default: the shipped ones); the faces for generator crops are
     found by the shipped detector."""
-    from stream.detect import FaceDetector, Letterbox
+    from stream.detect import FaceDetector
+    from stream.geometry import Letterbox
 
     detector = load_model("detector", backend="torch", device="cpu", weights=weights if name == "detector" else None)
     if name == "detector":

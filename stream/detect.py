@@ -12,7 +12,7 @@ import torch
 from engines.models.detector import FACE, FACE_MASK, DetectorConfig
 from engines.models.verifier import VerifierConfig
 from engines.runtime import DeviceStream, Engine
-from stream.geometry import CropWindow
+from stream.geometry import CropWindow, Letterbox, box_overlap
 from stream.records import Detections
 
 logger = logging.getLogger(__name__)
@@ -42,28 +42,6 @@ class DetectorSettings:
     mask_inside: float = 0.6
 
 
-@dataclass(frozen=True)
-class Letterbox:
-    """Resize keeping aspect ratio, pad right and bottom; ``scale`` maps frame to input pixels."""
-
-    scale: float
-    width: int
-    height: int
-
-    @classmethod
-    def fit(cls, frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
-        scale = min(input_hw[0] / frame_hw[0], input_hw[1] / frame_hw[1])
-        return cls(scale, max(1, round(frame_hw[1] * scale)), max(1, round(frame_hw[0] * scale)))
-
-    def apply(self, image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-        """(H, W, 3) uint8 -> (input H, input W, 3) uint8 with zero padding."""
-        interp = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (self.width, self.height), interpolation=interp)
-        out = np.zeros((*input_hw, 3), np.uint8)
-        out[: self.height, : self.width] = resized
-        return out
-
-
 def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) -> bool:
     """Whether ``mask`` ((H, W) bool, frame pixels) sits where a mask is worn on the face with
     ``box`` ((4,) xyxy): over the lower face, the eyes free (see ``DetectorSettings``)."""
@@ -81,17 +59,6 @@ def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) 
     top, bottom, left, right = int(max(y1, 0)), int(np.ceil(band_bottom)), int(max(x1, 0)), int(np.ceil(x2))
     band = mask[top:bottom, left:right]
     return not (band.size and band.mean() > settings.upper_covered)
-
-
-def _overlap(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
-    """Share of each ``inner`` box (M, 4) covered by each ``outer`` box (F, 4): (M, F)."""
-    x1 = np.maximum(inner[:, None, 0], outer[None, :, 0])
-    y1 = np.maximum(inner[:, None, 1], outer[None, :, 1])
-    x2 = np.minimum(inner[:, None, 2], outer[None, :, 2])
-    y2 = np.minimum(inner[:, None, 3], outer[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (inner[:, 2] - inner[:, 0]) * (inner[:, 3] - inner[:, 1])
-    return inter / np.maximum(area[:, None], 1e-6)
 
 
 class MaskVerifier:
@@ -145,13 +112,13 @@ class FaceDetector:
             return Detections.empty(h, w)
         # A face box lying mostly inside a higher-scoring one is a part of that face (often the
         # mask itself), not another person: it would start a second track on the same face.
-        inside = _overlap(boxes[faces], boxes[faces])
+        inside = box_overlap(boxes[faces], boxes[faces])
         keep = [i for i in range(len(faces)) if not any(inside[i, j] > self.settings.nested_face for j in range(i))]
         faces = faces[keep]
         face_boxes = np.clip(boxes[faces], 0, [w, h, w, h]).astype(np.float32)
         masks = np.zeros((len(faces), h, w), bool)
         if len(worn):
-            overlap = _overlap(boxes[worn], face_boxes)
+            overlap = box_overlap(boxes[worn], face_boxes)
             probs = out["masks"][torch.from_numpy(worn), 0].cpu().numpy()
             for k, i in enumerate(worn):
                 # The most confident face that holds enough of the mask owns it; a weaker box

@@ -1,5 +1,5 @@
-"""Face crop geometry shared by the stages: the square crop window around a face, cut and pasted
-through one affine map each way."""
+"""Geometry shared by serving, training and evaluation: the detector's letterbox, box overlaps,
+and the square crop window around a face, cut and pasted through one affine map each way."""
 
 from __future__ import annotations
 
@@ -9,6 +9,54 @@ import cv2
 import numpy as np
 
 from engines.models.generator import square_crop_box
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Resize keeping aspect ratio, pad right and bottom; ``scale`` maps frame to input pixels
+    (a box in input pixels divided by ``scale`` is in frame pixels)."""
+
+    scale: float
+    width: int
+    height: int
+
+    @classmethod
+    def fit(cls, frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
+        scale = min(input_hw[0] / frame_hw[0], input_hw[1] / frame_hw[1])
+        return cls(scale, max(1, round(frame_hw[1] * scale)), max(1, round(frame_hw[0] * scale)))
+
+    def apply(self, image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+        """(H, W[, C]) image -> (input H, input W[, C]) of the same dtype, zero padded."""
+        interp = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (self.width, self.height), interpolation=interp)
+        out = np.zeros((*input_hw, *image.shape[2:]), image.dtype)
+        out[: self.height, : self.width] = resized.reshape(self.height, self.width, *image.shape[2:])
+        return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) float64 of xyxy boxes a (N, 4) and b (M, 4); 0 for empty boxes."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    inter = _intersection(a, b)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_overlap(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """Share of each ``inner`` box (N, 4) covered by each ``outer`` box (M, 4): (N, M) float64."""
+    inner, outer = np.asarray(inner, np.float64).reshape(-1, 4), np.asarray(outer, np.float64).reshape(-1, 4)
+    area = (inner[:, 2] - inner[:, 0]) * (inner[:, 3] - inner[:, 1])
+    return _intersection(inner, outer) / np.maximum(area[:, None], 1e-6)
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
 
 
 @dataclass(frozen=True)

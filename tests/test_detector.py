@@ -21,8 +21,8 @@ from engines.models.detector import (
     load_detector_meta,
     save_detector,
 )
+from stream.geometry import Letterbox
 from tests.media import make_video
-from training.detector_data import letterbox
 from training.evaluate_detector import (
     MaskScore,
     average_precision,
@@ -124,11 +124,15 @@ def test_save_load_roundtrip(small_model, tmp_path):
 
 def test_letterbox_pads_right_bottom():
     image = np.full((240, 320, 3), 200, np.uint8)
-    canvas, scale = letterbox(image, (320, 320))
-    assert canvas.shape == (320, 320, 3) and scale == pytest.approx(1.0)
+    fit = Letterbox.fit(image.shape[:2], (320, 320))
+    canvas = fit.apply(image, (320, 320))
+    assert canvas.shape == (320, 320, 3) and fit.scale == pytest.approx(1.0)
     assert canvas[:240].min() == 200 and canvas[240:].max() == 0
-    canvas, scale = letterbox(np.full((960, 480, 3), 9, np.uint8), (320, 320))
-    assert scale == pytest.approx(1 / 3) and canvas[:, :160].min() == 9 and canvas[:, 160:].max() == 0
+    fit = Letterbox.fit((960, 480), (320, 320))
+    canvas = fit.apply(np.full((960, 480, 3), 9, np.uint8), (320, 320))
+    assert fit.scale == pytest.approx(1 / 3) and canvas[:, :160].min() == 9 and canvas[:, 160:].max() == 0
+    grey = fit.apply(np.full((960, 480), 7, np.uint8), (320, 320))  # single-channel images keep their rank
+    assert grey.shape == (320, 320) and grey[:, :160].min() == 7 and grey[:, 160:].max() == 0
 
 
 def test_average_precision_and_mask_scores():

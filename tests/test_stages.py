@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from engines.models.generator import GeneratorConfig
 from engines.runtime import Engine, TensorSpec
-from stream.detect import Letterbox
+from stream.geometry import Letterbox
 from stream.inpaint import CropWindow, FaceInpainter, MotionSettings, face_motion
 from stream.stages import DetectSchedule, DetectStage
 from stream.records import Detections, Frame, Track

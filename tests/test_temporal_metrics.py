@@ -3,11 +3,12 @@ import math
 import numpy as np
 import pytest
 
+from stream.geometry import box_iou, box_overlap
+
 from training.temporal_metrics import (
     IdSwitchCounter,
     StillReference,
     TemporalErrorAccumulator,
-    box_iou,
     id_switches,
     psnr_per_frame,
     temporal_error,
@@ -125,10 +126,15 @@ def test_shape_mismatch_raises():
         psnr_per_frame(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 4, 4, 3), np.uint8), np.ones((2, 4, 5), bool))
 
 
-def test_box_iou():
-    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
-    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
-    assert box_iou([0, 0, 10, 10], [20, 20, 30, 30]) == 0.0
+def test_box_iou_and_overlap():
+    a = np.array([[0, 0, 10, 10], [0, 0, 0, 0]], float)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
+    iou = box_iou(a, b)
+    assert iou.shape == (2, 3)
+    assert iou[0].tolist() == pytest.approx([1.0, 50 / 150, 0.0])
+    assert iou[1].tolist() == [0.0, 0.0, 0.0]  # an empty box overlaps nothing
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10])[0, 0] == pytest.approx(50 / 150)
+    assert box_overlap(np.array([[5, 0, 15, 10]]), b)[0].tolist() == pytest.approx([0.5, 1.0, 0.0])
 
 
 A = np.array([0, 0, 10, 10], float)

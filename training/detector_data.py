@@ -76,19 +76,6 @@ class DetectorDataConfig:
 # ----------------------------------------------------------------------------- geometry
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """Resize ``image`` (HxWxC uint8) keeping aspect to fit ``size`` (H, W) and pad right/bottom
-    with 0. Returns the (H, W, C) canvas and the scale (input pixels per source pixel)."""
-    h, w = image.shape[:2]
-    scale = min(size[0] / h, size[1] / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    canvas = np.zeros((size[0], size[1]) + image.shape[2:], dtype=image.dtype)
-    canvas[:nh, :nw] = resized.reshape(nh, nw, *image.shape[2:])
-    return canvas, scale
-
-
 def face_region(lm: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Face region (h, w) bool from 68 landmarks: the jaw line plus a forehead arc up to the top
     of the whole-face ``box``."""

@@ -44,11 +44,11 @@ from tqdm import tqdm
 from engines.models.detector import FACE, FACE_MASK, load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
+from stream.geometry import Letterbox, box_iou
 from training.detector_data import (
     DataUnavailableError,
     DetectorDataConfig,
     DetectorSceneDataset,
-    letterbox,
     segmentation_files,
     segmentation_instances,
 )
@@ -61,20 +61,6 @@ LARGE_MASK_AREA = 32 * 32
 # Worn-mask area buckets in pixels, [low, high).
 AREA_BUCKETS = ((12, 400), (400, 1024), (1024, 4096), (4096, None))
 CLIP_ANNOTATIONS = Path(__file__).with_name("annotations") / "masked_clips.json"
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)) of xyxy boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float64)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def average_precision(
@@ -186,19 +172,17 @@ class Predictor:
         """Detections in the coordinates of ``image``: boxes (N, 4) xyxy, labels (N,), scores (N,),
         masks (N, h, w) float32 probabilities at the image's resolution."""
         h, w = image.shape[:2]
-        if letterboxed:
-            canvas, scale = image, 1.0
-        else:
-            canvas, scale = letterbox(image, self.config.input_size)
+        fit = Letterbox.fit((h, w), tuple(self.config.input_size))
+        canvas = image if letterboxed else fit.apply(image, tuple(self.config.input_size))
         x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255.0)
         out = self.engine.run({"image": x})
         boxes, labels, scores, masks = (out[k].numpy() for k in ("boxes", "labels", "scores", "masks"))
         masks = masks[:, 0]
         if not letterboxed:
-            ch, cw = round(h * scale), round(w * scale)
-            masks = np.stack([cv2.resize(m[:ch, :cw], (w, h), interpolation=cv2.INTER_LINEAR) for m in masks]) \
+            masks = np.stack([cv2.resize(m[:fit.height, :fit.width], (w, h), interpolation=cv2.INTER_LINEAR)
+                              for m in masks]) \
                 if len(masks) else np.zeros((0, h, w), np.float32)
-            boxes = boxes / scale
+            boxes = boxes / fit.scale
         return {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks}
 
 

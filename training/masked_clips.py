@@ -37,9 +37,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from stream.geometry import box_iou
 from training.landmarks import LandmarkDetector, LandmarkModelNotFoundError
 from training.synth import MaskSynthesizer, TemplateConfigError
-from training.temporal_metrics import box_iou
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +181,8 @@ def track_landmarks(
         if boxes:
             box = boxes[0]
             if prev_box is not None:
-                best = max(boxes, key=lambda b: box_iou(b, prev_box))
-                if box_iou(best, prev_box) > 0.2:
+                best = max(boxes, key=lambda b: box_iou(b, prev_box)[0, 0])
+                if box_iou(best, prev_box)[0, 0] > 0.2:
                     box = best
         elif prev_box is not None:
             box, how = prev_box, LM_TRACKED

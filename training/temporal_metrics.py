@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from stream.geometry import box_iou
+
 Box = Sequence[float] | np.ndarray
 
 
@@ -135,17 +137,6 @@ def psnr_per_frame(out: np.ndarray, gt: np.ndarray, region: np.ndarray | None = 
     )
 
 
-def box_iou(a: Box, b: Box) -> float:
-    """IoU of two xyxy boxes; 0 when either is empty."""
-    ax0, ay0, ax1, ay1 = (float(v) for v in a)
-    bx0, by0, bx1, by1 = (float(v) for v in b)
-    iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
-    ih = max(0.0, min(ay1, by1) - max(ay0, by0))
-    inter = iw * ih
-    union = max(0.0, ax1 - ax0) * max(0.0, ay1 - ay0) + max(0.0, bx1 - bx0) * max(0.0, by1 - by0) - inter
-    return inter / union if union > 0 else 0.0
-
-
 class IdSwitchCounter:
     """Streaming CLEAR-MOT identity switches.
 
@@ -175,11 +166,11 @@ class IdSwitchCounter:
         gts = {int(i): b for i, b in gts}
         match: dict[int, int] = {}
         for g, t in self._current.items():
-            if g in gts and t in tracks and box_iou(gts[g], tracks[t]) >= self.iou:
+            if g in gts and t in tracks and box_iou(gts[g], tracks[t])[0, 0] >= self.iou:
                 match[g] = t
         used = set(match.values())
         pairs = sorted(
-            ((box_iou(gb, tb), g, t) for g, gb in gts.items() if g not in match
+            ((box_iou(gb, tb)[0, 0], g, t) for g, gb in gts.items() if g not in match
              for t, tb in tracks.items() if t not in used),
             key=lambda p: -p[0],
         )
