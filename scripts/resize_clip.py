@@ -3,6 +3,8 @@ resize, encode H.264 (video only).
 
     python scripts/resize_clip.py --input samples/office_worker_720x404.mp4 --output clip_640x480.mp4 --size 640x480
     python scripts/resize_clip.py --input samples/office_worker_720x404.mp4 --output clip_1280x720.mp4 --size 1280x720
+    python scripts/resize_clip.py --input samples/office_worker_720x404.mp4 --output four_1920x1080.mp4 \
+        --size 1920x1080 --tile 2     # the clip 2 x 2 times in one frame: four faces
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -31,11 +34,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--size", type=_size, required=True, metavar="WxH")
     p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--tile", type=int, default=1, help="repeat the clip N x N times in each frame (N^2 faces)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.tile < 1:
+        print("error: --tile must be at least 1", file=sys.stderr)
+        return 2
     width, height = args.size
     try:
         with av.open(str(args.input)) as src, av.open(str(args.output), "w") as dst:
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             out.width, out.height, out.pix_fmt = width, height, "yuv420p"
             frames = 0
             for frame in src.decode(video):
-                image = frame.to_ndarray(format="rgb24")
+                image = np.tile(frame.to_ndarray(format="rgb24"), (args.tile, args.tile, 1))
                 h, w = image.shape[:2]
                 # Largest centred window of the target aspect ratio.
                 cw, ch = min(w, round(h * width / height)), min(h, round(w * height / width))
