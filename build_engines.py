@@ -19,11 +19,13 @@ from pathlib import Path
 
 import torch
 
+from engines.artifacts import ARTIFACTS_DIR, engine_path, onnx_path
 from engines.build import TensorRTSettings, build_tensorrt, check_tensorrt_ops
 from engines.export import ExportError, example_inputs, export_onnx
-from engines.quantize import calibration_feeds, int8_error, load_images, quantize_int8
-from engines.registry import ARTIFACTS_DIR, MODELS, load_model, onnx_path
+from engines.quantize import int8_error, quantize_int8
+from engines.registry import MODELS, load_model
 from engines.runtime import EngineError
+from stream.calibration import calibration_feeds, load_images
 
 logger = logging.getLogger("build_engines")
 # Training data of the detector (real photos of masked faces): the calibration set the issue asks for.
@@ -116,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {path} (int8, {len(feeds)} calibration inputs; mean |int8 - torch| "
                       f"of {output!r} {error:.4f})")
             if trt_ready:
-                from engines.backends.tensorrt_backend import engine_path
 
                 settings = TensorRTSettings(precision=args.precision, max_batch=args.max_batch,
                                             workspace_mib=args.workspace_mib)

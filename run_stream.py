@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from engines.registry import LoadedModel, file_sha256, load_model
+from engines.artifacts import file_sha256
+from engines.registry import LoadedModel, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
 from stream.detect import DetectorSettings, FaceDetector, MaskVerifier

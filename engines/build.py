@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from engines.export import TENSORRT_ONNX_OPS, ExportError, graph_ops
-from engines.registry import read_sidecar
+from engines.artifacts import read_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def build_tensorrt(
 ) -> Path:
     """Parse ``onnx_file``, build a serialised engine at ``plan`` with a metadata sidecar.
 
-    ``calibration``: named batch-1 inputs for int8 (``engines.quantize.calibration_feeds``)."""
+    ``calibration``: named batch-1 inputs for int8 (``stream.calibration.calibration_feeds``)."""
     import tensorrt as trt
 
     from engines.backends.tensorrt_backend import machine_fingerprint

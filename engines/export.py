@@ -10,7 +10,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from engines.registry import ARTIFACTS_DIR, MODELS, file_sha256, onnx_path, weights_path
+from engines.artifacts import ARTIFACTS_DIR, file_sha256, onnx_path
+from engines.registry import MODELS, weights_path
 from engines.runtime import TensorSpec
 
 logger = logging.getLogger(__name__)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from engines.artifacts import (
+    ARTIFACTS_DIR,
+    check_sidecar,
+    engine_path,
+    file_sha256,
+    onnx_path,
+    user_cache_dir,
+)
 from engines.runtime import (
     BACKENDS,
     BackendUnavailableError,
@@ -27,7 +32,6 @@ from engines.runtime import (
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 class WeightsNotFoundError(WeightsError):
@@ -109,47 +113,12 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weights_path(name: str, weights: Path | None = None) -> Path:
     spec = MODELS[name]
     path = weights or spec.weights
     if not path.exists():
         raise WeightsNotFoundError(f"{name}: weights {path} not found")
     return path
-
-
-PRECISIONS = ("fp32", "int8")
-
-
-def onnx_path(name: str, artifacts: Path = ARTIFACTS_DIR, *, precision: str = "fp32") -> Path:
-    """The fp32 export, or its int8 variant for ONNX Runtime on CPU (``engines.quantize``)."""
-    if precision not in PRECISIONS:
-        raise EngineError(f"unknown precision {precision!r}; known: {PRECISIONS}")
-    return artifacts / (f"{name}.onnx" if precision == "fp32" else f"{name}.{precision}.onnx")
-
-
-def read_sidecar(artifact: Path) -> dict[str, Any]:
-    sidecar = artifact.with_name(artifact.name + ".json")
-    if not sidecar.exists():
-        raise EngineMismatchError(f"{artifact}: no metadata sidecar {sidecar.name}; rebuild with build_engines.py")
-    return json.loads(sidecar.read_text())
-
-
-def check_sidecar(artifact: Path, *, model: str, weights: Path) -> dict[str, Any]:
-    """Refuse an artefact built from other weights or for another model."""
-    meta = read_sidecar(artifact)
-    if meta.get("model") != model:
-        raise EngineMismatchError(f"{artifact}: built for model {meta.get('model')!r}, not {model!r}; rebuild")
-    if meta.get("weights_sha256") != file_sha256(weights):
-        raise EngineMismatchError(f"{artifact}: built from other weights than {weights.name}; rebuild with build_engines.py")
-    return meta
 
 
 @dataclass(frozen=True)
@@ -193,7 +162,7 @@ def resolve_backend(name: str, backend: str, device: torch.device, *, weights: P
             raise EngineError(f"unknown backend {backend!r}")
         return backend
     if device.type == "cuda":
-        from engines.backends.tensorrt_backend import engine_path, tensorrt_available
+        from engines.backends.tensorrt_backend import tensorrt_available
 
         if tensorrt_available() and _artifact_ready(engine_path(name, artifacts), model=name, weights=weights):
             return "tensorrt"
@@ -201,14 +170,6 @@ def resolve_backend(name: str, backend: str, device: torch.device, *, weights: P
     if _artifact_ready(onnx_path(name, artifacts), model=name, weights=weights):
         return "onnxruntime"
     return "torch"
-
-
-def user_cache_dir() -> Path:
-    """Where exports made on first use live: $UNMASK_STREAM_CACHE, else the XDG cache folder."""
-    if os.environ.get("UNMASK_STREAM_CACHE"):
-        return Path(os.environ["UNMASK_STREAM_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "unmask-stream"
 
 
 def cached_export(name: str, weights: Path) -> Path | None:
@@ -271,7 +232,7 @@ def load_model(
         check_sidecar(artifact, model=name, weights=path)
         engine = OnnxRuntimeEngine(artifact, device=dev, threads=threads)
     else:
-        from engines.backends.tensorrt_backend import TensorRTEngine, engine_path
+        from engines.backends.tensorrt_backend import TensorRTEngine
 
         engine = TensorRTEngine(engine_path(name, artifacts), model=name, weights=path, device=dev)
     logger.info("%s: %s backend%s on %s (weights %s)", name, chosen, " int8" if precision == "int8" else "",

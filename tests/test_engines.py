@@ -10,8 +10,9 @@ import onnx
 import pytest
 import torch
 
+from engines.artifacts import check_sidecar
 from engines.export import TENSORRT_ONNX_OPS, example_inputs, export_onnx, graph_ops
-from engines.registry import check_sidecar, load_model, resolve_backend
+from engines.registry import load_model, resolve_backend
 from engines.runtime import BackendUnavailableError, EngineError, EngineMismatchError, TensorSpec
 
 
@@ -186,7 +187,7 @@ def test_calibration_inputs_are_what_the_pipeline_feeds():
     import av
 
     from build_engines import SAMPLE
-    from engines.quantize import calibration_feeds
+    from stream.calibration import calibration_feeds
 
     with av.open(str(SAMPLE)) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
@@ -240,7 +241,7 @@ def test_verifier_exports_with_parity(tmp_path):
 def test_first_use_exports_to_the_user_cache_once_and_falls_back_to_torch(tiny_weights, tmp_path, monkeypatch, caplog):
     import logging
 
-    from engines import registry
+    from engines.artifacts import user_cache_dir
 
     monkeypatch.setenv("UNMASK_STREAM_CACHE", str(tmp_path / "cache"))
     det, _ = tiny_weights
@@ -265,4 +266,4 @@ def test_first_use_exports_to_the_user_cache_once_and_falls_back_to_torch(tiny_w
         fallback = load_model("detector", device="cpu", weights=det, artifacts=empty, export_on_first_use=True)
     assert fallback.engine.backend == "torch"
     assert any("exporter crashed" in r.getMessage() for r in caplog.records)
-    assert registry.user_cache_dir() == tmp_path / "other_cache"
+    assert user_cache_dir() == tmp_path / "other_cache"

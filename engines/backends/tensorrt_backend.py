@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engines.registry import check_sidecar
+from engines.artifacts import check_sidecar
 from engines.runtime import BackendUnavailableError, Engine, EngineError, EngineMismatchError, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -26,10 +26,6 @@ _TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.i
 
 def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
-
-
-def engine_path(name: str, artifacts: Path) -> Path:
-    return artifacts / f"{name}.plan"
 
 
 def machine_fingerprint(device: torch.device) -> dict[str, str]:

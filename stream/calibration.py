@@ -1,0 +1,90 @@
+"""Calibration inputs for int8 engines, prepared exactly as the pipeline prepares them: the
+letterboxed frame for the detector, the verifier's face crops, and for the generator the aligned
+face crops and holes cut around the faces and masks the fp32 detector finds in photos of masked
+faces. Here, beside the stages, because it is the stages' own code that prepares them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.export import ExportError
+from engines.registry import load_model
+from stream.detect import FaceDetector
+from stream.geometry import CropWindow, Letterbox
+from stream.inpaint import FaceInpainter
+from stream.records import Track
+from stream.reference import EXEMPLARS, References, load_exemplars
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_images(directory: Path, *, limit: int = 200) -> list[np.ndarray]:
+    """Up to ``limit`` images under ``directory`` (searched recursively, sorted by path) as
+    (H, W, 3) uint8 RGB."""
+    if not directory.is_dir():
+        raise ExportError(f"calibration folder {directory} not found")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for path in files:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        if len(images) >= limit:
+            break
+    if not images:
+        raise ExportError(f"no readable images under {directory}")
+    return images
+
+
+def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path | None = None
+                      ) -> list[dict[str, np.ndarray]]:
+    """Named float32 inputs of model ``name`` (batch 1 each), as the pipeline would feed them.
+
+    ``weights``: of model ``name`` (default: the shipped ones); the faces for generator crops are
+    found by the shipped detector."""
+    detector = load_model("detector", backend="torch", device="cpu", weights=weights if name == "detector" else None)
+    if name == "detector":
+        hw = tuple(detector.config.input_size)
+        return [{"image": Letterbox.fit(im.shape[:2], hw).apply(im, hw).transpose(2, 0, 1)[None]
+                 .astype(np.float32) / 255.0} for im in images]
+    if name == "verifier":
+        verifier = load_model("verifier", backend="torch", device="cpu", weights=weights)
+        find = FaceDetector(detector.engine, detector.config)
+        s = verifier.config.size
+        feeds = [{"image": CropWindow.for_face(b, verifier.config.crop_scale).cut(im, s).transpose(2, 0, 1)[None]
+                  .astype(np.float32) / 255.0} for im in images for b in find(im).boxes]
+        if not feeds:
+            raise ExportError("the detector found no face in the calibration images")
+        return feeds
+    if name != "generator":
+        raise ExportError(f"no calibration recipe for model {name!r}")
+    generator = load_model("generator", backend="torch", device="cpu", weights=weights)
+    find = FaceDetector(detector.engine, detector.config)
+    inpainter = FaceInpainter(generator.engine, generator.config)
+    references = None
+    if generator.config.reference:
+        # Half the faces with a reference (the closest exemplar), half without, as served.
+        references = References(given=[], exemplars=load_exemplars(EXEMPLARS), memory=None)
+    feeds = []
+    for image in images:
+        detections = find(image)
+        for i in range(len(detections)):
+            if not detections.masks[i].any():
+                continue
+            track = Track(i, detections.boxes[i], float(detections.scores[i]), detections.masks[i])
+            _, crop, hole = inpainter.prepare(image, track)
+            feed = {"image": crop.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, "mask": hole[None, None]}
+            if references is not None:
+                size = generator.config.size
+                guide = references.guide(len(feeds), crop, hole < 0.5) if len(feeds) % 2 else None
+                feed["reference"] = (np.zeros((1, 3, size, size), np.float32) if guide is None
+                                     else guide.in_window(size).transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+                feed["reference_mask"] = np.full((1, 1, size, size), float(guide is not None), np.float32)
+            feeds.append(feed)
+    if not feeds:
+        raise ExportError("the detector found no masked face in the calibration images")
+    return feeds
