@@ -30,7 +30,7 @@ from engines.artifacts import file_sha256
 from engines.registry import LoadedModel, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
-from stream.detect import DetectorSettings, FaceDetector, MaskVerifier
+from stream.detect import DetectorSettings, DetectorSettingsError, FaceDetector, MaskVerifier
 from stream.inpaint import FaceInpainter, InpaintSettings
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
@@ -113,8 +113,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--verifier", default="off", choices=["on", "off"],
                    help="a second opinion per face (the mask verifier network) before a mask is filled: "
                         "far fewer unmasked faces touched, but it also refuses some real masks (its model card)")
-    p.add_argument("--face-score", type=float, default=DetectorSettings.face_score)
-    p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score)
+    p.add_argument("--face-score", type=float, default=DetectorSettings.face_score,
+                   help="minimum face confidence, between the detector's own cut-off (0.3 for the shipped "
+                        "model; lower is an error) and 1")
+    p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score,
+                   help="minimum face_mask confidence, in the same range (higher: fewer false masks, "
+                        "more missed ones)")
     p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
                    help="seconds to keep trying to open a network stream")
     p.add_argument("--reconnect-timeout", type=float, default=ReconnectPolicy.give_up_after,
@@ -225,10 +229,18 @@ def open_sinks(source: Source, args: argparse.Namespace) -> list[Sink]:
         if args.show:
             sinks.append(PreviewSink(overlays=not args.no_overlays))
     except SinkError:
-        for sink in sinks:
-            sink.close(complete=False)
+        abandon(sinks)
         raise
     return sinks
+
+
+def abandon(sinks: list[Sink]) -> None:
+    """Close sinks that will get no frame (their own complaint about that is not the error)."""
+    for sink in sinks:
+        try:
+            sink.close(complete=False)
+        except SinkError:
+            pass
 
 
 def write_report(path: Path, stats: RunStats, models: Models, source: Source, config: PipelineConfig) -> None:
@@ -254,14 +266,17 @@ def run(args: argparse.Namespace) -> RunStats:
     if not (args.output or args.show or args.detections):
         raise SinkError("nothing to do: give --output, --show or --detections")
     source = _open_input(args)
+    sinks: list[Sink] = []
     try:
         models = load_models(args)
         given = load_given_references(models, args)
         sinks = open_sinks(source, args)
+        pipeline = build_pipeline(source, models, sinks, args, given=given)
     except BaseException:
+        # Nothing was written: leave no half-made output behind the error.
+        abandon(sinks)
         source.close()
         raise
-    pipeline = build_pipeline(source, models, sinks, args, given=given)
     progress = make_progress(source.info.frame_count, enabled=not args.no_progress)
     preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
 
@@ -388,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             benchmark(args)
         else:
             run(args)
-    except (SourceError, SinkError, EngineError, ReferenceError) as exc:
+    except (SourceError, SinkError, EngineError, ReferenceError, DetectorSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,6 +18,10 @@ from stream.records import Detections
 logger = logging.getLogger(__name__)
 
 
+class DetectorSettingsError(ValueError):
+    """A detect-stage setting the model cannot honour (a score below what the model reports)."""
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     """face_score / mask_score: minimum confidence of a face box and of a face_mask instance.
@@ -40,6 +44,12 @@ class DetectorSettings:
     upper_covered: float = 0.15
     mask_centre: float = 0.5
     mask_inside: float = 0.6
+
+    def __post_init__(self) -> None:
+        for name in ("face_score", "mask_score", "mask_overlap", "nested_face", "upper_face", "upper_covered",
+                     "mask_centre", "mask_inside"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DetectorSettingsError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) -> bool:
@@ -89,6 +99,14 @@ class FaceDetector:
 
     def __init__(self, engine: Engine, config: DetectorConfig, *, settings: DetectorSettings = DetectorSettings(),
                  verifier: MaskVerifier | None = None) -> None:
+        # The exported model drops everything under its own cut-off: a lower setting would
+        # silently do nothing.
+        cutoff = config.box_score_thresh
+        for name in ("face_score", "mask_score"):
+            if getattr(settings, name) < cutoff:
+                raise DetectorSettingsError(
+                    f"{name.replace('_', '-')} {getattr(settings, name)} is below the detector's own cut-off "
+                    f"{cutoff}: it reports nothing weaker")
         self.engine = engine
         self.config = config
         self.settings = settings

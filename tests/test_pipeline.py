@@ -289,6 +289,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_weights, capsys):
     assert "does not exist" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good),
                                     "--output", str(tmp_path / "missing" / "out.mp4"))
     assert "no known" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(tmp_path / "out.xyz"))
+    # A score under the model's own cut-off would silently do nothing; out of [0, 1] is nonsense.
+    assert "cut-off 0.3" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(out),
+                                 "--face-score", "0.1")
+    assert "mask_score must be in [0, 1]" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good),
+                                                  "--output", str(out), "--mask-score", "1.5")
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
 
 
