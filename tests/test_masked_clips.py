@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import shutil
@@ -10,7 +11,7 @@ import pytest
 from training import evaluate_temporal, masked_clips
 from training.masked_clips import (
     ClipMasks,
-    H264Writer,
+    clip_writer,
     load_clip_masks,
     output_size,
     save_clip_masks,
@@ -18,6 +19,7 @@ from training.masked_clips import (
     smooth_landmarks,
 )
 
+from stream.records import Frame
 from stream.sink import encode_rle
 from tests.media import video_timestamps
 
@@ -85,10 +87,11 @@ def test_masks_npz_round_trip(tmp_path):
 
 
 def _write_video(path, frames, pts, time_base=Fraction(1, 75)):
-    with H264Writer(path, size=(frames.shape[2], frames.shape[1]), rate=Fraction(25), time_base=time_base,
-                    crf=0, preset="ultrafast") as writer:
-        for frame, p in zip(frames, pts):
-            writer.write(frame, int(p))
+    writer = clip_writer(path, size=(frames.shape[2], frames.shape[1]), rate=Fraction(25), time_base=time_base,
+                         crf=0, preset="ultrafast")
+    with contextlib.closing(writer):
+        for i, (frame, p) in enumerate(zip(frames, pts)):
+            writer.write(Frame(index=i, image=frame, pts=int(p), time_base=time_base))
 
 
 def _moving_clip(frames=6, h=32, w=48):

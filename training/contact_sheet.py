@@ -11,12 +11,14 @@ same region (frame pixels) out of every video first, to look at a face up close.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
+
+from stream.source import SourceError, VideoFileSource
 
 
 class SheetError(RuntimeError):
@@ -27,14 +29,15 @@ def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     """{index: (H, W, 3) uint8 RGB} for the wanted frame indices of ``path``."""
     wanted, found = set(indices), {}
     try:
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted:
-                    found[i] = frame.to_ndarray(format="rgb24")
-                if len(found) == len(wanted):
-                    break
-    except av.FFmpegError as exc:
+        source = VideoFileSource(path)
+    except SourceError as exc:
         raise SheetError(f"cannot read {path}: {exc}") from exc
+    with contextlib.closing(source):
+        for i, frame in enumerate(source):
+            if i in wanted:
+                found[i] = frame.image
+            if len(found) == len(wanted):
+                break
     missing = sorted(wanted - set(found))
     if missing:
         raise SheetError(f"{path} has no frame {missing[0]}")

@@ -28,6 +28,7 @@ all-point interpolated average precision of face boxes at IoU 0.5 over all detec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -35,7 +36,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from engines.models.detector import FACE, FACE_MASK, load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.geometry import Letterbox, box_iou
+from stream.source import VideoFileSource
 from training.detector_data import (
     DataUnavailableError,
     DetectorDataConfig,
@@ -283,11 +284,11 @@ def evaluate_clips(predictor, folder: Path, score: float, masked_from: dict[str,
             logger.warning("%s: no annotation, every frame counted", path.name)
         first = masked_from.get(path.stem, 0)
         clip_found, clip_n = 0, 0
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(tqdm(container.decode(video=0), desc=path.stem, unit="frame")):
+        with contextlib.closing(VideoFileSource(path)) as source:
+            for i, frame in enumerate(tqdm(source, desc=path.stem, unit="frame")):
                 if i < first:
                     continue
-                pred = predictor(frame.to_ndarray(format="rgb24"))
+                pred = predictor(frame.image)
                 clip_n += 1
                 clip_found += bool(((pred["labels"] == FACE_MASK) & (pred["scores"] >= score)).any())
         per_clip[path.stem] = {"frames": clip_n, "face_mask_found_rate": clip_found / max(clip_n, 1)}

@@ -27,6 +27,7 @@ settings), so the numbers are what a user gets:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -35,7 +36,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ from engines.models.detector import load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.detect import FaceDetector, MaskVerifier
+from stream.records import Frame
+from stream.source import VideoFileSource
 from training.detector_data import DataUnavailableError
 from training.evaluate_detector import (
     IMAGE_SUFFIXES,
@@ -54,7 +56,7 @@ from training.evaluate_detector import (
     load_clip_annotations,
 )
 from training.evaluate_temporal import EvaluationError, find_clips, iter_rgb, run_stream_once
-from training.masked_clips import H264Writer
+from training.masked_clips import clip_writer
 from training.negatives import masked_photo_files, negative_files
 from training.temporal_metrics import visibly_altered
 
@@ -139,14 +141,13 @@ def make_mask_off_clip(masked: Path, gt: Path, out: Path) -> int:
     if len(masked_frames) != len(gt_frames) or not masked_frames:
         raise EvaluationError(f"{masked.name} and {gt.name} differ in length")
     switch = len(masked_frames) // 2
-    with av.open(str(masked)) as container:
-        stream = container.streams.video[0]
-        rate, tb = stream.average_rate, stream.time_base
+    with contextlib.closing(VideoFileSource(masked)) as source:
+        rate, tb = source.info.rate, source.info.time_base
     h, w = masked_frames[0].shape[:2]
-    with H264Writer(out, size=(w, h), rate=rate, time_base=tb, crf=16, preset="medium") as writer:
+    with contextlib.closing(clip_writer(out, size=(w, h), rate=rate, time_base=tb, crf=16, preset="medium")) as writer:
         step = max(1, round(1 / (rate * tb)))
         for t, frame in enumerate(masked_frames[:switch] + gt_frames[switch:]):
-            writer.write(frame, t * step)
+            writer.write(Frame(index=t, image=frame, pts=t * step, time_base=tb))
     return switch
 
 

@@ -32,6 +32,7 @@ encoded, since the ground truth's grain changes every frame and the encoder does
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -43,7 +44,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -120,11 +120,12 @@ def run_stream_once(cmd: list[str], *, cwd: Path, timeout: float | None) -> None
 def iter_rgb(path: Path) -> Iterator[np.ndarray]:
     """Decoded frames of a video as HxWx3 uint8 RGB."""
     try:
-        with av.open(str(path)) as container:
-            for frame in container.decode(container.streams.video[0]):
-                yield frame.to_ndarray(format="rgb24")
-    except av.error.FFmpegError as exc:
+        source = VideoFileSource(path)
+    except SourceError as exc:
         raise EvaluationError(f"cannot decode {path}: {exc}") from exc
+    with contextlib.closing(source):
+        for frame in source:
+            yield frame.image
 
 
 @dataclass(frozen=True)

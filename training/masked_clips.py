@@ -24,6 +24,7 @@ are fixed per clip.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import zlib
@@ -32,12 +33,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from stream.geometry import box_iou
+from stream.records import Frame
+from stream.sink import EncoderSettings, VideoSink
+from stream.source import SourceError, SourceInfo, VideoFileSource
 from training.landmarks import LandmarkDetector, LandmarkModelNotFoundError
 from training.synth import MaskSynthesizer, TemplateConfigError
 
@@ -84,14 +87,13 @@ class VideoInfo:
 
 def probe(path: Path) -> VideoInfo:
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            ctx = stream.codec_context
-            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            time_base = stream.time_base or 1 / Fraction(rate)
-            return VideoInfo(path=path, size=(ctx.width, ctx.height), rate=Fraction(rate), time_base=Fraction(time_base))
-    except (av.error.FFmpegError, IndexError) as exc:
+        source = VideoFileSource(path)
+    except SourceError as exc:
         raise ClipError(f"cannot read video {path}: {exc}") from exc
+    with contextlib.closing(source):
+        info = source.info
+    rate = Fraction(info.rate or 25)
+    return VideoInfo(path=path, size=(info.width, info.height), rate=rate, time_base=Fraction(info.time_base or 1 / rate))
 
 
 def output_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -103,53 +105,28 @@ def output_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def iter_frames(path: Path, *, size: tuple[int, int], max_frames: int | None) -> Iterator[tuple[np.ndarray, int]]:
-    """Decoded frames as (HxWx3 uint8 RGB resized to ``size`` (w, h), pts in stream time base)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        for i, frame in enumerate(container.decode(stream)):
+    """Decoded frames as (HxWx3 uint8 RGB resized to ``size`` (w, h), pts in stream time base),
+    read by the pipeline's own reader (``stream.source.VideoFileSource``)."""
+    try:
+        source = VideoFileSource(path)
+    except SourceError as exc:
+        raise ClipError(str(exc)) from exc
+    with contextlib.closing(source):
+        for i, frame in enumerate(source):
             if max_frames is not None and i >= max_frames:
                 break
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = frame.image
             if (rgb.shape[1], rgb.shape[0]) != size:
                 rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            yield rgb, (frame.pts if frame.pts is not None else i)
+            yield rgb, frame.pts
 
 
-class H264Writer:
-    """Writes HxWx3 uint8 RGB frames with given pts (in ``time_base``) to an H.264 mp4."""
-
-    def __init__(self, path: Path, *, size: tuple[int, int], rate: Fraction, time_base: Fraction,
-                 crf: int, preset: str) -> None:
-        self._container = av.open(str(path), "w")
-        self._stream = self._container.add_stream("libx264", rate=rate)
-        self._stream.width, self._stream.height = size
-        self._stream.pix_fmt = "yuv420p"
-        self._stream.time_base = time_base
-        self._stream.codec_context.time_base = time_base
-        self._stream.options = {"crf": str(crf), "preset": preset}
-        self._time_base = time_base
-        self._last_pts: int | None = None
-
-    def write(self, rgb: np.ndarray, pts: int) -> None:
-        # Decoders occasionally repeat a pts; the muxer rejects non-increasing ones.
-        if self._last_pts is not None and pts <= self._last_pts:
-            pts = self._last_pts + 1
-        self._last_pts = pts
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts, frame.time_base = pts, self._time_base
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self._stream.encode(None):
-            self._container.mux(packet)
-        self._container.close()
-
-    def __enter__(self) -> H264Writer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def clip_writer(path: Path, *, size: tuple[int, int], rate: Fraction, time_base: Fraction, crf: int,
+                preset: str) -> VideoSink:
+    """The pipeline's own H.264 writer (``stream.sink.VideoSink``) for a clip of (w, h) ``size``
+    whose frames are stamped in ``time_base``: write ``Frame`` records, then ``close()``."""
+    info = SourceInfo(width=size[0], height=size[1], rate=rate, time_base=time_base, frame_count=None, live=False)
+    return VideoSink(str(path), info, settings=EncoderSettings(crf=crf, preset=preset))
 
 
 @dataclass(frozen=True)
@@ -371,8 +348,9 @@ def _render(
     strip_start = max(0, frames // 2 - 4)
     streams = [iter_frames(f.video.path, size=f.size, max_frames=frames) for f in faces]
     writer_args = dict(size=(width, height), rate=ref.rate, time_base=ref.time_base, preset=config.preset)
-    with H264Writer(out_dir / f"{name}_masked.mp4", crf=config.masked_crf, **writer_args) as masked_out, \
-            H264Writer(out_dir / f"{name}_gt.mp4", crf=config.gt_crf, **writer_args) as gt_out:
+    masked_out = clip_writer(out_dir / f"{name}_masked.mp4", crf=config.masked_crf, **writer_args)
+    gt_out = clip_writer(out_dir / f"{name}_gt.mp4", crf=config.gt_crf, **writer_args)
+    with contextlib.closing(masked_out), contextlib.closing(gt_out):
         for t in tqdm(range(frames), desc=f"{name} render", unit="frame", leave=False):
             tiles = [next(s) for s in streams]
             pts = tiles[0][1]
@@ -386,8 +364,8 @@ def _render(
                 masked_tiles.append(res.image)
             gt = np.concatenate(gt_tiles, 1)
             masked = np.concatenate(masked_tiles, 1)
-            masked_out.write(masked, pts)
-            gt_out.write(gt, pts)
+            masked_out.write(Frame(index=t, image=masked, pts=pts, time_base=ref.time_base))
+            gt_out.write(Frame(index=t, image=gt, pts=pts, time_base=ref.time_base))
             pts_out[t] = pts
             if strip and strip_start <= t < strip_start + 8:
                 strip_frames.append(masked)
