@@ -18,6 +18,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda signum, frame: _EARLY_INTERRUPTS.append(signum))
 
 import argparse  # noqa: E402
+import dataclasses
 import json
 import logging
 import tempfile
@@ -147,6 +148,74 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @dataclass(frozen=True)
+class ModelChoice:
+    """Which weights run on what: ``--backend``, ``--device``, ``--threads``, ``--int8``, the
+    ``--*-weights`` files (None: the shipped ones) and ``--verifier``."""
+
+    backend: str = "auto"
+    device: str = "auto"
+    threads: int = 1
+    int8: bool = False
+    detector_weights: Path | None = None
+    generator_weights: Path | None = None
+    verifier: bool = False
+    verifier_weights: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of the program, built from the command line by ``config_from_args`` and nowhere
+    else; the benchmark derives its runs from it with ``dataclasses.replace``.
+
+    live: "auto" (latency first for cameras and network streams), "on" or "off".
+    temporal.enabled and the detection schedule are what the user asked; photos override both.
+    """
+
+    input: str | None
+    output: str | None = None
+    detections: Path | None = None
+    show: bool = False
+    overlays: bool = True
+    report: Path | None = None
+    models: ModelChoice = ModelChoice()
+    detector: DetectorSettings = DetectorSettings()
+    schedule: DetectSchedule = DetectSchedule(auto=True)
+    temporal: TemporalConfig = TemporalConfig()
+    inpaint: InpaintSettings = InpaintSettings()
+    reference: Path | None = None
+    identity_memory: bool = True
+    exemplars: bool = False
+    live: str = "auto"
+    pipeline: PipelineConfig = PipelineConfig()
+    encoder: EncoderSettings = EncoderSettings()
+    reconnect: ReconnectPolicy = ReconnectPolicy()
+    progress: bool = True
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run configuration of parsed arguments; invalid settings raise (DetectorSettingsError,
+    ValueError from the configs' own checks)."""
+    return RunConfig(
+        input=args.input, output=args.output, detections=args.detections, show=args.show,
+        overlays=not args.no_overlays, report=args.report,
+        models=ModelChoice(backend=args.backend, device=args.device, threads=args.threads, int8=args.int8,
+                           detector_weights=args.detector_weights, generator_weights=args.generator_weights,
+                           verifier=args.verifier == "on", verifier_weights=args.verifier_weights),
+        detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
+        schedule=args.detect_every,
+        temporal=TemporalConfig(enabled=args.temporal == "on", output_momentum=args.output_momentum,
+                                mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff),
+        inpaint=InpaintSettings(detail_sigma=args.detail_sigma),
+        reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
+        live=args.live,
+        pipeline=PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames),
+        encoder=EncoderSettings(crf=args.crf, preset=args.preset),
+        reconnect=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout),
+        progress=not args.no_progress,
+    )
+
+
+@dataclass(frozen=True)
 class Models:
     detector: LoadedModel
     generator: LoadedModel
@@ -160,74 +229,68 @@ class Models:
         }
 
 
-def load_models(args: argparse.Namespace) -> Models:
-    kwargs = dict(backend=args.backend, device=args.device, threads=args.threads,
-                  precision="int8" if args.int8 else "fp32", export_on_first_use=True)
+def load_models(choice: ModelChoice) -> Models:
+    kwargs = dict(backend=choice.backend, device=choice.device, threads=choice.threads,
+                  precision="int8" if choice.int8 else "fp32", export_on_first_use=True)
     return Models(
-        detector=load_model("detector", weights=args.detector_weights, **kwargs),
-        generator=load_model("generator", weights=args.generator_weights, **kwargs),
-        verifier=load_model("verifier", weights=args.verifier_weights, **kwargs) if args.verifier == "on" else None,
+        detector=load_model("detector", weights=choice.detector_weights, **kwargs),
+        generator=load_model("generator", weights=choice.generator_weights, **kwargs),
+        verifier=load_model("verifier", weights=choice.verifier_weights, **kwargs) if choice.verifier else None,
     )
 
 
-def _detector(models: Models, args: argparse.Namespace) -> FaceDetector:
+def _detector(models: Models, settings: DetectorSettings) -> FaceDetector:
     verifier = models.verifier
     return FaceDetector(
-        models.detector.engine, models.detector.config,
-        settings=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
+        models.detector.engine, models.detector.config, settings=settings,
         verifier=MaskVerifier(verifier.engine, verifier.config) if verifier is not None else None,
     )
 
 
-def load_given_references(models: Models, args: argparse.Namespace) -> list[ReferenceFace]:
+def load_given_references(models: Models, config: RunConfig) -> list[ReferenceFace]:
     """The faces of ``--reference`` (none without it); a bad reference raises ReferenceError."""
-    if not args.reference:
+    if not config.reference:
         return []
-    return load_references(args.reference, _detector(models, args), crop_scale=models.generator.config.crop_scale)
+    return load_references(config.reference, _detector(models, config.detector),
+                           crop_scale=models.generator.config.crop_scale)
 
 
-def build_pipeline(source: Source, models: Models, sinks: list[Sink], args: argparse.Namespace, *,
+def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: RunConfig, *,
                    given: list[ReferenceFace] = ()) -> Pipeline:
     still = isinstance(source, ImageSource)
-    temporal = TemporalConfig(
-        enabled=args.temporal == "on" and not still, output_momentum=args.output_momentum,
-        mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff,
-    )
+    temporal = dataclasses.replace(config.temporal, enabled=config.temporal.enabled and not still)
     # Photos are unrelated to each other: every one is detected and no track waits to be confirmed.
-    schedule = DetectSchedule() if still else args.detect_every
+    schedule = DetectSchedule() if still else config.schedule
     tracker_config = TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1) if still else TrackerConfig()
     rate = float(source.info.rate) if source.info.rate else 25.0
-    detector = _detector(models, args)
     crop_scale = models.generator.config.crop_scale
     references = References(
         given=list(given),
-        exemplars=load_exemplars(EXEMPLARS) if args.exemplars == "on" else [],
-        memory=IdentityMemory(crop_scale=crop_scale) if args.identity_memory == "on" and not still else None,
+        exemplars=load_exemplars(EXEMPLARS) if config.exemplars else [],
+        memory=IdentityMemory(crop_scale=crop_scale) if config.identity_memory and not still else None,
     )
-    live = args.live == "on" or (args.live == "auto" and source.live)
+    live = config.live == "on" or (config.live == "auto" and source.live)
     stages = [
-        DetectStage(detector, schedule=schedule,
+        DetectStage(_detector(models, config.detector), schedule=schedule,
                     scene_cuts=SceneCutDetector(temporal.scene_cut) if temporal.enabled else None, background=live),
         TrackStage(FaceTracker(tracker_config, temporal=temporal, rate=rate)),
         InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,
-                                   settings=InpaintSettings(detail_sigma=args.detail_sigma), references=references)),
+                                   settings=config.inpaint, references=references)),
     ]
-    config = PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames,
-                            live=live)
-    logger.info("%s mode: %s", "live" if live else "file",
-                "one-frame queues, detector in the background" if live else f"queues of {args.queue_size}, no frame dropped")
-    return Pipeline(source, stages, sinks, config=config)
+    logger.info("%s mode: %s", "live" if live else "file", "one-frame queues, detector in the background"
+                if live else f"queues of {config.pipeline.queue_size}, no frame dropped")
+    return Pipeline(source, stages, sinks, config=dataclasses.replace(config.pipeline, live=live))
 
 
-def open_sinks(source: Source, args: argparse.Namespace) -> list[Sink]:
+def open_sinks(source: Source, config: RunConfig) -> list[Sink]:
     sinks: list[Sink] = []
     try:
-        if args.output:
-            sinks.append(open_sink(args.output, source.info, settings=EncoderSettings(crf=args.crf, preset=args.preset)))
-        if args.detections:
-            sinks.append(DetectionsSink(args.detections))
-        if args.show:
-            sinks.append(PreviewSink(overlays=not args.no_overlays))
+        if config.output:
+            sinks.append(open_sink(config.output, source.info, settings=config.encoder))
+        if config.detections:
+            sinks.append(DetectionsSink(config.detections))
+        if config.show:
+            sinks.append(PreviewSink(overlays=config.overlays))
     except SinkError:
         abandon(sinks)
         raise
@@ -256,28 +319,26 @@ def write_report(path: Path, stats: RunStats, models: Models, source: Source, co
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _open_input(args: argparse.Namespace) -> Source:
-    return open_source(
-        args.input, policy=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout)
-    )
+def _open_input(config: RunConfig) -> Source:
+    return open_source(config.input, policy=config.reconnect)
 
 
-def run(args: argparse.Namespace) -> RunStats:
-    if not (args.output or args.show or args.detections):
+def run(config: RunConfig) -> RunStats:
+    if not (config.output or config.show or config.detections):
         raise SinkError("nothing to do: give --output, --show or --detections")
-    source = _open_input(args)
+    source = _open_input(config)
     sinks: list[Sink] = []
     try:
-        models = load_models(args)
-        given = load_given_references(models, args)
-        sinks = open_sinks(source, args)
-        pipeline = build_pipeline(source, models, sinks, args, given=given)
+        models = load_models(config.models)
+        given = load_given_references(models, config)
+        sinks = open_sinks(source, config)
+        pipeline = build_pipeline(source, models, sinks, config, given=given)
     except BaseException:
         # Nothing was written: leave no half-made output behind the error.
         abandon(sinks)
         source.close()
         raise
-    progress = make_progress(source.info.frame_count, enabled=not args.no_progress)
+    progress = make_progress(source.info.frame_count, enabled=config.progress)
     preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
 
     def on_frame(frame: Frame) -> None:
@@ -290,8 +351,8 @@ def run(args: argparse.Namespace) -> RunStats:
         stats = pipeline.run()
     finally:
         progress.close()
-        if args.report:
-            write_report(args.report, pipeline.stats, models, source, pipeline.config)
+        if config.report:
+            write_report(config.report, pipeline.stats, models, source, pipeline.config)
     logger.info(
         "%d frames in %.1f s (%.1f FPS), %d dropped, %d corrupt",
         stats.frames_written, stats.wall_seconds, stats.fps, stats.frames_dropped, stats.frames_corrupt,
@@ -299,35 +360,35 @@ def run(args: argparse.Namespace) -> RunStats:
     return stats
 
 
-def serve_web(args: argparse.Namespace) -> None:
+def serve_web(config: RunConfig, serve_at: str) -> None:
     """``--serve``: the web page (stream/serve.py) around the same models and pipeline."""
     # Imported here: the web stack (aiohttp, aiortc) is needed by --serve only.
     import asyncio
 
     from stream.serve import ServeAddress, WebApp, access_token, serve
 
-    address = ServeAddress.parse(args.serve)
-    models = load_models(args)
-    given = load_given_references(models, args)
-    detector = _detector(models, args)
+    address = ServeAddress.parse(serve_at)
+    models = load_models(config.models)
+    given = load_given_references(models, config)
+    detector = _detector(models, config.detector)
     crop_scale = models.generator.config.crop_scale
 
     def build(source: Source, sinks: list[Sink]) -> Pipeline:
-        return build_pipeline(source, models, sinks, args, given=given)
+        return build_pipeline(source, models, sinks, config, given=given)
 
     def make_reference(image):
         return reference_from_image(image, detector, crop_scale=crop_scale, name="a frame of your camera")
 
     def open_input() -> Source:
-        source = _open_input(args)
+        source = _open_input(config)
         if source.live:
             return source
         # A recording is played at its own pace, as a camera would be, so viewers watch it in
         # time, and over again while anyone watches.
         source.close()
-        return PacedSource(lambda: _open_input(args), loop=True)
+        return PacedSource(lambda: _open_input(config), loop=True)
 
-    webapp = WebApp(build=build, make_reference=make_reference, open_input=open_input if args.input else None,
+    webapp = WebApp(build=build, make_reference=make_reference, open_input=open_input if config.input else None,
                     token=access_token(address))
 
     def ready(url: str) -> None:
@@ -336,40 +397,35 @@ def serve_web(args: argparse.Namespace) -> None:
     asyncio.run(serve(webapp, address, ready=ready))
 
 
-def benchmark(args: argparse.Namespace) -> BenchmarkResult:
+def benchmark(config: RunConfig, directory: Path) -> BenchmarkResult:
     """Threaded, then sequential, on the same models and settings; encodes to a scratch file
     unless --output is given, so encoding is part of the measured cost."""
-    models = load_models(args)
-    given = load_given_references(models, args)
+    models = load_models(config.models)
+    given = load_given_references(models, config)
     scratch = tempfile.TemporaryDirectory()
     inputs: list[Source] = []
-
-    def bench_args(sequential: bool) -> argparse.Namespace:
-        return argparse.Namespace(**{
-            **vars(args), "sequential": sequential, "show": False,
-            "max_frames": args.max_frames if args.max_frames is not None else 300,
-            "output": args.output or str(Path(scratch.name) / "bench.mp4"),
-        })
+    frames = config.pipeline.max_frames if config.pipeline.max_frames is not None else 300
+    bench = dataclasses.replace(config, show=False, output=config.output or str(Path(scratch.name) / "bench.mp4"),
+                                pipeline=dataclasses.replace(config.pipeline, max_frames=frames))
 
     def make_pipeline(sequential: bool) -> Pipeline:
-        source = _open_input(args)
+        source = _open_input(bench)
         inputs.append(source)
-        run_args = bench_args(sequential)
-        return build_pipeline(source, models, open_sinks(source, run_args), run_args, given=given)
+        run_config = dataclasses.replace(bench, pipeline=dataclasses.replace(bench.pipeline, sequential=sequential))
+        return build_pipeline(source, models, open_sinks(source, run_config), run_config, given=given)
 
     def make_decode_encode() -> Pipeline:
-        source = _open_input(args)
-        run_args = bench_args(False)
-        config = PipelineConfig(queue_size=run_args.queue_size, max_frames=run_args.max_frames)
-        return Pipeline(source, [], open_sinks(source, run_args), config=config)
+        source = _open_input(bench)
+        pipeline_config = PipelineConfig(queue_size=bench.pipeline.queue_size, max_frames=frames)
+        return Pipeline(source, [], open_sinks(source, bench), config=pipeline_config)
 
     with scratch:
-        result = run_benchmark(make_pipeline, compare_sequential=not args.sequential,
+        result = run_benchmark(make_pipeline, compare_sequential=not config.pipeline.sequential,
                                make_decode_encode=make_decode_encode)
     print(format_table(result))
     info = inputs[0].info
     context = {
-        "input": f"{Path(args.input).name} {info.width}x{info.height}",
+        "input": f"{Path(config.input).name} {info.width}x{info.height}",
         "backend": models.detector.engine.backend + ("-int8" if models.detector.precision == "int8" else ""),
         "device": str(models.detector.engine.device),
         "models": models.describe(),
@@ -377,7 +433,7 @@ def benchmark(args: argparse.Namespace) -> BenchmarkResult:
         "cpu_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-    json_path, png_path = write_outputs(result, args.benchmark, context)
+    json_path, png_path = write_outputs(result, directory, context)
     print(f"wrote {json_path} and {png_path}")
     return result
 
@@ -397,12 +453,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --input (or --serve for the web page)", file=sys.stderr)
         return 2
     try:
+        config = config_from_args(args)
         if args.serve:
-            serve_web(args)
+            serve_web(config, args.serve)
         elif args.benchmark:
-            benchmark(args)
+            benchmark(config, args.benchmark)
         else:
-            run(args)
+            run(config)
     except (SourceError, SinkError, EngineError, ReferenceError, DetectorSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -462,3 +462,17 @@ def test_paced_source_plays_at_its_rate_and_loops(tmp_path):
     stamps = [f.pts for f in frames]
     assert stamps == sorted(set(stamps))
     assert elapsed >= 24 / rate * 0.9  # not faster than the recording
+
+
+def test_command_line_becomes_one_frozen_run_config():
+    import dataclasses
+
+    args = run_stream.get_args_parser().parse_args([
+        "--input", "in.mp4", "--output", "out.mp4", "--face-score", "0.8", "--temporal", "off", "--live", "on",
+        "--queue-size", "2", "--verifier", "on", "--crf", "30",
+    ])
+    config = run_stream.config_from_args(args)
+    assert config.detector.face_score == 0.8 and not config.temporal.enabled and config.live == "on"
+    assert config.pipeline.queue_size == 2 and config.models.verifier and config.encoder.crf == 30
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.output = "elsewhere.mp4"
