@@ -87,7 +87,7 @@ def int8_error(name: str, feeds: Sequence[dict[str, np.ndarray]], *, artifacts: 
     """(output name, mean absolute difference between the int8 variant and PyTorch) on ``feeds``,
     over the model's first output: the generator's image (0..1), the detector's boxes (pixels,
     only on inputs where both find the same number of them, so for it a smoke test; its real
-    accuracy check is ``training.evaluate_detector --precision int8``)."""
+    accuracy check is ``training.evaluation.evaluate_detector --precision int8``)."""
     reference = load_model(name, backend="torch", device="cpu", weights=weights)
     quantized = load_model(name, backend="onnxruntime", device="cpu", weights=weights, artifacts=artifacts,
                            precision="int8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from training import contact_sheet
+from training.evaluation import contact_sheet
 
 
 def _clip(path, value: int, frames: int = 5) -> None:

@@ -23,7 +23,7 @@ from engines.models.detector import (
 )
 from stream.geometry import Letterbox
 from tests.media import make_video
-from training.evaluate_detector import (
+from training.evaluation.evaluate_detector import (
     MaskScore,
     average_precision,
     by_area,
@@ -176,7 +176,7 @@ def landmarks(tmp_path_factory) -> Path:
     """The full landmark cache when it was built; otherwise a small one made here (a fresh clone)."""
     if LANDMARKS.is_file():
         return LANDMARKS
-    from training.landmarks import LandmarkDetector, build_cache, save_landmark_cache
+    from training.data.landmarks import LandmarkDetector, build_cache, save_landmark_cache
 
     path = tmp_path_factory.mktemp("landmarks") / "utkface_landmarks.npz"
     cache = build_cache(images=DATA / "faces" / "utkface", detector=LandmarkDetector(), limit=60)
@@ -186,7 +186,7 @@ def landmarks(tmp_path_factory) -> Path:
 
 @needs_data
 def test_scene_targets_are_consistent(landmarks):
-    from training.detector_data import DetectorDataConfig, DetectorSceneDataset
+    from training.data.detector_data import DetectorDataConfig, DetectorSceneDataset
 
     ds = DetectorSceneDataset(
         data_root=DATA, landmarks=landmarks, config=DetectorDataConfig(input_size=(320, 320)), split="train", seed=3
@@ -255,14 +255,14 @@ def test_landmark_cache_reads_without_dlib(tmp_path):
     import subprocess
     import sys
 
-    from training.landmarks import LandmarkCache, save_landmark_cache
+    from training.data.landmarks import LandmarkCache, save_landmark_cache
 
     path = tmp_path / "cache.npz"
     marks = np.arange(2 * 68 * 2, dtype=np.float32).reshape(2, 68, 2)
     save_landmark_cache(LandmarkCache(files=("a.jpg", "b.jpg"), landmarks=marks, detected=np.array([True, False])), path)
     code = (
         "import sys; sys.modules['dlib'] = None\n"  # makes any `import dlib` raise ImportError
-        "from training.landmarks import load_landmark_cache\n"
+        "from training.data.landmarks import load_landmark_cache\n"
         f"c = load_landmark_cache({str(path)!r})\n"
         "print(c.files, float(c.landmarks[1, 67, 1]), c.detected.tolist())\n"
     )

@@ -24,8 +24,8 @@ from engines.models.generator import (
 )
 from engines.models.parsing import PARSING_CLASSES, build_parsing_net
 from engines.export import TENSORRT_ONNX_OPS
-from training.generator_data import parsing_labels
-from training.image_metrics import psnr, ssim
+from training.data.generator_data import parsing_labels
+from training.metrics.image_metrics import psnr, ssim
 
 
 SIZE = 64
@@ -305,7 +305,7 @@ class _PaintSynthesizer:
     """Stands in for MaskSynthesizer: a grey block over the lower face."""
 
     def apply(self, face, landmarks, *, rng, pulled_down):
-        from training.synth import SynthResult, face_box_from_landmarks
+        from training.data.synth import SynthResult, face_box_from_landmarks
 
         box = face_box_from_landmarks(landmarks, face.shape)
         mask = np.zeros(face.shape[:2], bool)
@@ -319,7 +319,7 @@ class _PaintSynthesizer:
 def test_reference_samples_are_own_other_or_none(tmp_path):
     import cv2
 
-    from training.generator_data import FaceRecord, MaskedFaceDataset, ReferenceSampling
+    from training.data.generator_data import FaceRecord, MaskedFaceDataset, ReferenceSampling
 
     records = []
     for i in range(3):
@@ -349,8 +349,8 @@ def test_training_crops_are_the_pipelines_crops(tmp_path):
     from stream.geometry import CropWindow
     from stream.inpaint import FaceInpainter
     from stream.records import Track
-    from training.generator_data import FaceRecord, MaskedFaceDataset
-    from training.synth import face_box_from_landmarks
+    from training.data.generator_data import FaceRecord, MaskedFaceDataset
+    from training.data.synth import face_box_from_landmarks
 
     rng = np.random.default_rng(0)
     face = cv2.GaussianBlur(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), (0, 0), 1.5)

@@ -8,8 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from training import evaluate_temporal, masked_clips
-from training.masked_clips import (
+from training.data import masked_clips
+from training.evaluation import evaluate_temporal
+from training.data.masked_clips import (
     ClipMasks,
     clip_writer,
     load_clip_masks,

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from training.detector_data import DetectorDataConfig, segmentation_files
-from training.landmarks import LandmarkCache, load_landmark_cache, save_landmark_cache
-from training.pack_data import PackError, main, pack
+from training.data.detector_data import DetectorDataConfig, segmentation_files
+from training.data.landmarks import LandmarkCache, load_landmark_cache, save_landmark_cache
+from training.data.pack_data import PackError, main, pack
 
 
 @pytest.fixture()
@@ -93,7 +93,7 @@ def test_cli_refuses_an_existing_folder(data, tmp_path, capsys):
 
 
 def test_generator_copy_leaves_the_generators_held_out_faces_behind(data, tmp_path):
-    from training.generator_data import load_face_records, split_records
+    from training.data.generator_data import load_face_records, split_records
 
     root, cache = data
     out = tmp_path / "packed_generator"

@@ -9,10 +9,10 @@ import pytest
 
 from engines.models.detector import FACE, FACE_MASK
 from tests.media import make_video
-from training.evaluate_precision import make_mask_off_clip, mask_off_clip, unmasked_clips
-from training.evaluate_temporal import iter_rgb
-from training.negatives import negative_files
-from training.temporal_metrics import block_luma_difference, visibly_altered
+from training.evaluation.evaluate_precision import make_mask_off_clip, mask_off_clip, unmasked_clips
+from training.evaluation.evaluate_temporal import iter_rgb
+from training.data.negatives import negative_files
+from training.metrics.temporal_metrics import block_luma_difference, visibly_altered
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,8 @@ def test_unmasked_clips_run_the_pipeline_and_compare_every_frame(tiny_weights, t
 @pytest.fixture(scope="module")
 def negative_cache(shared_data, tmp_path_factory) -> Path:
     """A face cache of a few real unmasked photos (dlib, the dev extras)."""
-    from training.landmarks import LandmarkDetector
-    from training.negatives import build_face_cache, save_face_cache
+    from training.data.landmarks import LandmarkDetector
+    from training.data.negatives import build_face_cache, save_face_cache
 
     path = tmp_path_factory.mktemp("negatives") / "faces.npz"
     paths = negative_files(shared_data, "lfw", "train")[:6] + negative_files(shared_data, "photos", "train")[:4]
@@ -108,7 +108,7 @@ def utk_landmarks(shared_data, tmp_path_factory) -> Path:
     full = REPO / "cache" / "utkface_landmarks.npz"
     if full.is_file():
         return full
-    from training.landmarks import LandmarkDetector, build_cache, save_landmark_cache
+    from training.data.landmarks import LandmarkDetector, build_cache, save_landmark_cache
 
     path = tmp_path_factory.mktemp("landmarks") / "utk.npz"
     save_landmark_cache(build_cache(images=shared_data / "faces" / "utkface", detector=LandmarkDetector(), limit=40), path)
@@ -116,7 +116,7 @@ def utk_landmarks(shared_data, tmp_path_factory) -> Path:
 
 
 def test_hard_negative_scenes_label_faces_and_never_a_face_mask(shared_data, utk_landmarks, negative_cache):
-    from training.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
+    from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
 
     real = DetectorSceneDataset(
         data_root=shared_data, landmarks=utk_landmarks, negatives=negative_cache, seed=1,

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.synth import (
+from training.data.synth import (
     MaskSynthesizer,
     TemplateConfigError,
     face_box_from_landmarks,
@@ -292,7 +292,7 @@ def test_every_shipped_template_placement(pulled_down):
 
 @needs_utkface
 def test_landmark_detector_on_utkface(tmp_path):
-    from training.landmarks import LandmarkDetector, load_landmark_cache, main
+    from training.data.landmarks import LandmarkDetector, load_landmark_cache, main
 
     files = sorted(UTKFACE.iterdir())[:5]
     detector = LandmarkDetector()
@@ -318,7 +318,7 @@ def test_landmark_detector_on_utkface(tmp_path):
 
 
 def test_shrink_template_keeps_anchors_on_the_same_features():
-    from training.synth import MaskTemplate, shrink_template
+    from training.data.synth import MaskTemplate, shrink_template
 
     rgba = np.zeros((400, 600, 4), np.uint8)
     rgba[100:300, 150:450] = (200, 50, 50, 255)

@@ -5,7 +5,7 @@ import pytest
 
 from stream.geometry import box_iou, box_overlap
 
-from training.temporal_metrics import (
+from training.metrics.temporal_metrics import (
     IdSwitchCounter,
     StillReference,
     TemporalErrorAccumulator,

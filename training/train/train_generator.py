@@ -1,6 +1,6 @@
 """Train the face-completion generator (DeepFill v1 style, with GFC's parsing loss) from scratch.
 
-    python -m training.train_generator --data ../shared/data --out runs/generator \
+    python -m training.train.train_generator --data ../shared/data --out runs/generator \
         --parsing runs/parsing/parsing.pt --steps 8000 --adv-start 4000
 
 Phase 1 (steps < --adv-start): reconstruction only (hole-weighted L1 on the coarse and refined
@@ -33,7 +33,7 @@ from engines.models.checkpoint import load_checkpoint
 from engines.models.generator import GeneratorConfig, build_generator, save_generator, widen_inputs
 from engines.models.parsing import ParsingWeightsError, load_parsing_net
 from engines.runtime import WeightsError
-from training.generator_data import (
+from training.data.generator_data import (
     FaceDataError,
     MaskedFaceDataset,
     ReferenceSampling,
@@ -41,8 +41,8 @@ from training.generator_data import (
     load_face_records,
     split_records,
 )
-from training.generator_losses import ParsingLoss, composite, hinge_d_loss, hinge_g_loss, masked_l1
-from training.image_metrics import psnr
+from training.train.generator_losses import ParsingLoss, composite, hinge_d_loss, hinge_g_loss, masked_l1
+from training.metrics.image_metrics import psnr
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Do no harm: how often the program touches what is not a masked face, with recall beside it.
 
-    python -m training.evaluate_precision --data ../shared/data --clips cache/masked_clips \\
+    python -m training.evaluation.evaluate_precision --data ../shared/data --clips cache/masked_clips \\
         --json runs/precision.json
 
 Sets (``--sets``), each scored through the pipeline's own detect stage (``stream.detect.FaceDetector``
@@ -8,19 +8,19 @@ at default settings, gates included) or through the whole pipeline (``run_stream
 settings), so the numbers are what a user gets:
 
 * ``photos``, ``lfw``: the held-out (measuring) split of ``photos/unmasked`` and of LFW
-  (``training.negatives``): share of images where any face_mask is reported (lower is better);
+  (``training.data.negatives``): share of images where any face_mask is reported (lower is better);
 * ``masked-photos``: ``photos/masked``: share of images with a face_mask (recall), on the held-out
-  fifth (``training.negatives.masked_photo_files``; the rest may train the mask verifier) and on all;
+  fifth (``training.data.negatives.masked_photo_files``; the rest may train the mask verifier) and on all;
 * ``masked-clips``: the real masked clips, every frame from the annotated first masked one: share
   of frames with a face_mask (recall);
 * ``unmasked-clips``: ``videos/unmasked`` through ``run_stream.py`` (``--max-frames`` frames):
   share of frames whose output differs visibly from the input (some 16x16 block with a mean
   absolute luma difference above 12; re-encoding alone stays under 9), overall and per clip;
-* ``mask-off``: clips made from the synthetic masked clips (``training.masked_clips``): the masked
+* ``mask-off``: clips made from the synthetic masked clips (``training.data.masked_clips``): the masked
   video for the first half, the unmasked ground truth for the second; frames after the switch
   until the output is the input again (no frame altered from then on), and the share of the masked
   half that was filled;
-* ``segmentation``, ``synthetic``: the detector's own recall sets, as in ``training.evaluate_detector``
+* ``segmentation``, ``synthetic``: the detector's own recall sets, as in ``training.evaluation.evaluate_detector``
   (IWM/CWM held-out mask mIoU, synthetic face AP50 and mask mIoU; raw model at ``--score``).
 """
 
@@ -47,23 +47,23 @@ from engines.runtime import EngineError
 from stream.detect import FaceDetector, MaskVerifier
 from stream.records import Frame
 from stream.source import VideoFileSource
-from training.detector_data import DataUnavailableError
-from training.evaluate_detector import (
+from training.data.detector_data import DataUnavailableError
+from training.evaluation.evaluate_detector import (
     IMAGE_SUFFIXES,
     Predictor,
     evaluate_segmentation,
     evaluate_synthetic,
     load_clip_annotations,
 )
-from training.evaluate_temporal import EvaluationError, find_clips, iter_rgb, run_stream_once
-from training.masked_clips import clip_writer
-from training.negatives import masked_photo_files, negative_files
-from training.temporal_metrics import visibly_altered
+from training.evaluation.evaluate_temporal import EvaluationError, find_clips, iter_rgb, run_stream_once
+from training.data.masked_clips import clip_writer
+from training.data.negatives import masked_photo_files, negative_files
+from training.metrics.temporal_metrics import visibly_altered
 
 logger = logging.getLogger(__name__)
 
 SETS = ("photos", "lfw", "masked-photos", "masked-clips", "unmasked-clips", "mask-off", "segmentation", "synthetic")
-RUN_STREAM = Path(__file__).resolve().parent.parent / "run_stream.py"
+RUN_STREAM = Path(__file__).resolve().parents[2] / "run_stream.py"
 
 
 def _read_rgb(path: Path) -> np.ndarray | None:
@@ -168,7 +168,7 @@ def mask_off_clip(flags: list[bool], switch: int) -> MaskOff:
 def mask_off(clips_root: Path, work: Path, extra: list[str]) -> dict:
     clips = [c for c in find_clips(clips_root) if not c.name.startswith("multi")]
     if not clips:
-        raise DataUnavailableError(f"no masked clips in {clips_root} (python -m training.masked_clips)")
+        raise DataUnavailableError(f"no masked clips in {clips_root} (python -m training.data.masked_clips)")
     per_clip = {}
     for clip in clips:
         source = work / f"{clip.name}_maskoff.mp4"
@@ -229,7 +229,7 @@ def format_table(r: dict) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Precision of mask removal on real unmasked material, recall beside it.")
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
-    p.add_argument("--clips", type=Path, default=Path("cache/masked_clips"), help="training.masked_clips output")
+    p.add_argument("--clips", type=Path, default=Path("cache/masked_clips"), help="training.data.masked_clips output")
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--detector-weights", type=Path, default=Path("engines/weights/detector_mobilenet_v3.pt"))
     p.add_argument("--verifier-weights", type=Path, default=Path("engines/weights/mask_verifier.pt"),

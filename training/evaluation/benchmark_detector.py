@@ -1,6 +1,6 @@
 """CPU latency of the detector on one 640x480 frame (letterbox + network + mask paste).
 
-    python -m training.benchmark_detector --weights engines/weights/detector_mobilenet_v3.pt --threads 2
+    python -m training.evaluation.benchmark_detector --weights engines/weights/detector_mobilenet_v3.pt --threads 2
 
 Reports the median and 90th percentile over ``--runs`` timed runs after ``--warmup`` runs,
 for PyTorch eager and, with ``--onnx``, for ONNX Runtime on the exported graph. The frame is

@@ -1,6 +1,6 @@
 """A face, not a blur: held-out masked faces through the pipeline's own detect and inpaint code.
 
-    python -m training.evaluate_completion --data ../shared/data --json runs/completion.json
+    python -m training.evaluation.evaluate_completion --data ../shared/data --json runs/completion.json
 
 Each face is masked with the project's synthesizer (fixed seed), then goes through
 ``stream.detect.FaceDetector`` and ``stream.inpaint.FaceInpainter`` as a photo does in
@@ -21,7 +21,7 @@ of the shipped exemplar bank lends its detail), ``reference`` (another photo of 
 only where one exists: LFW).
 
 Sets: ``utk``: the generator's held-out UTKFace faces; ``lfw``: the held-out LFW people
-(``training.negatives`` split) with two or more photos, the first masked, the second the
+(``training.data.negatives`` split) with two or more photos, the first masked, the second the
 reference. Faces where the detector finds no mask are counted and left out of the means.
 """
 
@@ -47,12 +47,12 @@ from stream.inpaint import FaceInpainter, InpaintSettings
 from stream.reference import EXEMPLARS, ReferenceFace, References, cut_face, load_exemplars
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
-from training.generator_data import FaceDataError, load_face_records, read_rgb, split_records
-from training.landmarks import LandmarkDetector, default_predictor_path
-from training.negatives import negative_files
-from training.synth import MaskSynthesizer
-from training.image_metrics import ssim
-from training.temporal_metrics import frame_psnr, gradient_magnitude
+from training.data.generator_data import FaceDataError, load_face_records, read_rgb, split_records
+from training.data.landmarks import LandmarkDetector, default_predictor_path
+from training.data.negatives import negative_files
+from training.data.synth import MaskSynthesizer
+from training.metrics.image_metrics import ssim
+from training.metrics.temporal_metrics import frame_psnr, gradient_magnitude
 
 logger = logging.getLogger(__name__)
 MODES = ("blur", "exemplar", "reference")

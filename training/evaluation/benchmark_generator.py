@@ -1,6 +1,6 @@
 """CPU latency of the face-completion generator per crop (batch 1), in PyTorch and ONNX Runtime.
 
-    python -m training.benchmark_generator --weights engines/weights/generator_128.pt --threads 2
+    python -m training.evaluation.benchmark_generator --weights engines/weights/generator_128.pt --threads 2
 
 Without --weights an untrained model of the default config is timed (latency does not depend on
 the weights). Prints and optionally writes (--json) median and p90 milliseconds.

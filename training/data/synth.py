@@ -559,7 +559,7 @@ def preview_grid(
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Preview synthesized masks on cached faces.")
     parser.add_argument("--images", type=Path, required=True, help="face image folder")
-    parser.add_argument("--landmarks", type=Path, required=True, help="cache from training.landmarks")
+    parser.add_argument("--landmarks", type=Path, required=True, help="cache from training.data.landmarks")
     parser.add_argument("--templates", type=Path, required=True, help="MaskTheFace folder with masks.cfg")
     parser.add_argument("--textures", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True, help="output PNG")
@@ -569,7 +569,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.landmarks import load_landmark_cache
+    from training.data.landmarks import load_landmark_cache
 
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,10 +1,10 @@
 """Train the small face-parsing net on landmark-derived part labels (UTKFace).
 
-    python -m training.train_parsing --data ../shared/data --landmarks cache/utkface_landmarks.npz \
+    python -m training.train.train_parsing --data ../shared/data --landmarks cache/utkface_landmarks.npz \
         --out runs/parsing --steps 2500
 
 Writes OUT/parsing.pt (fp16 weights), OUT/metrics.json (per-class F-score on the held-out split)
-and OUT/log.jsonl. The held-out split is the generator's (training.generator_data.split_records).
+and OUT/log.jsonl. The held-out split is the generator's (training.data.generator_data.split_records).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from engines.models.generator import GeneratorConfig
 from engines.models.parsing import PARSING_CLASSES, ParsingConfig, build_parsing_net, save_parsing_net
-from training.generator_data import FaceDataError, ParsingDataset, load_face_records, split_records
+from training.data.generator_data import FaceDataError, ParsingDataset, load_face_records, split_records
 
 logger = logging.getLogger(__name__)
 

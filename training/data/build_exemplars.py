@@ -1,6 +1,6 @@
 """The exemplar bank: unmasked faces that lend their detail to a masked face without a reference.
 
-    python -m training.build_exemplars --data ../shared/data --landmarks cache/utkface_landmarks.npz \\
+    python -m training.data.build_exemplars --data ../shared/data --landmarks cache/utkface_landmarks.npz \\
         --out engines/weights/exemplars_192.npz
 
 Faces come from the generator's training split only (``generator_data.split_records``), so no
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from stream.reference import REFERENCE_SIDE, cut_face, save_exemplars
-from training.generator_data import FaceDataError, load_face_records, read_rgb, split_records
-from training.synth import face_box_from_landmarks, face_turn
+from training.data.generator_data import FaceDataError, load_face_records, read_rgb, split_records
+from training.data.synth import face_box_from_landmarks, face_turn
 
 logger = logging.getLogger(__name__)
 

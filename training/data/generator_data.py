@@ -1,6 +1,6 @@
 """Training data for the face-completion generator and the face-parsing net.
 
-UTKFace faces get a synthetic mask from ``training.synth.MaskSynthesizer``; the square crop
+UTKFace faces get a synthetic mask from ``training.data.synth.MaskSynthesizer``; the square crop
 around the face comes from ``engines.models.generator.square_crop_box`` so training sees the
 same framing as the streaming pipeline. The held-out split is fixed (every k-th file of the
 sorted file list) and never trained on.
@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 from engines.models.generator import GeneratorConfig, square_crop_box
 from engines.models.parsing import PARSING_CLASSES
 from stream.geometry import CropWindow
-from training.landmarks import load_landmark_cache
-from training.synth import MaskSynthesizer, face_box_from_landmarks
+from training.data.landmarks import load_landmark_cache
+from training.data.synth import MaskSynthesizer, face_box_from_landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def load_face_records(faces_root: str | Path, landmark_cache: str | Path, *, onl
     if not faces_root.is_dir():
         raise FaceDataError(f"no face folder {faces_root}")
     if not landmark_cache.is_file():
-        raise FaceDataError(f"no landmark cache {landmark_cache} (build it with python -m training.landmarks)")
+        raise FaceDataError(f"no landmark cache {landmark_cache} (build it with python -m training.data.landmarks)")
     cache = load_landmark_cache(landmark_cache)
     records = [
         FaceRecord(path=faces_root / name, landmarks=cache.landmarks[i])

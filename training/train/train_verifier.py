@@ -1,10 +1,10 @@
 """Train the mask verifier (engines/models/verifier.py): masked or not, per face crop.
 
-    python -m training.train_verifier --out runs/verifier --scenes 5000 --steps 3000
+    python -m training.train.train_verifier --out runs/verifier --scenes 5000 --steps 3000
 
-Faces come from the detector's training scenes (``training.detector_data``, train split only):
+Faces come from the detector's training scenes (``training.data.detector_data``, train split only):
 real masked photos (IWM/CWM training part), real unmasked photos (LFW and web photos' training
-parts, ``training.negatives``) with hands, microphones, cups and scarves at the mouth, and
+parts, ``training.data.negatives``) with hands, microphones, cups and scarves at the mouth, and
 synthetic UTKFace scenes with masks worn, pulled down, held or lying about. A face is "masked"
 when the scene labels a worn mask on it. With ``--detector-weights``, real photos are added as
 the pipeline sees them: every face the detect stage finds in the training splits of the masked
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 from stream.geometry import CropWindow
-from training.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
-from training.negatives import masked_photo_files, negative_files
+from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
+from training.data.negatives import masked_photo_files, negative_files
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--negatives", type=Path, default=Path("cache/negative_faces.npz"),
-                   help="face cache of the unmasked photos' training split (python -m training.negatives)")
+                   help="face cache of the unmasked photos' training split (python -m training.data.negatives)")
     p.add_argument("--detector-weights", type=Path,
                    help="add the real photos' faces as this detector finds them (see above)")
     p.add_argument("--lfw-every", type=int, default=2, help="use every N-th LFW training photo")

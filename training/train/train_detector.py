@@ -2,7 +2,7 @@
 
 Example (CPU, one thread, resumable)::
 
-    python -m training.train_detector --data ../shared/data --out runs/detector \
+    python -m training.train.train_detector --data ../shared/data --out runs/detector \
         --steps 4000 --threads 1 --export engines/weights/detector_mobilenet_v3.pt
 
 The run directory holds ``latest.pt`` (model + optimiser + step, rewritten every
@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from engines.models.detector import DetectorConfig, build_detector, load_detector, load_detector_meta, save_detector
-from training.detector_data import DetectorDataConfig, DetectorSceneDataset, DataUnavailableError, collate
+from training.data.detector_data import DetectorDataConfig, DetectorSceneDataset, DataUnavailableError, collate
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-sheer", type=float, default=0.2,
                    help="share of synthetic masks drawn see-through (mesh, rhinestones)")
     p.add_argument("--negatives", type=Path, default=Path("cache/negative_faces.npz"),
-                   help="face cache of the unmasked photos' training split (python -m training.negatives)")
+                   help="face cache of the unmasked photos' training split (python -m training.data.negatives)")
     p.add_argument("--negative-fraction", type=float, default=0.0,
                    help="share of scenes that are real photos of unmasked people (hard negatives)")
     p.add_argument("--p-mouth-object", type=float, default=0.0,

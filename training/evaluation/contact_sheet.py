@@ -1,7 +1,7 @@
 """A before/after contact sheet: the same frames of several videos side by side, to judge a model
 change by eye.
 
-    python -m training.contact_sheet --videos in.mp4 v1.mp4 v2.mp4 --labels input v1 v2 \\
+    python -m training.evaluation.contact_sheet --videos in.mp4 v1.mp4 v2.mp4 --labels input v1 v2 \\
         --frames 30 75 120 --out runs/sheet.png
 
 Rows are frames, columns videos (each scaled to ``--height``); ``--crop x1 y1 x2 y2`` cuts the

@@ -1,8 +1,8 @@
 """Temporal stability of the streaming pipeline on synthetic masked clips, smoothing on vs off.
 
-    python -m training.evaluate_temporal --clips cache/masked_clips --out runs/temporal.json
+    python -m training.evaluation.evaluate_temporal --clips cache/masked_clips --out runs/temporal.json
 
-For every ``<name>_masked.mp4`` in --clips (made by ``training.masked_clips``, next to
+For every ``<name>_masked.mp4`` in --clips (made by ``training.data.masked_clips``, next to
 ``<name>_gt.mp4`` and ``<name>_masks.npz``) this runs
 
     python run_stream.py --input <name>_masked.mp4 --output <work>/<name>_<mode>.mp4 \\
@@ -10,7 +10,7 @@ For every ``<name>_masked.mp4`` in --clips (made by ``training.masked_clips``, n
 
 for mode ``on`` and ``off`` and compares each output with the ground truth:
 
-- temporal error inside the mask region (``training.temporal_metrics.temporal_error``): how far
+- temporal error inside the mask region (``training.metrics.temporal_metrics.temporal_error``): how far
   the output's frame-to-frame change departs from the ground truth's, 0..255 units, lower is
   better; on/off < 1 means smoothing helps;
 - mean per-frame PSNR inside the region and over the whole frame (dB, capped at ``PSNR_CAP``);
@@ -22,7 +22,7 @@ for mode ``on`` and ``off`` and compares each output with the ground truth:
 The masked input itself is scored too (``input``, column "TE in"): a still mask over the
 moving face is a temporally calm but wrong output, a reference point for the temporal error.
 So is an output that never changes inside the region (column "TE still",
-``training.temporal_metrics.StillReference``): the ground truth's own motion there. The mask
+``training.metrics.temporal_metrics.StillReference``): the ground truth's own motion there. The mask
 hides the mouth's part of it, which no reconstruction can follow, so on a clip whose head barely
 moves no output gets much below it. And so is the ground truth itself written by the pipeline's
 encoder at its default settings (column "TE enc"): what a perfect reconstruction scores once
@@ -50,8 +50,8 @@ from pycocotools import mask as mask_utils
 
 from stream.sink import SinkError, VideoSink
 from stream.source import SourceError, VideoFileSource
-from training.masked_clips import ClipMasks, load_clip_masks
-from training.temporal_metrics import (
+from training.data.masked_clips import ClipMasks, load_clip_masks
+from training.metrics.temporal_metrics import (
     IdSwitchCounter,
     StillReference,
     TemporalErrorAccumulator,
@@ -360,7 +360,7 @@ def _json_safe(value):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clips", type=Path, required=True, help="folder made by training.masked_clips")
+    p.add_argument("--clips", type=Path, required=True, help="folder made by training.data.masked_clips")
     p.add_argument("--detections-every", default="auto", metavar="N|auto",
                    help="passed to run_stream.py as --detect-every")
     p.add_argument("--max-frames", type=int, help="frames per clip (also passed to run_stream.py)")

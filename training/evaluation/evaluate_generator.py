@@ -1,6 +1,6 @@
 """Evaluate the face-completion generator against OpenCV's Telea inpainting on the held-out split.
 
-    python -m training.evaluate_generator --weights engines/weights/generator_128.pt \
+    python -m training.evaluation.evaluate_generator --weights engines/weights/generator_128.pt \
         --data ../shared/data --out runs/generator_eval
 
 Both methods get the same inputs (masked crop + dilated synthetic mask, fixed per image) and
@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 from engines.models.generator import GeneratorWeightsError
 from engines.registry import load_model
 from engines.runtime import EngineError
-from training.generator_data import FaceDataError, MaskedFaceDataset, build_synthesizer, load_face_records, split_records
-from training.generator_losses import composite
-from training.image_metrics import l1, psnr, ssim
+from training.data.generator_data import FaceDataError, MaskedFaceDataset, build_synthesizer, load_face_records, split_records
+from training.train.generator_losses import composite
+from training.metrics.image_metrics import l1, psnr, ssim
 
 logger = logging.getLogger(__name__)
 

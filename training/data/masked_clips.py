@@ -2,7 +2,7 @@
 
 Each unmasked clip gets a synthetic mask drawn on its face, frame by frame:
 
-    python -m training.masked_clips --videos ../shared/data/videos/unmasked \\
+    python -m training.data.masked_clips --videos ../shared/data/videos/unmasked \\
         --templates ../shared/data/mask_templates --out cache/masked_clips --max-frames 150
 
 writes, per clip ``<name>``:
@@ -41,8 +41,8 @@ from stream.geometry import box_iou
 from stream.records import Frame
 from stream.sink import EncoderSettings, VideoSink
 from stream.source import SourceError, SourceInfo, VideoFileSource
-from training.landmarks import LandmarkDetector, LandmarkModelNotFoundError
-from training.synth import MaskSynthesizer, TemplateConfigError
+from training.data.landmarks import LandmarkDetector, LandmarkModelNotFoundError
+from training.data.synth import MaskSynthesizer, TemplateConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Evaluate the face / face-mask detector.
 
-    python -m training.evaluate_detector --weights engines/weights/detector_mobilenet_v3.pt \
+    python -m training.evaluation.evaluate_detector --weights engines/weights/detector_mobilenet_v3.pt \
         --data ../shared/data --json runs/detector/eval.json
 
 Metrics, on these sets:
@@ -14,7 +14,7 @@ Metrics, on these sets:
   detection scoring at least ``--score``;
 * clips: every frame of /videos/masked, run through the detector one by one (no tracking):
   the same detection rate over the frames where a masked face is visible
-  (``training/annotations/masked_clips.json`` says from which frame on), per clip and overall.
+  (``training/evaluation/annotations/masked_clips.json`` says from which frame on), per clip and overall.
 
 ``face_mask`` mask IoU / F-score: for every ground-truth worn mask, the best IoU (and the
 F-score, i.e. Dice, of that prediction) over predicted face_mask instances with score >=
@@ -46,7 +46,7 @@ from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.geometry import Letterbox, box_iou
 from stream.source import VideoFileSource
-from training.detector_data import (
+from training.data.detector_data import (
     DataUnavailableError,
     DetectorDataConfig,
     DetectorSceneDataset,

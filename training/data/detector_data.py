@@ -6,7 +6,7 @@ padded right/bottom with 0, exactly as the streaming pipeline feeds the model.
 
 Two kinds of scenes:
 
-* synthetic: 1-3 UTKFace faces (masked with :class:`training.synth.MaskSynthesizer`, some
+* synthetic: 1-3 UTKFace faces (masked with :class:`training.data.synth.MaskSynthesizer`, some
   pulled under the nose, some left unmasked as negatives) pasted at many scales, positions
   and rotations on varied backgrounds (textures, gradients, noise, blurred photo crops), with
   occluding skin-coloured blobs, mask-coloured distractor blobs, blur, noise, JPEG, lighting
@@ -36,9 +36,9 @@ import torch
 from torch.utils.data import Dataset
 
 from engines.models.detector import FACE, FACE_MASK
-from training.landmarks import load_landmark_cache
-from training.negatives import load_face_cache
-from training.synth import MaskSynthesizer, face_box_from_landmarks
+from training.data.landmarks import load_landmark_cache
+from training.data.negatives import load_face_cache
+from training.data.synth import MaskSynthesizer, face_box_from_landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class DetectorDataConfig:
     val_utk_every: int = 20  # every n-th UTKFace image (sorted) is reserved for validation
     seg_holdout_every: int = 5  # every n-th segmentation image (sorted per set) is held out
     # Hard negatives (all 0 keeps the scenes of earlier runs, and the validation scenes, as they were).
-    negative_fraction: float = 0.0  # real photos of unmasked people (training.negatives)
+    negative_fraction: float = 0.0  # real photos of unmasked people (training.data.negatives)
     p_mouth_object: float = 0.0  # per unmasked face: hand, fingers, microphone, phone, cup or scarf at the mouth
     p_loose_mask: float = 0.0  # per synthetic scene: a mask not worn (under the chin, in a hand, lying about)
 
@@ -255,8 +255,8 @@ class DetectorSceneDataset(Dataset):
     images, and is meant to be read at indices ``0..n-1`` for a fixed validation set.
 
     ``data_root`` is the shared data folder (faces/utkface, mask_templates,
-    segmentation/training); ``landmarks`` the UTKFace landmark cache (training.landmarks);
-    ``negatives`` the face cache of the unmasked photos' training split (training.negatives),
+    segmentation/training); ``landmarks`` the UTKFace landmark cache (training.data.landmarks);
+    ``negatives`` the face cache of the unmasked photos' training split (training.data.negatives),
     needed when ``config.negative_fraction`` > 0.
     """
 
@@ -298,7 +298,7 @@ class DetectorSceneDataset(Dataset):
         self.negatives = None
         if split == "train" and config.negative_fraction > 0:
             if negatives is None or not Path(negatives).is_file():
-                raise DataUnavailableError(f"negative_fraction > 0 needs the face cache of training.negatives, missing {negatives}")
+                raise DataUnavailableError(f"negative_fraction > 0 needs the face cache of training.data.negatives, missing {negatives}")
             self.negatives = load_face_cache(negatives)
 
     def __len__(self) -> int:

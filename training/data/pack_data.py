@@ -1,7 +1,7 @@
 """A reduced copy of the detector's training data, for a machine that takes few bytes per job.
 
 The GPU machine lent to some sessions takes at most 64 MiB of files with each command, and the
-shared data is about 140 MiB. This writes a copy that ``training.train_detector`` reads with
+shared data is about 140 MiB. This writes a copy that ``training.train.train_detector`` reads with
 ``--data OUT/data --landmarks OUT/landmarks.npz``:
 
 * ``faces`` UTKFace images drawn from the training split only (the faces the detector's
@@ -15,7 +15,7 @@ shared data is about 140 MiB. This writes a copy that ``training.train_detector`
 
 Example::
 
-    python -m training.pack_data --data ../shared/data --landmarks cache/utkface_landmarks.npz \\
+    python -m training.data.pack_data --data ../shared/data --landmarks cache/utkface_landmarks.npz \\
         --faces 4000 --out .gpu
 """
 
@@ -31,9 +31,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.detector_data import TEXTURE_SUFFIXES, segmentation_files, utk_split_indices
-from training.generator_data import DEFAULT_VAL_COUNT, FaceDataError, load_face_records, split_records
-from training.landmarks import LandmarkCache, load_landmark_cache, save_landmark_cache
+from training.data.detector_data import TEXTURE_SUFFIXES, segmentation_files, utk_split_indices
+from training.data.generator_data import DEFAULT_VAL_COUNT, FaceDataError, load_face_records, split_records
+from training.data.landmarks import LandmarkCache, load_landmark_cache, save_landmark_cache
 
 logger = logging.getLogger(__name__)
 

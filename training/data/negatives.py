@@ -11,7 +11,7 @@ The real masked web photos (``photos/masked``) are split the same way (``masked_
 their held-out fifth measures recall, the rest may train the mask verifier.
 
 For training, every face dlib finds in a training image is stored with its 68 landmarks
-(``python -m training.negatives``), so the scenes can label the faces (box and face region,
+(``python -m training.data.negatives``), so the scenes can label the faces (box and face region,
 no worn mask) and put objects in front of their mouths.
 """
 
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from training.landmarks import IMAGE_SUFFIXES, LandmarkDetector, LandmarkModelNotFoundError
+from training.data.landmarks import IMAGE_SUFFIXES, LandmarkDetector, LandmarkModelNotFoundError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Data: mask synthesis, training sets, landmark caches, test clips, packing for the GPU."""

@@ -1,0 +1,1 @@
+"""Evaluation and benchmark entry points, each printing a table and writing JSON."""

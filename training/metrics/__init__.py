@@ -1,0 +1,1 @@
+"""Metrics shared by the evaluations (image quality, temporal stability, tracking)."""
