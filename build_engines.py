@@ -61,13 +61,12 @@ def parity_feeds(name: str, inputs) -> dict[str, torch.Tensor]:
     if name == "detector" and SAMPLE.exists():
         import av
 
-        from stream.geometry import Letterbox
+        from stream.detect import detector_input
 
         with av.open(str(SAMPLE)) as container:
             image = next(container.decode(video=0)).to_ndarray(format="rgb24")
         hw = tuple(inputs[0].shape[2:])
-        boxed = Letterbox.fit(image.shape[:2], hw).apply(image, hw)
-        feeds["image"] = torch.from_numpy(boxed).permute(2, 0, 1)[None].float().div(255.0)
+        feeds["image"], _ = detector_input(image, hw)
     return feeds
 
 

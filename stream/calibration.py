@@ -13,8 +13,8 @@ import numpy as np
 
 from engines.export import ExportError
 from engines.registry import load_model
-from stream.detect import FaceDetector
-from stream.geometry import CropWindow, Letterbox
+from stream.detect import FaceDetector, detector_input
+from stream.geometry import CropWindow
 from stream.inpaint import FaceInpainter
 from stream.records import Track
 from stream.reference import EXEMPLARS, References, load_exemplars
@@ -49,8 +49,7 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
     detector = load_model("detector", backend="torch", device="cpu", weights=weights if name == "detector" else None)
     if name == "detector":
         hw = tuple(detector.config.input_size)
-        return [{"image": Letterbox.fit(im.shape[:2], hw).apply(im, hw).transpose(2, 0, 1)[None]
-                 .astype(np.float32) / 255.0} for im in images]
+        return [{"image": detector_input(im, hw)[0].numpy()} for im in images]
     if name == "verifier":
         verifier = load_model("verifier", backend="torch", device="cpu", weights=weights)
         find = FaceDetector(detector.engine, detector.config)

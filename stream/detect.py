@@ -18,6 +18,14 @@ from stream.records import Detections
 logger = logging.getLogger(__name__)
 
 
+def detector_input(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[torch.Tensor, Letterbox]:
+    """The detector's input for ``image`` ((H, W, 3) uint8 RGB): (1, 3, input H, input W) float32
+    in [0, 1], letterboxed, and the letterbox that maps its boxes back (divide by ``scale``).
+    Serving, evaluation, exports and calibration all prepare the detector's input here."""
+    box = Letterbox.fit(image.shape[:2], input_hw)
+    return torch.from_numpy(box.apply(image, input_hw)).permute(2, 0, 1)[None].float().div_(255.0), box
+
+
 class DetectorSettingsError(ValueError):
     """A detect-stage setting the model cannot honour (a score below what the model reports)."""
 
@@ -117,8 +125,7 @@ class FaceDetector:
         """image: (H, W, 3) uint8 RGB. Returns detections in the same pixel frame."""
         h, w = image.shape[:2]
         input_hw = tuple(self.config.input_size)
-        box = Letterbox.fit((h, w), input_hw)
-        tensor = torch.from_numpy(box.apply(image, input_hw)).permute(2, 0, 1)[None].float().div_(255.0)
+        tensor, box = detector_input(image, input_hw)
         out = self.engine.run({"image": self._device.upload(tensor)}, stream=self._device.stream)
         self._device.wait()
         boxes = out["boxes"].cpu().numpy().astype(np.float32) / box.scale

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from engines.models.detector import OUTPUT_NAMES, DetectorConfig, DetectorExport, build_detector, load_detector
-from stream.geometry import Letterbox
+from stream.detect import detector_input
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
 
     def prep() -> torch.Tensor:
-        canvas = Letterbox.fit(frame.shape[:2], config.input_size).apply(frame, config.input_size)
-        return torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255.0)
+        return detector_input(frame, tuple(config.input_size))[0]
 
     @torch.inference_mode()
     def run_torch() -> int:

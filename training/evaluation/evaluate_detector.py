@@ -44,7 +44,8 @@ from tqdm import tqdm
 from engines.models.detector import FACE, FACE_MASK, load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
-from stream.geometry import Letterbox, box_iou
+from stream.detect import detector_input
+from stream.geometry import box_iou
 from stream.source import VideoFileSource
 from training.data.detector_data import (
     DataUnavailableError,
@@ -173,9 +174,8 @@ class Predictor:
         """Detections in the coordinates of ``image``: boxes (N, 4) xyxy, labels (N,), scores (N,),
         masks (N, h, w) float32 probabilities at the image's resolution."""
         h, w = image.shape[:2]
-        fit = Letterbox.fit((h, w), tuple(self.config.input_size))
-        canvas = image if letterboxed else fit.apply(image, tuple(self.config.input_size))
-        x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255.0)
+        # An image that is already letterboxed has the input's size: the letterbox is then the identity.
+        x, fit = detector_input(image, tuple(self.config.input_size))
         out = self.engine.run({"image": x})
         boxes, labels, scores, masks = (out[k].numpy() for k in ("boxes", "labels", "scores", "masks"))
         masks = masks[:, 0]
