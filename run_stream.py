@@ -326,33 +326,32 @@ def _open_input(config: RunConfig) -> Source:
 def run(config: RunConfig) -> RunStats:
     if not (config.output or config.show or config.detections):
         raise SinkError("nothing to do: give --output, --show or --detections")
-    source = _open_input(config)
-    sinks: list[Sink] = []
-    try:
+    # The source is closed on the way out whatever happens (the pipeline closes it too; twice is safe).
+    with _open_input(config) as source:
         models = load_models(config.models)
         given = load_given_references(models, config)
         sinks = open_sinks(source, config)
-        pipeline = build_pipeline(source, models, sinks, config, given=given)
-    except BaseException:
-        # Nothing was written: leave no half-made output behind the error.
-        abandon(sinks)
-        source.close()
-        raise
-    progress = make_progress(source.info.frame_count, enabled=config.progress)
-    preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
+        try:
+            pipeline = build_pipeline(source, models, sinks, config, given=given)
+        except BaseException:
+            # Nothing was written: leave no half-made output behind the error.
+            abandon(sinks)
+            raise
+        progress = make_progress(source.info.frame_count, enabled=config.progress)
+        preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
 
-    def on_frame(frame: Frame) -> None:
-        progress.update(1)
-        if preview is not None and preview.closed_by_user:
-            pipeline.stop()
+        def on_frame(frame: Frame) -> None:
+            progress.update(1)
+            if preview is not None and preview.closed_by_user:
+                pipeline.stop()
 
-    pipeline.on_frame = on_frame
-    try:
-        stats = pipeline.run()
-    finally:
-        progress.close()
-        if config.report:
-            write_report(config.report, pipeline.stats, models, source, pipeline.config)
+        pipeline.on_frame = on_frame
+        try:
+            stats = pipeline.run()
+        finally:
+            progress.close()
+            if config.report:
+                write_report(config.report, pipeline.stats, models, source, pipeline.config)
     logger.info(
         "%d frames in %.1f s (%.1f FPS), %d dropped, %d corrupt",
         stats.frames_written, stats.wall_seconds, stats.fps, stats.frames_dropped, stats.frames_corrupt,

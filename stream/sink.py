@@ -57,6 +57,14 @@ class Sink(abc.ABC):
         """Finish the output so it is valid; called once, also after an error or Ctrl-C
         (``complete=False``: the input was not read to its end)."""
 
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Closed as incomplete when the block raised. A sink handed to a ``Pipeline`` is closed by
+        the pipeline instead (``Pipeline.run``)."""
+        self.close(complete=exc_type is None)
+
 
 def _check_writable_dir(directory: Path, what: str) -> None:
     if not directory.is_dir():

@@ -68,6 +68,12 @@ class Source(abc.ABC):
     def close(self) -> None:
         """Release the device or connection; safe to call twice and from another thread."""
 
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class _HandleGuard:
     """Releases a source's FFmpeg or V4L2 handle once, on a thread that is not reading it.

@@ -1,4 +1,3 @@
-import contextlib
 import json
 import math
 import shutil
@@ -90,7 +89,7 @@ def test_masks_npz_round_trip(tmp_path):
 def _write_video(path, frames, pts, time_base=Fraction(1, 75)):
     writer = clip_writer(path, size=(frames.shape[2], frames.shape[1]), rate=Fraction(25), time_base=time_base,
                          crf=0, preset="ultrafast")
-    with contextlib.closing(writer):
+    with writer:
         for i, (frame, p) in enumerate(zip(frames, pts)):
             writer.write(Frame(index=i, image=frame, pts=int(p), time_base=time_base))
 

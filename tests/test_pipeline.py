@@ -476,3 +476,29 @@ def test_command_line_becomes_one_frozen_run_config():
     assert config.pipeline.queue_size == 2 and config.models.verifier and config.encoder.crf == 30
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.output = "elsewhere.mp4"
+
+
+def test_source_and_sink_close_as_context_managers(tmp_path):
+    from stream.sink import Sink
+
+    class Recording(Sink):
+        def __init__(self) -> None:
+            self.closed_with: list[bool] = []
+
+        def write(self, frame: Frame) -> None:
+            pass
+
+        def close(self, *, complete: bool = True) -> None:
+            self.closed_with.append(complete)
+
+    with Recording() as finished:
+        pass
+    failed = Recording()
+    with pytest.raises(RuntimeError), failed:
+        raise RuntimeError("stage failed")
+    assert finished.closed_with == [True] and failed.closed_with == [False]
+
+    src = make_video(tmp_path / "in.mp4", frames=5, audio=False)
+    with VideoFileSource(src) as source:
+        assert len(list(source)) == 5
+    assert source._guard.closed.is_set()

@@ -24,7 +24,6 @@ are fixed per clip.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import zlib
@@ -90,7 +89,7 @@ def probe(path: Path) -> VideoInfo:
         source = VideoFileSource(path)
     except SourceError as exc:
         raise ClipError(f"cannot read video {path}: {exc}") from exc
-    with contextlib.closing(source):
+    with source:
         info = source.info
     rate = Fraction(info.rate or 25)
     return VideoInfo(path=path, size=(info.width, info.height), rate=rate, time_base=Fraction(info.time_base or 1 / rate))
@@ -111,7 +110,7 @@ def iter_frames(path: Path, *, size: tuple[int, int], max_frames: int | None) ->
         source = VideoFileSource(path)
     except SourceError as exc:
         raise ClipError(str(exc)) from exc
-    with contextlib.closing(source):
+    with source:
         for i, frame in enumerate(source):
             if max_frames is not None and i >= max_frames:
                 break
@@ -350,7 +349,7 @@ def _render(
     writer_args = dict(size=(width, height), rate=ref.rate, time_base=ref.time_base, preset=config.preset)
     masked_out = clip_writer(out_dir / f"{name}_masked.mp4", crf=config.masked_crf, **writer_args)
     gt_out = clip_writer(out_dir / f"{name}_gt.mp4", crf=config.gt_crf, **writer_args)
-    with contextlib.closing(masked_out), contextlib.closing(gt_out):
+    with masked_out, gt_out:
         for t in tqdm(range(frames), desc=f"{name} render", unit="frame", leave=False):
             tiles = [next(s) for s in streams]
             pts = tiles[0][1]

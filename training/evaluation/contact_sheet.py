@@ -11,7 +11,6 @@ same region (frame pixels) out of every video first, to look at a face up close.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
         source = VideoFileSource(path)
     except SourceError as exc:
         raise SheetError(f"cannot read {path}: {exc}") from exc
-    with contextlib.closing(source):
+    with source:
         for i, frame in enumerate(source):
             if i in wanted:
                 found[i] = frame.image

@@ -28,7 +28,6 @@ all-point interpolated average precision of face boxes at IoU 0.5 over all detec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -284,7 +283,7 @@ def evaluate_clips(predictor, folder: Path, score: float, masked_from: dict[str,
             logger.warning("%s: no annotation, every frame counted", path.name)
         first = masked_from.get(path.stem, 0)
         clip_found, clip_n = 0, 0
-        with contextlib.closing(VideoFileSource(path)) as source:
+        with VideoFileSource(path) as source:
             for i, frame in enumerate(tqdm(source, desc=path.stem, unit="frame")):
                 if i < first:
                     continue

@@ -27,7 +27,6 @@ settings), so the numbers are what a user gets:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -141,10 +140,10 @@ def make_mask_off_clip(masked: Path, gt: Path, out: Path) -> int:
     if len(masked_frames) != len(gt_frames) or not masked_frames:
         raise EvaluationError(f"{masked.name} and {gt.name} differ in length")
     switch = len(masked_frames) // 2
-    with contextlib.closing(VideoFileSource(masked)) as source:
+    with VideoFileSource(masked) as source:
         rate, tb = source.info.rate, source.info.time_base
     h, w = masked_frames[0].shape[:2]
-    with contextlib.closing(clip_writer(out, size=(w, h), rate=rate, time_base=tb, crf=16, preset="medium")) as writer:
+    with clip_writer(out, size=(w, h), rate=rate, time_base=tb, crf=16, preset="medium") as writer:
         step = max(1, round(1 / (rate * tb)))
         for t, frame in enumerate(masked_frames[:switch] + gt_frames[switch:]):
             writer.write(Frame(index=t, image=frame, pts=t * step, time_base=tb))

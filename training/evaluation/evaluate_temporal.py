@@ -32,7 +32,6 @@ encoded, since the ground truth's grain changes every frame and the encoder does
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -123,7 +122,7 @@ def iter_rgb(path: Path) -> Iterator[np.ndarray]:
         source = VideoFileSource(path)
     except SourceError as exc:
         raise EvaluationError(f"cannot decode {path}: {exc}") from exc
-    with contextlib.closing(source):
+    with source:
         for frame in source:
             yield frame.image
 
