@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
@@ -128,7 +127,7 @@ class FaceDetector:
         tensor, box = detector_input(image, input_hw)
         out = self.engine.run({"image": self._device.upload(tensor)}, stream=self._device.stream)
         self._device.wait()
-        boxes = out["boxes"].cpu().numpy().astype(np.float32) / box.scale
+        boxes = box.boxes_to_frame(out["boxes"].cpu().numpy())
         labels = out["labels"].cpu().numpy()
         scores = out["scores"].cpu().numpy().astype(np.float32)
         faces = np.flatnonzero((labels == FACE) & (scores >= self.settings.face_score))
@@ -152,8 +151,7 @@ class FaceDetector:
                 if len(holders) == 0:
                     continue
                 owner = int(holders[0])
-                valid = probs[k, : box.height, : box.width]
-                full = cv2.resize(valid, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+                full = box.map_to_frame(probs[k], (h, w)) > 0.5
                 if worn_on_face(full, face_boxes[owner], self.settings):
                     masks[owner] |= full
                 else:

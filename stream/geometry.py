@@ -33,6 +33,15 @@ class Letterbox:
         out[: self.height, : self.width] = resized.reshape(self.height, self.width, *image.shape[2:])
         return out
 
+    def boxes_to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) xyxy boxes in input pixels -> frame pixels (float32)."""
+        return (np.asarray(boxes, np.float32) / self.scale).astype(np.float32)
+
+    def map_to_frame(self, values: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+        """An (input H, input W) float map (a mask probability) -> (frame H, frame W), bilinear,
+        the padding dropped."""
+        return cv2.resize(values[: self.height, : self.width], (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_LINEAR)
+
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix (len(a), len(b)) float64 of xyxy boxes a (N, 4) and b (M, 4); 0 for empty boxes."""

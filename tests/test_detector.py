@@ -268,3 +268,13 @@ def test_landmark_cache_reads_without_dlib(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["('a.jpg',", "'b.jpg')", "271.0", "[True,", "False]"]
+
+
+def test_letterbox_maps_boxes_and_masks_back_to_the_frame():
+    fit = Letterbox.fit((240, 480), (320, 320))  # scale 2/3: content 320 x 160, padding below
+    boxes = fit.boxes_to_frame(np.array([[32, 16, 64, 48]], np.float32))
+    np.testing.assert_allclose(boxes, [[48, 24, 96, 72]])
+    probs = np.zeros((320, 320), np.float32)
+    probs[:160, :160] = 1.0  # the left half of the content; the padding below is ignored
+    back = fit.map_to_frame(probs, (240, 480))
+    assert back.shape == (240, 480) and back[:, :230].min() > 0.99 and back[:, 250:].max() < 0.01

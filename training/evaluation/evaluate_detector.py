@@ -179,10 +179,9 @@ class Predictor:
         boxes, labels, scores, masks = (out[k].numpy() for k in ("boxes", "labels", "scores", "masks"))
         masks = masks[:, 0]
         if not letterboxed:
-            masks = np.stack([cv2.resize(m[:fit.height, :fit.width], (w, h), interpolation=cv2.INTER_LINEAR)
-                              for m in masks]) \
+            masks = np.stack([fit.map_to_frame(m, (h, w)) for m in masks]) \
                 if len(masks) else np.zeros((0, h, w), np.float32)
-            boxes = boxes / fit.scale
+            boxes = fit.boxes_to_frame(boxes)
         return {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks}
 
 
