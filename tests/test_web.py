@@ -198,6 +198,11 @@ def test_browser_camera_comes_back_unmasked(tmp_path, web_server):
         assert re.fullmatch(r"\d+ ms", page.inner_text("#latency"))
         shot = os.environ.get("UNMASK_WEB_SCREENSHOT")
         page.screenshot(path=shot or str(tmp_path / "page.png"))
+        with page.expect_download() as download:
+            page.click("#snapshot")
+        snapshot = tmp_path / "snapshot.png"
+        download.value.save_as(snapshot)
+        assert cv2.imread(str(snapshot)).shape[:2] == (480, 640)
         # The controls answer and the stream goes on.
         page.click("#use-reference")
         page.click("#smoothing")
