@@ -23,6 +23,7 @@ import torch
 
 from engines.models.detector import OUTPUT_NAMES, DetectorConfig, DetectorExport, build_detector, load_detector
 from stream.detect import detector_input
+from training.cli import log_to_stderr, use_cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    cv2.setNumThreads(args.threads)
+    log_to_stderr()
+    use_cpu_threads(args.threads)
+    cv2.setNumThreads(args.threads)  # the letterbox resize is part of what is timed
     if args.weights.is_file():
         model, config = load_detector(args.weights)
     else:

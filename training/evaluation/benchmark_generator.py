@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engines.models.generator import GeneratorConfig, GeneratorWeightsError, build_generator, load_generator
+from training.cli import log_to_stderr, use_cpu_threads, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's pass-by-pass chatter
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    use_cpu_threads(args.threads)
     if args.weights is not None:
         try:
             model, config = load_generator(args.weights)
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             result["onnxruntime_fp32"] = _time(lambda: session.run(None, feeds), warmup=args.warmup, iters=args.iters)
     logger.info("%s", json.dumps(result))
     print(json.dumps(result, indent=2))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result, indent=2)
     return 0
 
 

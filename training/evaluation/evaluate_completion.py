@@ -28,7 +28,6 @@ reference. Faces where the detector finds no mask are counted and left out of th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from stream.inpaint import FaceInpainter, InpaintSettings
 from stream.reference import EXEMPLARS, ReferenceFace, References, cut_face, load_exemplars
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
+from training.cli import log_to_stderr, use_cpu_threads, write_json
 from training.data.generator_data import FaceDataError, load_face_records, read_rgb, split_records
 from training.data.landmarks import LandmarkDetector, default_predictor_path
 from training.data.negatives import negative_files
@@ -190,10 +190,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    cv2.setNumThreads(1)
+    log_to_stderr()
+    use_cpu_threads(args.threads)
     try:
         det = load_model("detector", backend="torch", device="cpu", weights=args.detector_weights, threads=args.threads)
         gen = load_model("generator", backend="torch", device="cpu", weights=args.generator_weights, threads=args.threads)
@@ -264,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:6s} {mode:10s} {m['psnr']:10.2f} {m['ssim']:6.3f} {m['sharpness']:10.3f} {m['parts']:8.3f} "
                       f"{m['identity']:9.3f}")
         print(f"{name:6s} {r['faces']} faces, no mask found on {r['no_mask_found']}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
     if args.sheet is not None and sheet_rows:
         width = max(len(r) for r in sheet_rows)
         rows = [np.concatenate(r + [np.zeros_like(r[0])] * (width - len(r)), 1) for r in sheet_rows]

@@ -46,6 +46,7 @@ from engines.runtime import EngineError
 from stream.detect import detector_input
 from stream.geometry import box_iou
 from stream.source import VideoFileSource
+from training.cli import log_to_stderr, use_cpu_threads, write_json
 from training.data.detector_data import (
     DataUnavailableError,
     DetectorDataConfig,
@@ -335,10 +336,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    cv2.setNumThreads(1)
+    log_to_stderr()
+    use_cpu_threads(args.threads)
     if not args.weights.is_file():
         logger.error("no weights at %s", args.weights)
         return 2
@@ -371,9 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results["seconds"] = round(time.time() - t0, 1)
     print(format_table(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=float))
+    write_json(args.json, results)
     return 0
 
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from engines.models.generator import GeneratorWeightsError
 from engines.registry import load_model
 from engines.runtime import EngineError
+from training.cli import log_to_stderr, use_cpu_threads
 from training.data.generator_data import FaceDataError, MaskedFaceDataset, build_synthesizer, load_face_records, split_records
 from training.train.generator_losses import composite
 from training.metrics.image_metrics import l1, psnr, ssim
@@ -72,10 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    cv2.setNumThreads(1)
+    log_to_stderr(timestamps=True)
+    use_cpu_threads(args.threads)
     try:
         loaded = load_model("generator", backend=args.backend, device="cpu", weights=args.weights,
                             threads=args.threads, precision="int8" if args.int8 else "fp32")

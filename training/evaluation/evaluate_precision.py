@@ -27,7 +27,6 @@ settings), so the numbers are what a user gets:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -37,7 +36,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from engines.models.detector import load_detector_meta
@@ -46,6 +44,7 @@ from engines.runtime import EngineError
 from stream.detect import FaceDetector, MaskVerifier
 from stream.records import Frame
 from stream.source import VideoFileSource
+from training.cli import log_to_stderr, use_cpu_threads, write_json
 from training.data.detector_data import DataUnavailableError
 from training.evaluation.evaluate_detector import (
     IMAGE_SUFFIXES,
@@ -247,10 +246,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    cv2.setNumThreads(1)
+    log_to_stderr()
+    use_cpu_threads(args.threads)
     extra = ["--detector-weights", str(args.detector_weights.resolve()), "--verifier", args.verifier]
     if args.verifier == "on":
         extra += ["--verifier-weights", str(args.verifier_weights.resolve())]
@@ -303,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     results["seconds"] = round(time.time() - t0, 1)
     print(format_table(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=float))
+    write_json(args.json, results)
     return 0
 
 

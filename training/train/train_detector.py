@@ -27,11 +27,11 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from engines.models.detector import DetectorConfig, build_detector, load_detector, load_detector_meta, save_detector
+from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DetectorDataConfig, DetectorSceneDataset, DataUnavailableError, collate
 
 logger = logging.getLogger(__name__)
@@ -115,11 +115,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    # OpenCV's own thread pool would compete with torch for the same cores.
-    cv2.setNumThreads(1)
-    torch.set_flush_denormal(True)
+    log_to_stderr(timestamps=True)
+    use_cpu_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 from stream.geometry import CropWindow
+from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
 from training.data.negatives import masked_photo_files, negative_files
 
@@ -130,10 +131,8 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, *, max_fpr: float) -
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    cv2.setNumThreads(1)
+    log_to_stderr(timestamps=True)
+    use_cpu_threads(args.threads)
     torch.manual_seed(args.seed)
     config = VerifierConfig(width=args.width)
     scene_config = DetectorDataConfig(real_fraction=0.3, negative_fraction=0.35, p_unmasked=0.3, p_sheer=0.2,
