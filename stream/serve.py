@@ -395,6 +395,8 @@ class WebApp:
         finally:
             if session.camera is not None:
                 session.camera.end()
+                logger.info("session %s: %d camera frames dropped while the pipeline was busy", session.id,
+                            session.camera.dropped)
 
     def _watch_input(self, output: OutputTrack) -> None:
         if self._shared is None or not self._shared.alive:
