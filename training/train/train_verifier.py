@@ -50,6 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="add the real photos' faces as this detector finds them (see above)")
     p.add_argument("--lfw-every", type=int, default=2, help="use every N-th LFW training photo")
     p.add_argument("--width", type=int, default=VerifierConfig.width, help="channels of the first layer")
+    p.add_argument("--p-sheer", type=float, default=0.2,
+                   help="share of synthetic masks drawn see-through (mesh, lace): the masks it misses most")
     p.add_argument("--out", type=Path, default=Path("runs/verifier"))
     p.add_argument("--scenes", type=int, default=5000)
     p.add_argument("--min-face", type=float, default=20.0, help="smallest face (box width, scene pixels) used")
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     use_cpu_threads(args.threads)
     torch.manual_seed(args.seed)
     config = VerifierConfig(width=args.width)
-    scene_config = DetectorDataConfig(real_fraction=0.3, negative_fraction=0.35, p_unmasked=0.3, p_sheer=0.2,
+    scene_config = DetectorDataConfig(real_fraction=0.3, negative_fraction=0.35, p_unmasked=0.3, p_sheer=args.p_sheer,
                                       p_mouth_object=0.5, p_loose_mask=0.3, min_face=24.0)
     try:
         data = DetectorSceneDataset(data_root=args.data, landmarks=args.landmarks, config=scene_config,
