@@ -24,6 +24,14 @@ def use_cpu_threads(threads: int) -> None:
     cv2.setNumThreads(1)
 
 
+def training_device(threads: int) -> torch.device:
+    """CUDA when there is one; otherwise the CPU, set up by ``use_cpu_threads``."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    use_cpu_threads(threads)
+    return torch.device("cpu")
+
+
 def write_json(path: Path | None, results: dict, *, indent: int = 1) -> None:
     """The results as JSON at ``path`` (folders made; nothing without a path). Numbers numpy
     hands back (float32 and the like) are written as floats."""

@@ -33,7 +33,7 @@ from engines.models.checkpoint import load_checkpoint
 from engines.models.generator import GeneratorConfig, build_generator, save_generator, widen_inputs
 from engines.models.parsing import ParsingWeightsError, load_parsing_net
 from engines.runtime import WeightsError
-from training.cli import log_to_stderr, use_cpu_threads
+from training.cli import log_to_stderr, training_device
 from training.data.generator_data import (
     FaceDataError,
     MaskedFaceDataset,
@@ -264,9 +264,7 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     log_to_stderr(timestamps=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        use_cpu_threads(args.threads)
+    device = training_device(args.threads)
     torch.manual_seed(args.seed)
     try:
         records = load_face_records(args.data / "faces" / "utkface", args.landmarks)

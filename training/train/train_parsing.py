@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from engines.models.generator import GeneratorConfig
 from engines.models.parsing import PARSING_CLASSES, ParsingConfig, build_parsing_net, save_parsing_net
-from training.cli import log_to_stderr, use_cpu_threads
+from training.cli import log_to_stderr, training_device
 from training.data.generator_data import FaceDataError, ParsingDataset, load_face_records, split_records
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     log_to_stderr(timestamps=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        use_cpu_threads(args.threads)
+    device = training_device(args.threads)
     torch.manual_seed(args.seed)
     try:
         records = load_face_records(args.data / "faces" / "utkface", args.landmarks)
