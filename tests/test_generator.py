@@ -341,6 +341,36 @@ def test_reference_samples_are_own_other_or_none(tmp_path):
         ReferenceSampling(own=0.8, other=0.4)
 
 
+def test_pair_samples_mask_one_photo_of_a_person_and_show_another(tmp_path):
+    import cv2
+
+    from training.data.generator_data import FaceRecord, MaskedFaceDataset, ReferenceSampling
+
+    def photo(name, grey):
+        cv2.imwrite(str(tmp_path / name), np.full((96, 96, 3), grey, np.uint8))
+        return FaceRecord(tmp_path / name, _frontal_landmarks(96).astype(np.float32))
+
+    utk = [photo("u.png", 20)]
+    person = (photo("a.png", 100), photo("b.png", 200))  # one person, two photos of different light
+    config = GeneratorConfig(size=32, width=4, reference=True)
+    sampling = ReferenceSampling(own=0.0, other=0.0, pair=1.0)
+    data = MaskedFaceDataset(utk, synthesizer=_PaintSynthesizer(), config=config, train=True, references=sampling,
+                             pairs=[person])
+    seen = set()
+    for _ in range(12):
+        item = data[0]
+        target, reference = round(float(item["target"].mean()) * 255), round(float(item["reference"].mean()) * 255)
+        # The masked face is the person's, never the UTK record's, and the reference is their other photo.
+        assert {target, reference} == {100, 200}
+        seen.add(target)
+    assert seen == {100, 200}
+    with pytest.raises(ValueError):
+        MaskedFaceDataset(utk, synthesizer=_PaintSynthesizer(), config=config, train=True, references=sampling)
+    with pytest.raises(ValueError):
+        MaskedFaceDataset(utk, synthesizer=_PaintSynthesizer(), config=config, train=True, references=sampling,
+                          pairs=[person[:1]])
+
+
 def test_training_crops_are_the_pipelines_crops(tmp_path):
     """One crop geometry: the generator's training sample is what FaceInpainter.prepare cuts."""
     import cv2

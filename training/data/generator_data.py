@@ -24,6 +24,7 @@ from engines.models.generator import GeneratorConfig, square_crop_box
 from engines.models.parsing import PARSING_CLASSES
 from stream.geometry import CropWindow
 from training.data.landmarks import load_landmark_cache
+from training.data.negatives import load_face_cache
 from training.data.synth import MaskSynthesizer, face_box_from_landmarks
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,30 @@ def split_records(records: list[FaceRecord], *, val_count: int = DEFAULT_VAL_COU
     return train, val
 
 
+def load_pair_records(data_root: str | Path, face_cache: str | Path) -> list[tuple[FaceRecord, ...]]:
+    """Same-person photo groups from the LFW training people of ``face_cache`` (the negatives'
+    cache, ``python -m training.data.negatives``: training split only, so no held-out person).
+    Each photo gives the face nearest its centre (LFW centres the named person); people with a
+    single usable photo are left out."""
+    data_root = Path(data_root)
+    cache = load_face_cache(face_cache)
+    people: dict[str, list[FaceRecord]] = {}
+    for i, name in enumerate(cache.files):
+        parts = Path(name).parts
+        if parts[:2] != ("faces", "lfw"):
+            continue
+        faces = cache.faces_of(i)
+        if not len(faces):
+            continue
+        best = faces[int(np.argmin(np.linalg.norm(faces.mean(axis=1) - _LFW_CENTRE, axis=1)))]
+        people.setdefault(parts[2], []).append(FaceRecord(path=data_root / name, landmarks=best))
+    return [tuple(group) for _, group in sorted(people.items()) if len(group) >= 2]
+
+
+# LFW images are 250 x 250 with the named person's face centred.
+_LFW_CENTRE = np.array([125.0, 125.0])
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -119,17 +144,31 @@ class ReferenceSampling:
         what the pipeline's alignment leaves (a remembered or given photo is never pixel-exact).
     other: another training face, framed by its own landmarks (an exemplar: lips and skin
         texture to borrow, but a different person, so it must not be pasted as it is).
+    pair: the same person in another photo (another day, light, expression; from the dataset's
+        ``pairs``): the masked face is then that person's photo, and the reference is real, not
+        re-cut, so the generator learns how far a given or remembered photo can be trusted.
     """
 
     own: float = 0.5
     other: float = 0.25
+    pair: float = 0.0
     shift: float = 0.04
     scale: float = 0.05
     turn: float = 5.0
 
     def __post_init__(self) -> None:
-        if min(self.own, self.other) < 0 or self.own + self.other > 1:
-            raise ValueError(f"reference probabilities must be >= 0 and sum to <= 1, got {self.own}, {self.other}")
+        if min(self.own, self.other, self.pair) < 0 or self.own + self.other + self.pair > 1:
+            raise ValueError("reference probabilities must be >= 0 and sum to <= 1, got "
+                             f"{self.own}, {self.other}, {self.pair}")
+
+    def draw(self, rng: np.random.Generator) -> str:
+        """One training sample's mode: "pair", "own", "other" or "none"."""
+        pick = rng.random()
+        for mode, share in (("pair", self.pair), ("own", self.own), ("other", self.other)):
+            if pick < share:
+                return mode
+            pick -= share
+        return "none"
 
 
 def _jittered_affine(affine: np.ndarray, size: int, rng: np.random.Generator, sampling: ReferenceSampling) -> np.ndarray:
@@ -158,7 +197,8 @@ class MaskedFaceDataset(Dataset):
     the same mask (seeded by i), so validation numbers are comparable between runs.
     With ``references`` the item also has ``reference`` (3,S,S) and ``reference_mask`` (1,S,S)
     (all ones, or all zeros for none), drawn by ``ReferenceSampling``; held-out sample i gets
-    mode i % 3 (own, other, none).
+    mode i % 3 (own, other, none). ``pairs``: groups of records of one person each (two photos
+    or more), drawn from in training with probability ``references.pair`` (held-out samples never use them).
     """
 
     def __init__(
@@ -171,8 +211,14 @@ class MaskedFaceDataset(Dataset):
         seed: int = 0,
         p_pulled_down: float = 0.15,
         references: ReferenceSampling | None = None,
+        pairs: list[tuple[FaceRecord, ...]] = (),
     ) -> None:
+        if any(len(group) < 2 for group in pairs):
+            raise ValueError("every pair group needs two photos or more")
+        if train and references is not None and references.pair > 0 and not pairs:
+            raise ValueError("reference sampling draws pairs, but none were given")
         self.records = records
+        self.pairs = list(pairs)
         self.synthesizer = synthesizer
         self.config = config
         self.train = train
@@ -186,7 +232,14 @@ class MaskedFaceDataset(Dataset):
 
     def sample(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Numpy sample: image/target HxWx3 uint8 RGB crops, mask HxW bool, plus the crop box."""
-        record = self.records[index]
+        mode = None
+        if self.references is not None:
+            mode = self.references.draw(rng) if self.train else ("own", "other", "none")[index % 3]
+        record, reference_record = self.records[index], None
+        if mode == "pair":
+            group = self.pairs[int(rng.integers(len(self.pairs)))]
+            a, b = rng.choice(len(group), 2, replace=False)
+            record, reference_record = group[a], group[b]
         face = read_rgb(record.path)
         pulled_down = bool(rng.random() < self.p_pulled_down)
         synth = self.synthesizer.apply(face, record.landmarks, rng=rng, pulled_down=pulled_down)
@@ -200,29 +253,30 @@ class MaskedFaceDataset(Dataset):
         mask = window.cut(synth.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         mask = dilate_mask(mask, self.config.mask_dilation)
         sample = {"image": image, "target": target, "mask": mask, "box": box}
-        if self.references is not None:
-            sample["reference"] = self._reference(index, face, window, rng)
+        if mode is not None:
+            sample["reference"] = self._reference(mode, index, face, window, rng, reference_record)
         if self.train and rng.random() < 0.5:
             sample = {k: v[:, ::-1] if k != "box" and v is not None else v for k, v in sample.items()}
         return sample
 
-    def _reference(self, index: int, face: np.ndarray, window: CropWindow, rng: np.random.Generator) -> np.ndarray | None:
+    def _reference(self, mode: str, index: int, face: np.ndarray, window: CropWindow, rng: np.random.Generator,
+                   pair: FaceRecord | None) -> np.ndarray | None:
         """HxWx3 uint8 RGB reference crop, or None (no reference)."""
         sampling, size = self.references, self.config.size
-        if self.train:
-            pick = rng.random()
-            mode = "own" if pick < sampling.own else "other" if pick < sampling.own + sampling.other else "none"
-        else:
-            mode = ("own", "other", "none")[index % 3]
+        if mode == "pair":
+            return self._framed(pair, size)
         if mode == "own":
             return _photo_jitter(warp_crop(face, _jittered_affine(window.to_crop(size), size, rng, sampling), size), rng)
         if mode == "other":
             other = self.records[(index + 1 + int(rng.integers(len(self.records) - 1))) % len(self.records)]
-            other_face = read_rgb(other.path)
-            other_window = CropWindow.for_face(face_box_from_landmarks(other.landmarks, other_face.shape),
-                                               self.config.crop_scale)
-            return _photo_jitter(other_window.cut(other_face, size), rng)
+            return _photo_jitter(self._framed(other, size), rng)
         return None
+
+    def _framed(self, record: FaceRecord, size: int) -> np.ndarray:
+        """The record's face cut by its own landmarks' crop window, as the pipeline frames a reference."""
+        image = read_rgb(record.path)
+        window = CropWindow.for_face(face_box_from_landmarks(record.landmarks, image.shape), self.config.crop_scale)
+        return window.cut(image, size)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng if self.train else np.random.default_rng((self.seed, index))

@@ -40,6 +40,7 @@ from training.data.generator_data import (
     ReferenceSampling,
     build_synthesizer,
     load_face_records,
+    load_pair_records,
     split_records,
 )
 from training.train.generator_losses import ParsingLoss, composite, hinge_d_loss, hinge_g_loss, masked_l1
@@ -99,6 +100,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "re-cut and re-coloured, another face, or none (--p-own, --p-other)")
     p.add_argument("--p-own", type=float, default=ReferenceSampling.own)
     p.add_argument("--p-other", type=float, default=ReferenceSampling.other)
+    p.add_argument("--p-pair", type=float, default=ReferenceSampling.pair,
+                   help="share of samples that are an LFW training person masked, with another photo of "
+                        "them as the reference (needs --pairs)")
+    p.add_argument("--pairs", type=Path, default=Path("cache/negative_faces.npz"),
+                   help="face cache of the LFW training split (python -m training.data.negatives)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from these shipped generator weights (a generator without a reference "
                         "is widened: the reference's input weights start at zero)")
@@ -270,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         records = load_face_records(args.data / "faces" / "utkface", args.landmarks)
         train_recs, val_recs = split_records(records, val_count=args.val_count)
         synth = build_synthesizer(args.data / "mask_templates")
+        pairs = load_pair_records(args.data, args.pairs) if args.reference and args.p_pair > 0 else []
         trainer = Trainer(args, device)
     except (FaceDataError, ParsingWeightsError, WeightsError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
@@ -280,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         trainer.load_state(torch.load(ckpt_path, map_location=device, weights_only=False))
         logger.info("resumed from %s at step %d", ckpt_path, trainer.step)
     n_params = sum(p.numel() for p in trainer.gen.parameters())
-    logger.info("generator %s: %d parameters; %d train / %d held-out faces", trainer.config, n_params,
-                len(train_recs), len(val_recs))
+    logger.info("generator %s: %d parameters; %d train / %d held-out faces; %d same-person groups", trainer.config,
+                n_params, len(train_recs), len(val_recs), len(pairs))
 
-    sampling = ReferenceSampling(own=args.p_own, other=args.p_other) if args.reference else None
+    sampling = ReferenceSampling(own=args.p_own, other=args.p_other, pair=args.p_pair) if args.reference else None
     train_ds = MaskedFaceDataset(train_recs, synthesizer=synth, config=trainer.config, train=True,
-                                 seed=args.seed + trainer.step, references=sampling)
+                                 seed=args.seed + trainer.step, references=sampling, pairs=pairs)
     val_ds = MaskedFaceDataset(val_recs[: args.quick_val], synthesizer=synth, config=trainer.config, train=False,
                                references=sampling)
     val_batch = next(iter(DataLoader(val_ds, batch_size=len(val_ds))))
@@ -303,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         save_generator(trainer.ema, trainer.config, weights_path, meta={
             "steps": trainer.step, "batch_size": args.batch_size, "train_images": len(train_recs),
             "adv_start": args.adv_start, "parsing_loss": not args.no_parsing_loss,
+            "pair_people": len(pairs),
         })
 
     t_last, window = time.time(), []
