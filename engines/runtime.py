@@ -9,6 +9,7 @@ the current stream; CPU backends ignore it.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ class DeviceStream:
             return tensor
         with torch.cuda.stream(self.stream):
             return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def active(self) -> contextlib.AbstractContextManager:
+        """Context in which torch work is queued on this stream (nothing on the CPU)."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def wait(self) -> None:
         if self.stream is not None:

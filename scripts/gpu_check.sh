@@ -27,6 +27,7 @@ PY
 
 if [[ "$device" == "cuda" ]]; then
     "$py" -m pytest -q tests/test_engines.py tests/test_generator.py tests/test_detector.py tests/test_shipped_models.py \
+        tests/test_device_geometry.py \
         2>&1 | tail -n 5 | tee "$out/tests.txt"
 fi
 

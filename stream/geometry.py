@@ -1,5 +1,9 @@
 """Geometry shared by serving, training and evaluation: the detector's letterbox, box overlaps,
-and the square crop window around a face, cut and pasted through one affine map each way."""
+and the square crop window around a face, cut and pasted through one affine map each way.
+
+The crop window's cut and paste exist twice over one set of maps: on numpy images with OpenCV,
+and on (C, H, W) float tensors with ``grid_sample`` (``cut_tensor``, ``paste_tensor``), so a frame
+that lives on the GPU is cut and pasted there instead of making a round trip to the CPU."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from engines.models.generator import square_crop_box
 
@@ -106,6 +112,27 @@ class CropWindow:
         return cv2.warpAffine(image, self._crop_to_frame(size), (size, size),
                               flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
+    def _paste_maps(self, frame_hw: tuple[int, int], patch_side: int, detail_side: int | None,
+                    detail_map: np.ndarray | None) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray | None]:
+        """The frame region a paste touches (x1, y1, x2, y2) and the 2x3 maps from the patch's and
+        the detail's pixels to that region's pixels; None where the window misses the frame."""
+        h, w = frame_hw
+        fx1, fy1 = max(int(np.floor(self.x1)), 0), max(int(np.floor(self.y1)), 0)
+        fx2, fy2 = min(int(np.ceil(self.x1 + self.side)), w), min(int(np.ceil(self.y1 + self.side)), h)
+        if fx2 <= fx1 or fy2 <= fy1:
+            return None
+        to_frame = self._crop_to_frame(patch_side)
+        to_frame[:, 2] -= (fx1, fy1)
+        to_frame_detail = None
+        if detail_side is not None:
+            if detail_map is None:
+                to_frame_detail = self._crop_to_frame(detail_side)
+                to_frame_detail[:, 2] -= (fx1, fy1)
+            else:
+                to_detail = np.vstack([detail_map, (0, 0, 1)]).astype(np.float64)
+                to_frame_detail = (np.vstack([to_frame, (0, 0, 1)]) @ np.linalg.inv(to_detail))[:2].astype(np.float32)
+        return (fx1, fy1, fx2, fy2), to_frame, to_frame_detail
+
     def paste(self, frame: np.ndarray, patch: np.ndarray, alpha: np.ndarray, *,
               detail: np.ndarray | None = None, detail_map: np.ndarray | None = None, detail_sigma: float = 0.0,
               detail_gain: float = 1.0) -> None:
@@ -117,31 +144,95 @@ class CropWindow:
         reference's own lips, nostrils and skin texture instead of an upscaled blur; ``detail_gain``
         scales that band (below 1 for a stranger's face). ``detail_map``: 2x3 from patch pixels to
         ``detail`` pixels where the two are not the same window (None: they are)."""
-        h, w = frame.shape[:2]
-        fx1, fy1 = max(int(np.floor(self.x1)), 0), max(int(np.floor(self.y1)), 0)
-        fx2, fy2 = min(int(np.ceil(self.x1 + self.side)), w), min(int(np.ceil(self.y1 + self.side)), h)
-        if fx2 <= fx1 or fy2 <= fy1:
+        with_detail = detail is not None and detail_sigma > 0
+        maps = self._paste_maps(frame.shape[:2], patch.shape[0], detail.shape[0] if with_detail else None, detail_map)
+        if maps is None:
             return
-        to_frame = self._crop_to_frame(patch.shape[0])
-        to_frame[:, 2] -= (fx1, fy1)
+        (fx1, fy1, fx2, fy2), to_frame, to_frame_detail = maps
         size = (fx2 - fx1, fy2 - fy1)
         p = cv2.warpAffine(patch.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
         a = cv2.warpAffine(alpha.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
-        if detail is not None and detail_sigma > 0:
-            if detail_map is None:
-                to_frame_detail = self._crop_to_frame(detail.shape[0])
-                to_frame_detail[:, 2] -= (fx1, fy1)
-            else:
-                to_detail = np.vstack([detail_map, (0, 0, 1)]).astype(np.float64)
-                to_frame_detail = (np.vstack([to_frame, (0, 0, 1)]) @ np.linalg.inv(to_detail))[:2].astype(np.float32)
+        if with_detail:
             d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
             sigma = detail_sigma * self.side / patch.shape[0]
             p = lowpass(p, sigma) + detail_gain * (d - lowpass(d, sigma))
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
         frame[fy1:fy2, fx1:fx2] = np.clip(a * p + (1 - a) * region + 0.5, 0, 255).astype(np.uint8)
+
+    def cut_tensor(self, frame: torch.Tensor, size: int) -> torch.Tensor:
+        """``cut`` (bilinear) of a (C, H, W) float tensor on any device: (C, size, size)."""
+        to_frame = self._crop_to_frame(size)
+        if self.side > 2 * size:
+            # The same pre-filter as ``cut``, on the window and a margin the blur reaches into.
+            sigma = 0.5 * self.side / size
+            margin = int(np.ceil(4 * sigma)) + 2
+            h, w = frame.shape[-2:]
+            x1, y1 = max(int(np.floor(self.x1)) - margin, 0), max(int(np.floor(self.y1)) - margin, 0)
+            x2 = min(int(np.ceil(self.x1 + self.side)) + margin, w)
+            y2 = min(int(np.ceil(self.y1 + self.side)) + margin, h)
+            if x2 > x1 and y2 > y1:
+                frame = gaussian_blur_tensor(frame[:, y1:y2, x1:x2], sigma, integer_image=True)
+                to_frame = to_frame.copy()
+                to_frame[:, 2] -= (x1, y1)
+        return warp_tensor(frame, to_frame, (size, size), border="replicate")
+
+    def paste_tensor(self, frame: torch.Tensor, patch: torch.Tensor, alpha: torch.Tensor, *,
+                     detail: torch.Tensor | None = None, detail_map: np.ndarray | None = None,
+                     detail_sigma: float = 0.0, detail_gain: float = 1.0) -> None:
+        """``paste`` on tensors, in place: ``frame`` (3, H, W) float in [0, 255] (left unrounded),
+        ``patch`` (3, S, S), ``alpha`` (S, S), ``detail`` (3, R, R), all on ``frame``'s device."""
+        with_detail = detail is not None and detail_sigma > 0
+        maps = self._paste_maps(tuple(frame.shape[-2:]), patch.shape[-1], detail.shape[-1] if with_detail else None,
+                                detail_map)
+        if maps is None:
+            return
+        (fx1, fy1, fx2, fy2), to_frame, to_frame_detail = maps
+        size = (fy2 - fy1, fx2 - fx1)
+        p = warp_tensor(patch, _invert(to_frame), size, border="replicate")
+        a = warp_tensor(alpha[None], _invert(to_frame), size, border="zeros")
+        if with_detail:
+            d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate")
+            sigma = detail_sigma * self.side / patch.shape[-1]
+            p = lowpass_tensor(p, sigma) + detail_gain * (d - lowpass_tensor(d, sigma))
+        region = frame[:, fy1:fy2, fx1:fx2]
+        region.copy_((a * p + (1 - a) * region).clamp_(0, 255))
+
+
+def _invert(matrix: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(matrix.astype(np.float64))
+
+
+def warp_tensor(src: torch.Tensor, to_src: np.ndarray, out_hw: tuple[int, int], *, border: str) -> torch.Tensor:
+    """(C, h, w) float ``src`` sampled bilinearly at the output pixels mapped through ``to_src``
+    (2x3, output pixel -> ``src`` pixel, pixel centres at integers): cv2.warpAffine with
+    WARP_INVERSE_MAP on a tensor. ``border``: "replicate" or "zeros" (cv2's BORDER_CONSTANT 0)."""
+    h, w = out_hw
+    m = torch.as_tensor(np.asarray(to_src, np.float64), dtype=torch.float32, device=src.device)
+    ys, xs = torch.meshgrid(torch.arange(h, device=src.device, dtype=torch.float32),
+                            torch.arange(w, device=src.device, dtype=torch.float32), indexing="ij")
+    sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    sh, sw = src.shape[-2:]
+    # align_corners=False puts pixel i's centre at (2i + 1) / n - 1.
+    grid = torch.stack([(2 * sx + 1) / sw - 1, (2 * sy + 1) / sh - 1], dim=-1)[None]
+    padding = {"replicate": "border", "zeros": "zeros"}[border]
+    return F.grid_sample(src[None].float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)[0]
+
+
+def gaussian_blur_tensor(image: torch.Tensor, sigma: float, *, integer_image: bool = False) -> torch.Tensor:
+    """cv2.GaussianBlur(image, (0, 0), sigma) of a (C, H, W) float tensor: the same kernel size
+    (OpenCV's: 3 sigma each side for 8-bit images, ``integer_image``, else 4) and reflected border."""
+    radius = int(round(sigma * (3 if integer_image else 4) * 2 + 1)) | 1
+    kernel = torch.as_tensor(cv2.getGaussianKernel(radius, sigma), dtype=torch.float32, device=image.device).reshape(-1)
+    c, h, w = image.shape
+    pad = radius // 2
+    mode = "reflect" if pad < min(h, w) else "replicate"
+    x = F.pad(image[None].float(), (pad, pad, pad, pad), mode=mode)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
 
 
 def lowpass(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -155,3 +246,14 @@ def lowpass(image: np.ndarray, sigma: float) -> np.ndarray:
     small = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigma / factor)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def lowpass_tensor(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``lowpass`` of a (C, H, W) float tensor."""
+    factor = int(sigma // 2)
+    if factor < 2:
+        return gaussian_blur_tensor(image, sigma)
+    h, w = image.shape[-2:]
+    small = F.interpolate(image[None], size=(max(1, h // factor), max(1, w // factor)), mode="area")[0]
+    small = gaussian_blur_tensor(small, sigma / factor)
+    return F.interpolate(small[None], size=(h, w), mode="bilinear", align_corners=False)[0]

@@ -154,6 +154,12 @@ class FaceInpainter:
 
     ``last_steps``: seconds per step of the last call (crop, motion, reference, generator, blend,
     paste; only the steps that ran), for the benchmark's breakdown.
+
+    ``frames_on_device`` (default: when the generator runs on a GPU): the frame goes to the
+    engine's device once, faces are cut and pasted there (``CropWindow.cut_tensor`` /
+    ``paste_tensor``: the paste and the reference's detail band are worked out at frame
+    resolution, the costly part at 1080p) and the frame comes back once; only the small crops
+    visit the CPU, for the motion estimate and the references.
     """
 
     def __init__(
@@ -165,8 +171,10 @@ class FaceInpainter:
         temporal: TemporalConfig = TemporalConfig(),
         motion: MotionSettings = MotionSettings(),
         references: References | None = None,
+        frames_on_device: bool | None = None,
     ) -> None:
         self.engine = engine
+        self.frames_on_device = engine.device.type == "cuda" if frames_on_device is None else frames_on_device
         self.references = references
         self._calls = 0
         self.motion = motion
@@ -185,11 +193,19 @@ class FaceInpainter:
         if self.references is not None:
             self.references.reset()
 
-    def prepare(self, image: np.ndarray, track: Track) -> tuple[CropWindow, np.ndarray, np.ndarray]:
-        """(window, crop (S, S, 3) uint8 RGB, hole (S, S) float32 {0, 1}) at generator size S."""
+    def prepare(self, image: np.ndarray, track: Track, *,
+                frame: torch.Tensor | None = None) -> tuple[CropWindow, np.ndarray, np.ndarray]:
+        """(window, crop (S, S, 3) uint8 RGB, hole (S, S) float32 {0, 1}) at generator size S;
+        the crop is cut from ``frame`` ((3, H, W) float, on the device) when given."""
         s = self.config.size
         window = CropWindow.for_face(track.box, self.config.crop_scale)
-        crop = window.cut(image, s)
+        if frame is None:
+            crop = window.cut(image, s)
+        else:
+            with self._device.active():
+                cut = window.cut_tensor(frame, s).add_(0.5).clamp_(0, 255).to(torch.uint8)
+            self._device.wait()
+            crop = cut.permute(1, 2, 0).cpu().numpy()
         hole = window.cut(track.mask.astype(np.uint8), s, interpolation=cv2.INTER_NEAREST)
         if self._dilate is not None:
             hole = cv2.dilate(hole, self._dilate)
@@ -247,10 +263,14 @@ class FaceInpainter:
         if not todo:
             return image
         steps = _StepClock()
+        frame = None
+        if self.frames_on_device:
+            with steps("crop"), self._device.active():
+                frame = self._device.upload(torch.from_numpy(image)).permute(2, 0, 1).float()
         jobs = []
         for track in todo:
             with steps("crop"):
-                window, crop, hole = self.prepare(image, track)
+                window, crop, hole = self.prepare(image, track, frame=frame)
                 job = _FaceJob(track.track_id, window, crop.astype(np.float32), hole, hole)
             state = self._states.get(track.track_id) if temporal else None
             if state is not None:
@@ -272,21 +292,38 @@ class FaceInpainter:
             predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
             self._device.wait()
             predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
-        out = image.copy()
+        out = image.copy() if frame is None else None
         for job, guide, generated in zip(jobs, guides, predicted):
             if temporal:
                 with steps("blend"):
                     generated = self._steady_output(job.previous, job.crop, job.hole, generated)
                     self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
             with steps("paste"):
-                if guide is None:
-                    job.window.paste(out, generated, self._seam(job.hole))
+                detail = {} if guide is None else {
+                    "detail": guide.reference.crop, "detail_map": guide.to_reference,
+                    "detail_sigma": self.settings.detail_sigma,
+                    "detail_gain": self.settings.exemplar_gain if guide.reference.exemplar else 1.0}
+                if frame is None:
+                    job.window.paste(out, generated, self._seam(job.hole), **detail)
                 else:
-                    job.window.paste(out, generated, self._seam(job.hole), detail=guide.reference.crop,
-                                     detail_map=guide.to_reference, detail_sigma=self.settings.detail_sigma,
-                                     detail_gain=self.settings.exemplar_gain if guide.reference.exemplar else 1.0)
+                    self._paste_on_device(frame, job, generated, detail)
+        if frame is not None:
+            with steps("paste"):
+                with self._device.active():
+                    rounded = frame.add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+                self._device.wait()
+                out = rounded.cpu().numpy()
         self.last_steps = steps.seconds
         return out
+
+    def _paste_on_device(self, frame: torch.Tensor, job: _FaceJob, generated: np.ndarray, detail: dict) -> None:
+        def up(array: np.ndarray) -> torch.Tensor:
+            return self._device.upload(torch.from_numpy(np.ascontiguousarray(array, np.float32)))
+
+        with self._device.active():
+            if detail:
+                detail = dict(detail, detail=up(detail["detail"]).permute(2, 0, 1))
+            job.window.paste_tensor(frame, up(generated).permute(2, 0, 1), up(self._seam(job.hole)), **detail)
 
     def _guide(self, job: _FaceJob) -> Guide | None:
         if self.references is None:
