@@ -247,6 +247,16 @@ def _detector(models: Models, settings: DetectorSettings) -> FaceDetector:
     )
 
 
+def tracker_config_for(models: Models, *, still: bool) -> TrackerConfig:
+    """Videos: the defaults. Photos are unrelated to each other: no track waits to be confirmed,
+    and each photo's verifier verdict stands alone at the verifier's own threshold."""
+    if not still:
+        return TrackerConfig()
+    threshold = models.verifier.config.threshold if models.verifier is not None else TrackerConfig.verify_threshold
+    return TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1, verify_memory=1.0,
+                         verify_threshold=threshold)
+
+
 def load_given_references(models: Models, config: RunConfig) -> list[ReferenceFace]:
     """The faces of ``--reference`` (none without it); a bad reference raises ReferenceError."""
     if not config.reference:
@@ -259,9 +269,9 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
                    given: list[ReferenceFace] = ()) -> Pipeline:
     still = isinstance(source, ImageSource)
     temporal = dataclasses.replace(config.temporal, enabled=config.temporal.enabled and not still)
-    # Photos are unrelated to each other: every one is detected and no track waits to be confirmed.
+    # Photos are unrelated to each other: every one is detected (see tracker_config_for).
     schedule = DetectSchedule() if still else config.schedule
-    tracker_config = TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1) if still else TrackerConfig()
+    tracker_config = tracker_config_for(models, still=still)
     rate = float(source.info.rate) if source.info.rate else 25.0
     crop_scale = models.generator.config.crop_scale
     references = References(

@@ -102,7 +102,8 @@ class MaskVerifier:
 
 class FaceDetector:
     """Runs the detector engine on a frame and pairs each face_mask with the face wearing it.
-    With a ``verifier``, a face keeps its mask only if the verifier also sees one on it."""
+    With a ``verifier``, each face with a mask also gets the verifier's probability
+    (``Detections.mask_probs``); ``worn`` is the decision for one image alone."""
 
     def __init__(self, engine: Engine, config: DetectorConfig, *, settings: DetectorSettings = DetectorSettings(),
                  verifier: MaskVerifier | None = None) -> None:
@@ -156,11 +157,17 @@ class FaceDetector:
                     masks[owner] |= full
                 else:
                     logger.debug("face_mask %d dropped: not on the lower part of its face", k)
+        mask_probs = None
         if self.verifier is not None:
+            mask_probs = np.zeros(len(faces), np.float32)
             masked = np.flatnonzero(masks.any(axis=(1, 2)))
-            probs = self.verifier(image, face_boxes[masked])
-            for i, p in zip(masked, probs):
-                if p < self.verifier.config.threshold:
-                    masks[i] = False
-                    logger.debug("face %d: mask vetoed by the verifier (p=%.2f)", i, p)
-        return Detections(boxes=face_boxes, scores=scores[faces], masks=masks)
+            mask_probs[masked] = self.verifier(image, face_boxes[masked])
+        return Detections(boxes=face_boxes, scores=scores[faces], masks=masks, mask_probs=mask_probs)
+
+    def worn(self, detections: Detections) -> np.ndarray:
+        """(N,) bool: the faces that wear a mask judged on this image alone (a still photo): the
+        detector sees one and, with a verifier, the verifier agrees at its own threshold."""
+        seen = detections.masks.any(axis=(1, 2))
+        if detections.mask_probs is None or self.verifier is None:
+            return seen
+        return seen & (detections.mask_probs >= self.verifier.config.threshold)

@@ -14,20 +14,25 @@ class Detections:
 
     boxes:  (N, 4) float32, xyxy pixels, the whole-face box.
     scores: (N,) float32, face confidence in [0, 1].
-    masks:  (N, H, W) bool, full-frame segmentation of the mask worn on each face
-            (all False where the face wears none).
+    masks:  (N, H, W) bool, full-frame segmentation of the mask the detector sees on each face
+            (all False where it sees none).
+    mask_probs: (N,) float32, the mask verifier's probability that each face wears a mask (0 where
+            the detector sees none), or None when no verifier ran. The verifier does not erase
+            masks here: whether one is filled is decided per track, over time (stream.track).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     masks: np.ndarray
+    mask_probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
-        if self.boxes.shape != (n, 4) or self.scores.shape != (n,) or len(self.masks) != n:
+        if (self.boxes.shape != (n, 4) or self.scores.shape != (n,) or len(self.masks) != n
+                or (self.mask_probs is not None and self.mask_probs.shape != (n,))):
             raise ValueError(
                 f"inconsistent detections: boxes {self.boxes.shape}, scores {self.scores.shape}, "
-                f"masks {self.masks.shape}"
+                f"masks {self.masks.shape}, mask_probs {None if self.mask_probs is None else self.mask_probs.shape}"
             )
 
     def __len__(self) -> int:

@@ -219,7 +219,7 @@ def reference_from_image(rgb: np.ndarray, detector, *, crop_scale: float, name: 
         raise ReferenceError(f"no face found in reference image {name}")
     areas = (found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])
     largest = int(np.argmax(areas))
-    if found.masks[largest].any():
+    if detector.worn(found)[largest]:
         # The user says this is the face unmasked; the detector is the one more likely wrong.
         logger.warning("reference %s: a mask was detected on the face; using it as given", name)
     logger.info("reference %s: face %s", name, np.round(found.boxes[largest]).astype(int).tolist())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -30,6 +31,13 @@ class TrackerConfig:
         still images.
     mask_misses: detector runs in a row that may miss a face while its last mask is still carried;
         after more, the face is left as it is: a mask taken off must not stay painted over.
+    verify_memory, verify_threshold: with a mask verifier (``Detections.mask_probs``), each track
+        keeps a running mean of the verifier's logit over its detections that see a mask, the
+        newest weighted ``verify_memory``, starting undecided, and its mask is filled only while that mean is at least
+        logit(``verify_threshold``). One frame's verdict is noisy (a see-through mask flickers
+        either side of any threshold, a hand at the mouth fools it for a frame or two); their
+        mean over about 1 / ``verify_memory`` detections is not. For still images: memory 1 and
+        the verifier's own threshold, the single image decides.
     """
 
     max_iou_distance: float = 0.8
@@ -38,10 +46,14 @@ class TrackerConfig:
     confident_score: float = 0.9
     mask_confirm: int = 2
     mask_misses: int = 1
+    verify_memory: float = 0.1
+    verify_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.mask_confirm < 1 or self.mask_misses < 0:
             raise ValueError("mask_confirm must be >= 1 and mask_misses >= 0")
+        if not 0 < self.verify_memory <= 1 or not 0 < self.verify_threshold < 1:
+            raise ValueError("verify_memory must be in (0, 1] and verify_threshold in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,12 @@ class _Observation:
     box: np.ndarray
     score: float
     mask: np.ndarray
+    mask_prob: float | None
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
 
 
 def warp_mask(mask: np.ndarray, src_box: np.ndarray, dst_box: np.ndarray) -> np.ndarray:
@@ -100,6 +118,7 @@ class FaceTracker:
         self._hits: dict[int, int] = {}
         self._mask_hits: dict[int, int] = {}
         self._misses: dict[int, int] = {}
+        self._evidence: dict[int, float] = {}
         self._filters: dict[int, OneEuroFilter] = {}
 
     def _smooth(self, track_id: int, box: np.ndarray) -> np.ndarray:
@@ -113,6 +132,16 @@ class FaceTracker:
             )
         return f(box)
 
+    def _weigh(self, track_id: int, prob: float) -> None:
+        # A new track starts undecided (at the threshold), so its first verdicts count at their
+        # share, not in full: a hand mistaken for a mask on a face's first frame fades at once.
+        before = self._evidence.get(track_id, _logit(self.config.verify_threshold))
+        m = self.config.verify_memory
+        self._evidence[track_id] = (1 - m) * before + m * _logit(prob)
+
+    def _verified(self, track_id: int) -> bool:
+        return self._evidence.get(track_id, -math.inf) >= _logit(self.config.verify_threshold)
+
     def update(self, detections: Detections | None, *, frame_hw: tuple[int, int], period: int = 1) -> list[Track]:
         """Advance one frame. ``detections`` is None on frames the detector skipped; ``period``
         is the number of frames since the previous detection."""
@@ -124,7 +153,8 @@ class FaceTracker:
                 Detection(
                     points=detections.boxes[i].reshape(2, 2).astype(np.float64),
                     scores=np.full(2, detections.scores[i]),
-                    data=_Observation(detections.boxes[i], float(detections.scores[i]), detections.masks[i]),
+                    data=_Observation(detections.boxes[i], float(detections.scores[i]), detections.masks[i],
+                                      None if detections.mask_probs is None else float(detections.mask_probs[i])),
                 )
                 for i in range(len(detections))
             ]
@@ -143,10 +173,13 @@ class FaceTracker:
             if fresh:
                 self._misses[track_id] = 0
                 self._mask_hits[track_id] = self._mask_hits.get(track_id, 0) + 1 if seen.mask.any() else 0
+                if seen.mask.any() and seen.mask_prob is not None:
+                    self._weigh(track_id, seen.mask_prob)
             elif detections is not None:
                 self._misses[track_id] = self._misses.get(track_id, 0) + 1
             masked = (self._mask_hits.get(track_id, 0) >= self.config.mask_confirm
-                      and self._misses.get(track_id, 0) <= self.config.mask_misses)
+                      and self._misses.get(track_id, 0) <= self.config.mask_misses
+                      and (seen.mask_prob is None or self._verified(track_id)))
             if hits <= self.config.initialization_delay and seen.score < self.config.confident_score:
                 continue
             # A fresh detection is the best evidence; the Kalman estimate fills the gaps.
@@ -161,4 +194,5 @@ class FaceTracker:
         self._hits = {k: v for k, v in self._hits.items() if k in alive}
         self._mask_hits = {k: v for k, v in self._mask_hits.items() if k in alive}
         self._misses = {k: v for k, v in self._misses.items() if k in alive}
+        self._evidence = {k: v for k, v in self._evidence.items() if k in alive}
         return sorted(tracks, key=lambda t: t.track_id)

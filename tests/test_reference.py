@@ -43,6 +43,9 @@ class _OneFace:
         masks[0, 60:85, 25:75] = self.masked
         return Detections(boxes=self.box, scores=np.ones(1, np.float32), masks=masks)
 
+    def worn(self, detections):
+        return detections.masks.any(axis=(1, 2))
+
 
 def test_reference_loading_errors_are_specific(tmp_path):
     photo = tmp_path / "me.png"

@@ -490,12 +490,49 @@ def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
     image = np.zeros((64, 64, 3), np.uint8)
     image[:, :32] = 255  # the verifier stand-in says "masked" on bright crops
     verifier = _SideVerifierEngine()
-    found = FaceDetector(engine, DetectorConfig(input_size=(64, 64)),
-                         verifier=MaskVerifier(verifier, VerifierConfig(size=32)))(image)
-    assert found.masks[0].any() and not found.masks[1].any()
+    checked = FaceDetector(engine, DetectorConfig(input_size=(64, 64)),
+                           verifier=MaskVerifier(verifier, VerifierConfig(size=32, threshold=0.9)))
+    found = checked(image)
+    # The detector's masks stay; the verifier's verdicts ride along, and decide a single image.
+    assert found.masks[0].any() and found.masks[1].any()
+    assert found.mask_probs[0] > 0.99 and found.mask_probs[1] < 0.01
+    assert checked.worn(found).tolist() == [True, False]
     assert verifier.seen == 2
-    plain = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))(image)
-    assert plain.masks[0].any() and plain.masks[1].any()
+    plain = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))
+    assert plain(image).mask_probs is None and plain.worn(plain(image)).tolist() == [True, True]
+
+
+def _verified(probs, config):
+    """Frames on which a tracker fills the mask of one steady face whose verifier says ``probs``
+    (None: no verifier ran)."""
+    tracker = FaceTracker(config, temporal=TemporalConfig(enabled=False))
+    box = np.array([[40, 20, 100, 100]], np.float32)
+    out = []
+    for p in probs:
+        d = _detections(box)
+        probs = None if p is None else np.array([p], np.float32)
+        tracks = tracker.update(Detections(d.boxes, d.scores, d.masks, mask_probs=probs), frame_hw=(120, 160))
+        out.append(bool(tracks and tracks[0].mask.any()))
+    return out
+
+
+def test_tracker_weighs_the_verifier_over_time():
+    video = TrackerConfig(initialization_delay=0, mask_confirm=1)
+    still = TrackerConfig(initialization_delay=0, mask_confirm=1, verify_memory=1.0, verify_threshold=0.95)
+    # A see-through mask: the verifier swings around its threshold frame by frame.
+    flicker = [0.97, 0.3] * 10
+    assert sum(_verified(flicker, still)) == 10
+    assert all(_verified(flicker, video))
+    # A hand at the mouth fools it for two frames among many that it gets right.
+    fooled = [0.02] * 5 + [0.99, 0.99] + [0.02] * 5
+    assert _verified(fooled, still)[5:7] == [True, True]
+    assert not any(_verified(fooled, video))
+    # A new track with a clear mask is filled from its first frame.
+    assert _verified([0.9, 0.9], video) == [True, True]
+    # Without a verifier the detector alone decides.
+    assert all(_verified([None] * 3, video))
+    with pytest.raises(ValueError):
+        TrackerConfig(verify_memory=0.0)
 
 
 def test_inpainter_times_its_steps_and_the_report_lists_them():

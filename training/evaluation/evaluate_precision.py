@@ -12,7 +12,9 @@ settings), so the numbers are what a user gets:
 * ``masked-photos``: ``photos/masked``: share of images with a face_mask (recall), on the held-out
   fifth (``training.data.negatives.masked_photo_files``; the rest may train the mask verifier) and on all;
 * ``masked-clips``: the real masked clips, every frame from the annotated first masked one: share
-  of frames with a face_mask (recall);
+  of frames on which the pipeline's detect and track stages (default schedule and tracker, as
+  ``run_stream.py`` runs a video) give some face a mask to fill (recall); beside it the share of
+  frames on which the detect stage alone, frame by frame, reports one;
 * ``unmasked-clips``: ``videos/unmasked`` through ``run_stream.py`` (``--max-frames`` frames):
   share of frames whose output differs visibly from the input (some 16x16 block with a mean
   absolute luma difference above 12; re-encoding alone stays under 9), overall and per clip;
@@ -44,6 +46,8 @@ from engines.runtime import EngineError
 from stream.detect import FaceDetector, MaskVerifier
 from stream.records import Frame
 from stream.source import VideoFileSource
+from stream.stages import DetectSchedule, DetectStage, TrackStage
+from stream.track import FaceTracker, TrackerConfig
 from training.cli import log_to_stderr, use_cpu_threads, write_json
 from training.data.detector_data import DataUnavailableError
 from training.evaluation.evaluate_detector import (
@@ -79,7 +83,7 @@ def mask_rate(detector: FaceDetector, paths: list[Path], desc: str) -> dict:
         if image is None:
             continue
         n += 1
-        if detector(image).masks.any():
+        if detector.worn(detector(image)).any():
             found += 1
             flagged.append(p.name)
         else:
@@ -91,13 +95,27 @@ def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, 
     paths = sorted(folder.glob("*.mp4"))
     if not paths:
         raise DataUnavailableError(f"no clips in {folder}")
-    per_clip, found, n = {}, 0, 0
+    per_clip, filled, alone, n = {}, 0, 0, 0
     for path in paths:
         first = masked_from.get(path.stem, 0)
-        hits = [bool(detector(rgb).masks.any()) for i, rgb in enumerate(iter_rgb(path)) if i >= first]
-        per_clip[path.stem] = {"frames": len(hits), "face_mask_rate": float(np.mean(hits)) if hits else 0.0}
-        found, n = found + sum(hits), n + len(hits)
-    return {"frames": n, "face_mask_rate": found / max(n, 1), "clips": per_clip}
+        # run_stream.py's default schedule for a video (--detect-every auto).
+        detect = DetectStage(detector, schedule=DetectSchedule(auto=True))
+        track = TrackStage(FaceTracker(TrackerConfig()))
+        fills, hits = [], []
+        for i, rgb in enumerate(iter_rgb(path)):
+            frame = Frame(index=i, image=rgb)
+            detect.process(frame)
+            track.process(frame)
+            if i < first:
+                continue
+            fills.append(any(t.mask.any() for t in frame.tracks))
+            # The per-frame count runs the detector on every frame, whatever the schedule skipped.
+            found = frame.detections if frame.detected_index == i else detector(rgb)
+            hits.append(bool(detector.worn(found).any()))
+        per_clip[path.stem] = {"frames": len(fills), "filled_rate": float(np.mean(fills)) if fills else 0.0,
+                               "face_mask_rate": float(np.mean(hits)) if hits else 0.0}
+        filled, alone, n = filled + sum(fills), alone + sum(hits), n + len(fills)
+    return {"frames": n, "filled_rate": filled / max(n, 1), "face_mask_rate": alone / max(n, 1), "clips": per_clip}
 
 
 def altered_flags(source: Path, output: Path, limit: int | None) -> list[bool]:
@@ -211,9 +229,10 @@ def format_table(r: dict) -> str:
         row("  all of them", pct(m["face_mask_rate"]), "", str(m["images"]))
     if "masked-clips" in r:
         c = r["masked-clips"]
-        row("real masked clips: frames with a face_mask", pct(c["face_mask_rate"]), ">= 95 %", str(c["frames"]))
+        row("real masked clips: frames filled (detect+track)", pct(c["filled_rate"]), ">= 95 %", str(c["frames"]))
         for name, v in c["clips"].items():
-            row(f"  {name}", pct(v["face_mask_rate"]), "", str(v["frames"]))
+            row(f"  {name}", pct(v["filled_rate"]), "", str(v["frames"]))
+        row("  frame by frame, detect stage alone", pct(c["face_mask_rate"]), "", str(c["frames"]))
     if "segmentation" in r:
         row("IWM/CWM held out: face_mask mIoU", f"{r['segmentation']['face_mask_mIoU']:.3f}", ">= 0.95",
             str(r["segmentation"]["images"]))
