@@ -90,6 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--int8", action="store_true",
                    help="int8 ONNX Runtime models for CPU (build them with build_engines.py --int8)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="with the torch backend on a GPU, replay the generator as captured CUDA graphs")
     p.add_argument("--detect-every", type=_detect_every, default="auto", metavar="N|auto",
                    help="run the detector on every N-th frame, or 'auto' (default): every frame while "
                         "faces move fast or are uncertain, up to every 4th while they are steady")
@@ -149,13 +151,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Which weights run on what: ``--backend``, ``--device``, ``--threads``, ``--int8``, the
-    ``--*-weights`` files (None: the shipped ones) and ``--verifier``."""
+    """Which weights run on what: ``--backend``, ``--device``, ``--threads``, ``--int8``,
+    ``--cuda-graphs``, the ``--*-weights`` files (None: the shipped ones) and ``--verifier``."""
 
     backend: str = "auto"
     device: str = "auto"
     threads: int = 1
     int8: bool = False
+    cuda_graphs: bool = False
     detector_weights: Path | None = None
     generator_weights: Path | None = None
     verifier: bool = False
@@ -199,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         input=args.input, output=args.output, detections=args.detections, show=args.show,
         overlays=not args.no_overlays, report=args.report,
         models=ModelChoice(backend=args.backend, device=args.device, threads=args.threads, int8=args.int8,
+                           cuda_graphs=args.cuda_graphs,
                            detector_weights=args.detector_weights, generator_weights=args.generator_weights,
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
@@ -234,7 +238,8 @@ def load_models(choice: ModelChoice) -> Models:
                   precision="int8" if choice.int8 else "fp32", export_on_first_use=True)
     return Models(
         detector=load_model("detector", weights=choice.detector_weights, **kwargs),
-        generator=load_model("generator", weights=choice.generator_weights, **kwargs),
+        # The detector's outputs vary in number (one row per face found): no graph can hold it.
+        generator=load_model("generator", weights=choice.generator_weights, cuda_graphs=choice.cuda_graphs, **kwargs),
         verifier=load_model("verifier", weights=choice.verifier_weights, **kwargs) if choice.verifier else None,
     )
 

@@ -200,12 +200,14 @@ def load_model(
     threads: int | None = None,
     precision: str = "fp32",
     export_on_first_use: bool = False,
+    cuda_graphs: bool = False,
 ) -> LoadedModel:
     """Load a shipped model by name on a backend; ``auto`` picks and logs the fastest available.
 
     ``precision="int8"`` loads the quantised ONNX Runtime variant (``build_engines.py --int8``).
     ``export_on_first_use``: with ``auto`` on CPU and no export in ``artifacts``, export to the
-    user cache (``cached_export``) and run on ONNX Runtime rather than eager torch."""
+    user cache (``cached_export``) and run on ONNX Runtime rather than eager torch.
+    ``cuda_graphs``: the torch backend on CUDA replays captured graphs (fixed-shape models only)."""
     if name not in MODELS:
         raise EngineError(f"unknown model {name!r}; known: {sorted(MODELS)}")
     spec = MODELS[name]
@@ -221,7 +223,8 @@ def load_model(
     if chosen == "torch":
         from engines.backends.torch_backend import TorchEngine
 
-        engine: Engine = TorchEngine(module, inputs=inputs, outputs=outputs, device=dev, half=dev.type == "cuda")
+        engine: Engine = TorchEngine(module, inputs=inputs, outputs=outputs, device=dev, half=dev.type == "cuda",
+                                     cuda_graphs=cuda_graphs)
     elif chosen == "onnxruntime":
         from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
 

@@ -2,12 +2,13 @@
 # Everything a short GPU session should measure, in one run (under 8 minutes on one GPU):
 #   1. the model and engine tests, then the shipped models on CUDA against the CPU (fp16 vs fp32);
 #   2. the torch-CUDA fp16 benchmark (run_stream.py --benchmark) at 1280x720 and 1920x1080, with one
-#      face (the sample clip) and four (the clip tiled 2 x 2), FRAMES frames each.
+#      face (the sample clip) and four (the clip tiled 2 x 2), FRAMES frames each; at 1920x1080 also
+#      with the generator replayed as CUDA graphs (--cuda-graphs).
 # Writes OUT/summary.json (one row per configuration), OUT/summary.txt (the table), and each
-# benchmark's JSON and PNG (per-stage time per frame) under OUT/bench_SIZE_FACESface/.
+# benchmark's JSON and PNG (per-stage time per frame) under OUT/bench_SIZE_FACESface_MODE/.
 #
 #   scripts/gpu_check.sh OUT                 # on the GPU machine (the run tool: OUT="$OUT")
-#   DEVICE=cpu FRAMES=3 scripts/gpu_check.sh OUT   # the same steps on a CPU, as the test does
+#   DEVICE=cpu FRAMES=3 scripts/gpu_check.sh OUT   # the same steps on a CPU: a smoke run of the script
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?output folder}
@@ -70,10 +71,17 @@ for size in 1280x720 1920x1080; do
         tile=$([[ $faces == 4 ]] && echo 2 || echo 1)
         input="$out/input_${size}_${faces}face.mp4"
         "$py" scripts/resize_clip.py --input "$clip" --output "$input" --size "$size" --tile "$tile" >/dev/null
-        bench="$out/bench_${size}_${faces}face"
-        "$py" run_stream.py --input "$input" --benchmark "$bench" --backend torch --device "$device" \
-            --max-frames "$frames" --no-progress > "$bench.txt" 2>&1 || { tail -n 20 "$bench.txt"; exit 1; }
-        rows+=("$size $faces $bench/benchmark.json")
+        # CUDA graphs (the generator replayed, not launched kernel by kernel) at the largest size only,
+        # to keep the whole script within its time.
+        modes=(eager)
+        [[ "$device" == "cuda" && "$size" == 1920x1080 ]] && modes+=(graphs)
+        for mode in "${modes[@]}"; do
+            bench="$out/bench_${size}_${faces}face_${mode}"
+            flags=$([[ $mode == graphs ]] && echo --cuda-graphs || true)
+            "$py" run_stream.py --input "$input" --benchmark "$bench" --backend torch --device "$device" $flags \
+                --max-frames "$frames" --no-progress > "$bench.txt" 2>&1 || { tail -n 20 "$bench.txt"; exit 1; }
+            rows+=("$size $faces $mode $bench/benchmark.json")
+        done
         rm -f "$input"
     done
 done
@@ -81,16 +89,16 @@ done
 "$py" - "$out" "${rows[@]}" <<'PY'
 import json, sys
 out, rows = sys.argv[1], sys.argv[2:]
-summary, lines = [], [f"{'input':10s} {'faces':>5s} {'FPS threaded':>13s} {'FPS sequential':>15s} {'latency p50 ms':>15s}"]
+summary, lines = [], [f"{'input':10s} {'faces':>5s} {'mode':>6s} {'FPS threaded':>13s} {'FPS sequential':>15s} {'latency p50 ms':>15s}"]
 for row in rows:
-    size, faces, path = row.split(" ", 2)
+    size, faces, mode, path = row.split(" ", 3)
     b = json.load(open(path))
     threaded, sequential = b.get("threaded", {}), b.get("sequential", {})
     e2e = threaded.get("latency_ms", {}).get("end_to_end", {})
-    entry = {"input": size, "faces": int(faces), "fps_threaded": threaded.get("fps"),
+    entry = {"input": size, "faces": int(faces), "mode": mode, "fps_threaded": threaded.get("fps"),
              "fps_sequential": sequential.get("fps"), "latency_p50_ms": e2e.get("p50"), "benchmark": path}
     summary.append(entry)
-    lines.append(f"{size:10s} {faces:>5s} {entry['fps_threaded'] or float('nan'):13.1f} "
+    lines.append(f"{size:10s} {faces:>5s} {mode:>6s} {entry['fps_threaded'] or float('nan'):13.1f} "
                  f"{entry['fps_sequential'] or float('nan'):15.1f} {entry['latency_p50_ms'] or float('nan'):15.1f}")
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
 open(f"{out}/summary.txt", "w").write("\n".join(lines) + "\n")

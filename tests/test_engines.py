@@ -267,3 +267,26 @@ def test_first_use_exports_to_the_user_cache_once_and_falls_back_to_torch(tiny_w
     assert fallback.engine.backend == "torch"
     assert any("exporter crashed" in r.getMessage() for r in caplog.records)
     assert user_cache_dir() == tmp_path / "other_cache"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (scripts/gpu_check.sh runs this)")
+def test_cuda_graphs_replay_what_the_eager_generator_gives(tiny_weights):
+    gen = _weights(tiny_weights, "generator")
+    eager = load_model("generator", backend="torch", device="cuda", weights=gen)
+    graphed = load_model("generator", backend="torch", device="cuda", weights=gen, cuda_graphs=True)
+    for batch in (1, 2, 1):  # a new shape is captured; a known one replays its graph
+        for seed in (0, 1):
+            feeds = dict(zip([s.name for s in eager.engine.inputs], example_inputs(eager.engine.inputs, batch=batch)))
+            feeds["image"] = torch.rand(feeds["image"].shape, generator=torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(graphed.engine.run(feeds)["output"], eager.engine.run(feeds)["output"],
+                                       atol=1e-3, rtol=1e-3)
+    assert len(graphed.engine._graphs) == 2 and all(g is not None for g in graphed.engine._graphs.values())
+
+
+def test_cuda_graphs_are_a_no_op_off_the_gpu(tiny_weights):
+    gen = _weights(tiny_weights, "generator")
+    graphed = load_model("generator", backend="torch", device="cpu", weights=gen, cuda_graphs=True)
+    eager = load_model("generator", backend="torch", device="cpu", weights=gen)
+    feeds = dict(zip([s.name for s in eager.engine.inputs], example_inputs(eager.engine.inputs, batch=2)))
+    assert not graphed.engine.cuda_graphs
+    torch.testing.assert_close(graphed.engine.run(feeds)["output"], eager.engine.run(feeds)["output"])
