@@ -224,23 +224,27 @@ class Models:
     detector: LoadedModel
     generator: LoadedModel
     verifier: LoadedModel | None = None
+    generator_noref: LoadedModel | None = None  # a reference-conditioned generator's form without one
 
     def describe(self) -> dict[str, object]:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
-            for m in (self.detector, self.generator, self.verifier) if m is not None
+            for m in (self.detector, self.generator, self.generator_noref, self.verifier) if m is not None
         }
 
 
 def load_models(choice: ModelChoice) -> Models:
     kwargs = dict(backend=choice.backend, device=choice.device, threads=choice.threads,
                   precision="int8" if choice.int8 else "fp32", export_on_first_use=True)
+    # The detector's outputs vary in number (one row per face found): no graph can hold it.
+    generator = load_model("generator", weights=choice.generator_weights, cuda_graphs=choice.cuda_graphs, **kwargs)
     return Models(
         detector=load_model("detector", weights=choice.detector_weights, **kwargs),
-        # The detector's outputs vary in number (one row per face found): no graph can hold it.
-        generator=load_model("generator", weights=choice.generator_weights, cuda_graphs=choice.cuda_graphs, **kwargs),
+        generator=generator,
         verifier=load_model("verifier", weights=choice.verifier_weights, **kwargs) if choice.verifier else None,
+        generator_noref=load_model("generator_noref", weights=choice.generator_weights, cuda_graphs=choice.cuda_graphs,
+                                   **kwargs) if generator.config.reference else None,
     )
 
 
@@ -290,7 +294,8 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
                     scene_cuts=SceneCutDetector(temporal.scene_cut) if temporal.enabled else None, background=live),
         TrackStage(FaceTracker(tracker_config, temporal=temporal, rate=rate)),
         InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,
-                                   settings=config.inpaint, references=references)),
+                                   settings=config.inpaint, references=references,
+                                   no_reference_engine=models.generator_noref.engine if models.generator_noref else None)),
     ]
     logger.info("%s mode: %s", "live" if live else "file", "one-frame queues, detector in the background"
                 if live else f"queues of {config.pipeline.queue_size}, no frame dropped")

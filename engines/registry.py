@@ -87,6 +87,13 @@ def _load_generator(path: Path) -> tuple[nn.Module, Any]:
     return model.eval(), config
 
 
+def _load_generator_without_reference(path: Path) -> tuple[nn.Module, Any]:
+    from engines.models.generator import load_generator, without_reference
+
+    model = without_reference(load_generator(path)[0])
+    return model, model.config
+
+
 def _generator_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     s = config.size
     inputs = (TensorSpec("image", ("N", 3, s, s), "float32"), TensorSpec("mask", ("N", 1, s, s), "float32"))
@@ -109,6 +116,11 @@ def _verifier_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSp
 MODELS: dict[str, ModelSpec] = {
     "detector": ModelSpec("detector", "detector_mobilenet_v3.pt", _load_detector, _detector_specs, "legacy"),
     "generator": ModelSpec("generator", "generator_128.pt", _load_generator, _generator_specs, "dynamo"),
+    # The generator's form for faces without a reference (image and mask only): the pipeline runs it
+    # for every batch in which no face has one, which spares a reference-conditioned generator's
+    # reference pass (engines.models.generator.without_reference).
+    "generator_noref": ModelSpec("generator_noref", "generator_128.pt", _load_generator_without_reference,
+                                 _generator_specs, "dynamo"),
     "verifier": ModelSpec("verifier", "mask_verifier.pt", _load_verifier, _verifier_specs, "dynamo"),
 }
 

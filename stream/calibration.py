@@ -59,9 +59,9 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
         if not feeds:
             raise ExportError("the detector found no face in the calibration images")
         return feeds
-    if name != "generator":
+    if name not in ("generator", "generator_noref"):
         raise ExportError(f"no calibration recipe for model {name!r}")
-    generator = load_model("generator", backend="torch", device="cpu", weights=weights)
+    generator = load_model(name, backend="torch", device="cpu", weights=weights)
     find = FaceDetector(detector.engine, detector.config)
     inpainter = FaceInpainter(generator.engine, generator.config)
     references = None

@@ -160,6 +160,10 @@ class FaceInpainter:
     ``paste_tensor``: the paste and the reference's detail band are worked out at frame
     resolution, the costly part at 1080p) and the frame comes back once; only the small crops
     visit the CPU, for the motion estimate and the references.
+
+    ``no_reference_engine``: the same generator in its form without reference inputs (model
+    ``generator_noref``); it runs every batch in which no face has a reference, where it gives the
+    reference-conditioned engine's result for less work.
     """
 
     def __init__(
@@ -172,8 +176,10 @@ class FaceInpainter:
         motion: MotionSettings = MotionSettings(),
         references: References | None = None,
         frames_on_device: bool | None = None,
+        no_reference_engine: Engine | None = None,
     ) -> None:
         self.engine = engine
+        self.no_reference_engine = no_reference_engine
         self.frames_on_device = engine.device.type == "cuda" if frames_on_device is None else frames_on_device
         self.references = references
         self._calls = 0
@@ -287,9 +293,13 @@ class FaceInpainter:
             crops = torch.from_numpy(np.stack([j.crop for j in jobs])).permute(0, 3, 1, 2).div_(255.0)
             holes = torch.from_numpy(np.stack([j.hole for j in jobs]))[:, None]
             feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
+            engine = self.engine
             if self.config.reference:
-                feeds.update(self._reference_feeds(guides))
-            predicted = self.engine.run(feeds, stream=self._device.stream)["output"]
+                if self.no_reference_engine is not None and all(g is None for g in guides):
+                    engine = self.no_reference_engine
+                else:
+                    feeds.update(self._reference_feeds(guides))
+            predicted = engine.run(feeds, stream=self._device.stream)["output"]
             self._device.wait()
             predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy() if frame is None else None

@@ -214,6 +214,16 @@ def test_reference_generator_exports_with_its_named_inputs(tmp_path):
     feeds["reference_mask"] = (feeds["reference_mask"] > 0.5).float()
     torch.testing.assert_close(ort.engine.run(feeds)["output"], ref.engine.run(feeds)["output"], atol=2e-3, rtol=1e-3)
 
+    # Its form for faces without a reference: exported on its own, image and mask in, and the
+    # reference form's result for an all-zero reference_mask out.
+    export_onnx("generator_noref", weights=weights, artifacts=tmp_path)
+    plain = load_model("generator_noref", backend="auto", device="cpu", weights=weights, artifacts=tmp_path)
+    assert plain.engine.backend == "onnxruntime"
+    assert [s.name for s in plain.engine.inputs] == ["image", "mask"]
+    none = dict(feeds, reference_mask=torch.zeros_like(feeds["reference_mask"]))
+    torch.testing.assert_close(plain.engine.run({"image": feeds["image"], "mask": feeds["mask"]})["output"],
+                               ref.engine.run(none)["output"], atol=2e-3, rtol=1e-3)
+
 
 def test_verifier_exports_with_parity(tmp_path):
     from engines.models.verifier import VerifierConfig, build_verifier, save_verifier

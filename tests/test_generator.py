@@ -21,6 +21,7 @@ from engines.models.generator import (
     save_generator,
     square_crop_box,
     widen_inputs,
+    without_reference,
 )
 from engines.models.parsing import PARSING_CLASSES, build_parsing_net
 from engines.export import TENSORRT_ONNX_OPS
@@ -224,6 +225,20 @@ def test_widened_generator_starts_as_the_old_one_and_reads_the_reference(small_g
     assert (with_ref - before).abs().max() > 1e-6
     with pytest.raises(ValueError, match="reference"):
         widened(image, mask)
+
+
+def test_form_without_reference_computes_what_an_all_zero_reference_mask_gives(small_generator, reference_generator):
+    plain = without_reference(reference_generator)
+    assert not plain.config.reference and plain.config.input_names == ("image", "mask")
+    image, mask = _inputs()
+    reference, valid = _reference_inputs()
+    with torch.no_grad():
+        want = reference_generator(image, mask, reference, torch.zeros_like(valid))
+        got = plain(image, mask)
+        with_ref = reference_generator(image, mask, reference, valid)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (with_ref - want).abs().max() > 1e-4  # the reference matters, so the match above is not vacuous
+    assert without_reference(small_generator) is small_generator
 
 
 def test_contextual_attention_borrows_from_a_valid_source_only():

@@ -213,3 +213,43 @@ def test_reference_generator_gets_each_faces_reference_in_its_window():
     feeds = engine.feeds[-1]
     assert feeds["reference_mask"].max() == 0 and feeds["reference"].abs().max() == 0
     assert (out == 90).all()  # "no reference" is zeros, and the stand-in then gives the face back
+
+
+class _PlainEngine:
+    """The generator's form without reference inputs: gives the image back, counting its calls."""
+
+    backend = "test"
+
+    def __init__(self, size: int) -> None:
+        import torch
+
+        from engines.runtime import TensorSpec
+
+        self.device = torch.device("cpu")
+        self.inputs = tuple(TensorSpec(n, ("N", c, size, size), "float32") for n, c in (("image", 3), ("mask", 1)))
+        self.calls = 0
+
+    def run(self, feeds, stream=None):
+        assert sorted(feeds) == ["image", "mask"]
+        self.calls += 1
+        return {"output": feeds["image"]}
+
+
+def test_faces_without_a_reference_run_the_generator_form_that_takes_none():
+    from engines.models.generator import GeneratorConfig
+    from stream.inpaint import FaceInpainter
+    from stream.records import Track
+    from stream.smoothing import TemporalConfig
+
+    size = 32
+    config = GeneratorConfig(size=size, width=4, mask_dilation=1, reference=True)
+    image = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    for given, plain_calls, full_calls in (([], 1, 0), ([ReferenceFace(_face(3), "me.png")], 0, 1)):
+        full, plain = _RecordingEngine(size), _PlainEngine(size)
+        inpainter = FaceInpainter(full, config, temporal=TemporalConfig(enabled=False), no_reference_engine=plain,
+                                  references=References(given=given, exemplars=[], memory=None))
+        inpainter(image, [track])
+        assert (plain.calls, len(full.feeds)) == (plain_calls, full_calls)
