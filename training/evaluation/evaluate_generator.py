@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engines.models.generator import GeneratorWeightsError
+from engines.artifacts import ARTIFACTS_DIR
 from engines.registry import load_model
 from engines.runtime import EngineError
 from training.cli import log_to_stderr, use_cpu_threads
@@ -68,6 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     p.add_argument("--int8", action="store_true", help="the int8 ONNX Runtime variant")
+    p.add_argument("--artifacts", type=Path, default=ARTIFACTS_DIR, help="where build_engines.py wrote the exports")
     return p
 
 
@@ -76,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     log_to_stderr(timestamps=True)
     use_cpu_threads(args.threads)
     try:
-        loaded = load_model("generator", backend=args.backend, device="cpu", weights=args.weights,
-                            threads=args.threads, precision="int8" if args.int8 else "fp32")
+        # Held-out faces have no reference: the form of the generator the pipeline runs for them.
+        loaded = load_model("generator_noref", backend=args.backend, device="cpu", weights=args.weights,
+                            threads=args.threads, precision="int8" if args.int8 else "fp32", artifacts=args.artifacts)
         config = loaded.config
         records = load_face_records(args.data / "faces" / "utkface", args.landmarks)
         _, val_recs = split_records(records, val_count=args.val_count)
