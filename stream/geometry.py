@@ -113,12 +113,23 @@ class CropWindow:
                               flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
     def _paste_maps(self, frame_hw: tuple[int, int], patch_side: int, detail_side: int | None,
-                    detail_map: np.ndarray | None) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray | None]:
+                    detail_map: np.ndarray | None, support: tuple[int, int, int, int] | None = None,
+                    margin: int = 2) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray | None] | None:
         """The frame region a paste touches (x1, y1, x2, y2) and the 2x3 maps from the patch's and
-        the detail's pixels to that region's pixels; None where the window misses the frame."""
+        the detail's pixels to that region's pixels; None where the window misses the frame.
+
+        ``support``: (x1, y1, x2, y2) patch pixels outside which alpha is 0: the region shrinks to
+        it, ``margin`` frame pixels wider (bilinear reach, and the detail band's blur: the hole is
+        about half the window, so half the paste work is saved)."""
         h, w = frame_hw
-        fx1, fy1 = max(int(np.floor(self.x1)), 0), max(int(np.floor(self.y1)), 0)
-        fx2, fy2 = min(int(np.ceil(self.x1 + self.side)), w), min(int(np.ceil(self.y1 + self.side)), h)
+        x1, y1, x2, y2 = self.x1, self.y1, self.x1 + self.side, self.y1 + self.side
+        if support is not None:
+            k = self.side / patch_side
+            x1, y1 = self.x1 + support[0] * k - margin, self.y1 + support[1] * k - margin
+            x2, y2 = self.x1 + support[2] * k + margin, self.y1 + support[3] * k + margin
+        fx1, fy1 = max(int(np.floor(max(x1, self.x1))), 0), max(int(np.floor(max(y1, self.y1))), 0)
+        fx2 = min(int(np.ceil(min(x2, self.x1 + self.side))), w)
+        fy2 = min(int(np.ceil(min(y2, self.y1 + self.side))), h)
         if fx2 <= fx1 or fy2 <= fy1:
             return None
         to_frame = self._crop_to_frame(patch_side)
@@ -145,7 +156,12 @@ class CropWindow:
         scales that band (below 1 for a stranger's face). ``detail_map``: 2x3 from patch pixels to
         ``detail`` pixels where the two are not the same window (None: they are)."""
         with_detail = detail is not None and detail_sigma > 0
-        maps = self._paste_maps(frame.shape[:2], patch.shape[0], detail.shape[0] if with_detail else None, detail_map)
+        sigma = detail_sigma * self.side / patch.shape[0]
+        support = _support(alpha > 0)
+        if support is None:
+            return
+        maps = self._paste_maps(frame.shape[:2], patch.shape[0], detail.shape[0] if with_detail else None, detail_map,
+                                support, _paste_margin(sigma if with_detail else 0.0))
         if maps is None:
             return
         (fx1, fy1, fx2, fy2), to_frame, to_frame_detail = maps
@@ -157,7 +173,6 @@ class CropWindow:
         if with_detail:
             d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
-            sigma = detail_sigma * self.side / patch.shape[0]
             p = lowpass(p, sigma) + detail_gain * (d - lowpass(d, sigma))
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
         frame[fy1:fy2, fx1:fx2] = np.clip(a * p + (1 - a) * region + 0.5, 0, 255).astype(np.uint8)
@@ -185,8 +200,13 @@ class CropWindow:
         """``paste`` on tensors, in place: ``frame`` (3, H, W) float in [0, 255] (left unrounded),
         ``patch`` (3, S, S), ``alpha`` (S, S), ``detail`` (3, R, R), all on ``frame``'s device."""
         with_detail = detail is not None and detail_sigma > 0
+        sigma = detail_sigma * self.side / patch.shape[-1]
+        # One small download of the alpha's extent saves half the frame-resolution work.
+        support = _support((alpha > 0).cpu().numpy())
+        if support is None:
+            return
         maps = self._paste_maps(tuple(frame.shape[-2:]), patch.shape[-1], detail.shape[-1] if with_detail else None,
-                                detail_map)
+                                detail_map, support, _paste_margin(sigma if with_detail else 0.0))
         if maps is None:
             return
         (fx1, fy1, fx2, fy2), to_frame, to_frame_detail = maps
@@ -195,10 +215,23 @@ class CropWindow:
         a = warp_tensor(alpha[None], _invert(to_frame), size, border="zeros")
         if with_detail:
             d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate")
-            sigma = detail_sigma * self.side / patch.shape[-1]
             p = lowpass_tensor(p, sigma) + detail_gain * (d - lowpass_tensor(d, sigma))
         region = frame[:, fy1:fy2, fx1:fx2]
         region.copy_((a * p + (1 - a) * region).clamp_(0, 255))
+
+
+def _support(nonzero: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x1, y1, x2, y2), end exclusive, of the True pixels of an (S, S) bool map; None if none."""
+    cols, rows = np.flatnonzero(nonzero.any(axis=0)), np.flatnonzero(nonzero.any(axis=1))
+    if not len(cols):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _paste_margin(sigma: float) -> int:
+    """Frame pixels a paste region reaches past the alpha's extent: bilinear sampling, and three
+    sigmas of the detail band's blur so the band is the same as over the whole window."""
+    return 2 + int(np.ceil(3.0 * sigma))
 
 
 def _invert(matrix: np.ndarray) -> np.ndarray:

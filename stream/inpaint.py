@@ -101,6 +101,9 @@ class MotionSettings:
     max_scale: float = 0.08
     max_shift: float = 0.08
     ransac_px: float = 1.0
+    # A face whose visible part differs from the previous crop (carried by the box's motion) by
+    # less than this mean absolute grey level has not moved: the point tracking is skipped.
+    still_change: float = 1.5
 
 
 def face_motion(previous: np.ndarray, current: np.ndarray, visible: np.ndarray,
@@ -230,6 +233,9 @@ class FaceInpainter:
         x2, y2 = (box[2:] - (window.x1, window.y1)) * k
         visible[max(int(y1), 0):max(int(y2), 0), max(int(x1), 0):max(int(x2), 0)] = 255
         visible[hole >= 0.5] = 0
+        seen = visible > 0
+        if seen.any() and float(np.abs(previous_crop - crop)[seen].mean()) < self.motion.still_change:
+            return by_box
         refine = face_motion(previous_crop, crop, visible, self.motion)
         if refine is None:
             return by_box

@@ -61,6 +61,26 @@ def test_tensor_paste_matches_opencv(device, window, size, detail_map):
     assert np.abs(expected.astype(int) - image).max() > 20  # the paste did change the frame
 
 
+@pytest.mark.parametrize("with_detail", [False, True])
+def test_paste_works_over_the_alphas_extent_with_the_whole_windows_result(with_detail):
+    window, size = CropWindow(40.0, 20.0, 180.0), 64
+    image = _smooth((240, 320, 3), 5)
+    patch = _smooth((size, size, 3), 6, sigma=1.0).astype(np.float32)
+    alpha = np.zeros((size, size), np.float32)
+    alpha[36:58, 14:50] = 1.0
+    alpha = cv2.GaussianBlur(alpha, (0, 0), 1.5)
+    alpha[alpha < 1e-3] = 0.0  # the lower face only, as the seam of a hole
+    kwargs = {"detail": _smooth((REFERENCE_SIDE, REFERENCE_SIDE, 3), 7, sigma=1.0), "detail_sigma": 2.0} if with_detail else {}
+    shrunk, whole = image.copy(), image.copy()
+    window.paste(shrunk, patch, alpha, **kwargs)
+    # A vanishing alpha everywhere extends the paste over the whole window and changes no pixel by itself.
+    window.paste(whole, patch, alpha + 1e-12, **kwargs)
+    diff = np.abs(shrunk.astype(int) - whole.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.02
+    assert np.abs(shrunk.astype(int) - image).max() > 20
+    assert (shrunk[:80] == image[:80]).all()  # above the hole's rows nothing is touched
+
+
 class _ReferenceEngine(Engine):
     """A reference-conditioned generator stand-in: the reference where one is valid, else the
     crop's negative (so the paste is seen on every face)."""

@@ -168,6 +168,24 @@ def testface_motion_measures_the_visible_face_shift():
     assert face_motion(flat, flat, visible, MotionSettings()) is None  # nothing to track: box motion only
 
 
+def test_point_tracking_is_skipped_while_the_face_is_still(monkeypatch):
+    import stream.inpaint as inpaint
+
+    calls = []
+    monkeypatch.setattr(inpaint, "face_motion", lambda *a, **k: calls.append(1))
+    rng = np.random.default_rng(1)
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (140, 180, 3)).astype(np.float32), (0, 0), 2.0).astype(np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    inpainter = FaceInpainter(_MeanEngine(0.5), GeneratorConfig(size=32, width=4, mask_dilation=1))
+    for _ in range(3):
+        inpainter(scene[:120, :160], [track])
+    assert calls == []  # the same face three times: no point tracking
+    inpainter(scene[3:123, 2:162], [track])  # the face moved under a box that did not
+    assert calls == [1]
+
+
 def test_crop_window_pads_outside_the_frame():
     image = np.arange(100, dtype=np.uint8).reshape(10, 10)
     window = CropWindow(x1=-5, y1=-5, side=10)
