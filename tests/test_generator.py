@@ -263,6 +263,22 @@ def test_discriminator_scores_patches():
     assert scores.shape == (2, 1, SIZE // 16, SIZE // 16) and torch.isfinite(scores).all()
 
 
+def test_feature_matching_pulls_the_completed_face_towards_the_real_ones_features():
+    from training.train.generator_losses import feature_matching_loss
+
+    torch.manual_seed(2)
+    disc = build_discriminator().eval()  # spectral norm's power iteration only runs in training
+    image, mask = _inputs()
+    scores, acts = disc.features(image, mask)
+    torch.testing.assert_close(scores, disc(image, mask))
+    assert len(acts) == 4 and acts[-1].shape[-1] == SIZE // 16
+    assert float(feature_matching_loss(acts, acts)) == 0.0
+    fake = torch.full_like(image, 0.5).requires_grad_(True)
+    loss = feature_matching_loss(disc.features(fake, mask)[1], acts)
+    loss.backward()
+    assert loss > 0 and fake.grad.abs().sum() > 0  # the gradient reaches the generator's output
+
+
 def test_parsing_net_logits_shape():
     net = build_parsing_net().eval()
     with torch.no_grad():

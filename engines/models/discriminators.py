@@ -6,7 +6,8 @@ grid judges the local patch inside the hole and, through the overlapping fields,
 consistency of the face; it replaces DeepFill v1's separate global and local (hole-box)
 critics, which need a single rectangular hole (our masks are free-form) and cost two networks.
 
-forward(image (N,3,S,S) float32 RGB [0,1], mask (N,1,S,S) {0,1}) -> (N,1,S/16,S/16) scores.
+forward(image (N,3,S,S) float32 RGB [0,1], mask (N,1,S,S) {0,1}) -> (N,1,S/16,S/16) scores;
+``features`` also returns the activations of its four strided layers (for feature matching).
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([image * 2.0 - 1.0, mask], dim=1))
+
+    def features(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(scores, the activation after each strided layer, coarsest last)."""
+        x = torch.cat([image * 2.0 - 1.0, mask], dim=1)
+        acts = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                acts.append(x)
+        return x, acts
 
 
 def build_discriminator(*, config: DiscriminatorConfig | None = None) -> PatchDiscriminator:

@@ -24,6 +24,14 @@ def hinge_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.float().mean()
 
 
+def feature_matching_loss(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over the discriminator's layers of the L1 distance between its activations on the
+    completed face and on the real one (pix2pixHD): the generator is pulled towards the texture
+    statistics the critic sees in real faces, with a gradient that does not vanish once the
+    critic is sure, unlike the adversarial term alone."""
+    return torch.stack([(f.float() - r.detach().float()).abs().mean() for f, r in zip(fake, real)]).mean()
+
+
 def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Prediction inside the hole, ``image`` outside."""
     return pred * mask + image * (1.0 - mask)

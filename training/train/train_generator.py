@@ -43,7 +43,14 @@ from training.data.generator_data import (
     load_pair_records,
     split_records,
 )
-from training.train.generator_losses import ParsingLoss, composite, hinge_d_loss, hinge_g_loss, masked_l1
+from training.train.generator_losses import (
+    ParsingLoss,
+    composite,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    masked_l1,
+)
 from training.metrics.image_metrics import psnr
 
 logger = logging.getLogger(__name__)
@@ -127,6 +134,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--hole-weight", type=float, default=5.0)
     p.add_argument("--coarse-weight", type=float, default=0.5)
     p.add_argument("--adv-weight", type=float, default=0.01)
+    p.add_argument("--fm-weight", type=float, default=0.0,
+                   help="discriminator feature matching (real vs completed face), from --adv-start on")
     p.add_argument("--parsing-weight", type=float, default=0.05)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--val-count", type=int, default=500)
@@ -233,11 +242,19 @@ class Trainer:
             for p in self.disc.parameters():
                 p.requires_grad_(False)
             with autocast(self.device, self.use_bf16):
-                g_adv = hinge_g_loss(self.disc(completed, mask))
+                scores, fake_acts = self.disc.features(completed, mask)
+                g_adv = hinge_g_loss(scores)
+                if a.fm_weight > 0:
+                    with torch.no_grad():
+                        real_acts = self.disc.features(target, mask)[1]
             for p in self.disc.parameters():
                 p.requires_grad_(True)
             logs["g_adv"] = g_adv.item()
             loss = loss + a.adv_weight * g_adv
+            if a.fm_weight > 0:
+                fm = feature_matching_loss(fake_acts, real_acts)
+                logs["fm"] = fm.item()
+                loss = loss + a.fm_weight * fm
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -310,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         save_generator(trainer.ema, trainer.config, weights_path, meta={
             "steps": trainer.step, "batch_size": args.batch_size, "train_images": len(train_recs),
             "adv_start": args.adv_start, "parsing_loss": not args.no_parsing_loss,
-            "pair_people": len(pairs),
+            "adv_weight": args.adv_weight, "fm_weight": args.fm_weight, "pair_people": len(pairs),
         })
 
     t_last, window = time.time(), []
