@@ -138,3 +138,77 @@ def test_hard_negative_scenes_label_faces_and_never_a_face_mask(shared_data, utk
     with pytest.raises(DataUnavailableError):
         DetectorSceneDataset(data_root=shared_data, landmarks=utk_landmarks, negatives=None,
                              config=DetectorDataConfig(negative_fraction=0.5))
+
+
+class _FixedDetector:
+    """Stands in for stream.detect.FaceDetector: returns the same detections for any image."""
+
+    def __init__(self, detections):
+        self.detections = detections
+
+    def __call__(self, image):
+        return self.detections
+
+
+def _detections(worn: list[bool], probs: list[float]):
+    from stream.records import Detections
+
+    masks = np.zeros((len(worn), 60, 80), bool)
+    for k, w in enumerate(worn):
+        masks[k, 35:50, 10 + 30 * k:30 + 30 * k] = w
+    boxes = np.array([[8 + 30 * k, 10, 32 + 30 * k, 52] for k in range(len(worn))], np.float32)
+    return Detections(boxes=boxes, scores=np.ones(len(worn), np.float32), masks=masks,
+                      mask_probs=np.array(probs, np.float32))
+
+
+def test_pseudo_labels_keep_only_images_whose_every_face_wears_a_confirmed_mask():
+    from training.data.pseudo_masks import label_image
+
+    image = np.zeros((60, 80, 3), np.uint8)
+    sure = label_image(_FixedDetector(_detections([True, True], [0.99, 0.97])), image, min_prob=0.95)
+    assert sure is not None and len(sure[0]) == 2 and sure[1].shape == (2, 60, 80)
+    # One unmasked face, or one the verifier doubts, would be an unlabelled masked face or a wrong label.
+    assert label_image(_FixedDetector(_detections([True, False], [0.99, 0.0])), image, min_prob=0.95) is None
+    assert label_image(_FixedDetector(_detections([True, True], [0.99, 0.6])), image, min_prob=0.95) is None
+
+
+def test_pseudo_labelled_scenes_put_each_worn_mask_inside_its_face(shared_data, utk_landmarks, tmp_path):
+    import cv2
+
+    from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
+    from training.data.negatives import masked_photo_files
+    from training.data.pseudo_masks import build_pseudo_labels, load_pseudo_labels, save_pseudo_labels
+
+    paths = masked_photo_files(shared_data, "train")[:3]
+    shapes = [cv2.imread(str(p)).shape[:2] for p in paths]
+
+    class Centred:
+        """A masked face in the middle of each photo."""
+
+        def __call__(self, image):
+            from stream.records import Detections
+
+            h, w = image.shape[:2]
+            masks = np.zeros((1, h, w), bool)
+            masks[0, h // 2:h * 3 // 4, w // 4:w * 3 // 4] = True
+            return Detections(boxes=np.array([[w / 5, h / 5, w * 4 / 5, h * 4 / 5]], np.float32),
+                              scores=np.ones(1, np.float32), masks=masks, mask_probs=np.ones(1, np.float32))
+
+    labels = build_pseudo_labels(Centred(), paths, shared_data, min_prob=0.95)
+    save_pseudo_labels(labels, tmp_path / "pseudo.npz")
+    loaded = load_pseudo_labels(tmp_path / "pseudo.npz")
+    boxes, worn = loaded.faces_of(1)
+    assert len(loaded.files) == 3 and worn[0].shape == shapes[1] and worn[0].sum() > 0
+    data = DetectorSceneDataset(data_root=shared_data, landmarks=utk_landmarks, pseudo=tmp_path / "pseudo.npz", seed=3,
+                                config=DetectorDataConfig(real_fraction=0.0, pseudo_fraction=1.0))
+    for i in range(6):
+        _, target = data[i]
+        labels_i = target["labels"].tolist()
+        assert labels_i.count(FACE) == 1 and labels_i.count(FACE_MASK) <= 1
+        if FACE_MASK in labels_i:
+            face = target["masks"][labels_i.index(FACE)].bool()
+            mask = target["masks"][labels_i.index(FACE_MASK)].bool()
+            assert not (mask & ~face).any()
+    with pytest.raises(DataUnavailableError):
+        DetectorSceneDataset(data_root=shared_data, landmarks=utk_landmarks, pseudo=None,
+                             config=DetectorDataConfig(pseudo_fraction=0.5))

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from engines.models.detector import FACE, FACE_MASK
 from training.data.landmarks import load_landmark_cache
 from training.data.negatives import load_face_cache
+from training.data.pseudo_masks import load_pseudo_labels
 from training.data.synth import MaskSynthesizer, face_box_from_landmarks
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class DetectorDataConfig:
     negative_fraction: float = 0.0  # real photos of unmasked people (training.data.negatives)
     p_mouth_object: float = 0.0  # per unmasked face: hand, fingers, microphone, phone, cup or scarf at the mouth
     p_loose_mask: float = 0.0  # per synthetic scene: a mask not worn (under the chin, in a hand, lying about)
+    pseudo_fraction: float = 0.0  # real masked photos labelled by the shipped models (training.data.pseudo_masks)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -269,6 +271,7 @@ class DetectorSceneDataset(Dataset):
         split: str = "train",
         seed: int = 0,
         negatives: str | Path | None = None,
+        pseudo: str | Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
@@ -300,6 +303,11 @@ class DetectorSceneDataset(Dataset):
             if negatives is None or not Path(negatives).is_file():
                 raise DataUnavailableError(f"negative_fraction > 0 needs the face cache of training.data.negatives, missing {negatives}")
             self.negatives = load_face_cache(negatives)
+        self.pseudo = None
+        if split == "train" and config.pseudo_fraction > 0:
+            if pseudo is None or not Path(pseudo).is_file():
+                raise DataUnavailableError(f"pseudo_fraction > 0 needs the labels of training.data.pseudo_masks, missing {pseudo}")
+            self.pseudo = load_pseudo_labels(pseudo)
 
     def __len__(self) -> int:
         # Nominal length (one pass over the faces); indices beyond it are valid too.
@@ -631,6 +639,32 @@ class DetectorSceneDataset(Dataset):
             instances.append(_Instance(box, fw, ww if ww.any() else None))
         return rgb, instances
 
+    def _pseudo(self, h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, list[_Instance]]:
+        """A real masked photo with the shipped models' confident labels (face box, worn mask)."""
+        labels = self.pseudo
+        i = int(rng.integers(len(labels.files)))
+        img = cv2.cvtColor(cv2.imread(str(self.data_root / labels.files[i]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        boxes, worn = labels.faces_of(i)
+        sh, sw = img.shape[:2]
+        m, canvas, flip = self._placement(sh, sw, h, w, rng)
+        if flip:
+            img = img[:, ::-1].copy()
+            boxes = np.stack([sw - boxes[:, 2], boxes[:, 1], sw - boxes[:, 0], boxes[:, 3]], axis=1)
+            worn = [wm[:, ::-1].copy() for wm in worn]
+        rgb = self._compose(img, m, canvas, h, w)
+        instances = []
+        for box, wm in zip(boxes, worn):
+            face = np.zeros((sh, sw), np.uint8)
+            centre = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)
+            cv2.ellipse(face, (centre, (float(box[2] - box[0]), float(box[3] - box[1])), 0.0), 1, -1)
+            fw = cv2.warpAffine(face.astype(np.float32), m, (w, h)) > 0.5
+            ww = (cv2.warpAffine(wm.astype(np.float32), m, (w, h)) > 0.5) & fw
+            fbox = mask_box(fw)
+            if fbox is None or not ww.any():
+                continue
+            instances.append(_Instance(fbox, fw, ww))
+        return rgb, instances
+
     # -- assembly
 
     def scene(self, index: int) -> tuple[np.ndarray, list[_Instance], tuple[int, int]]:
@@ -644,10 +678,13 @@ class DetectorSceneDataset(Dataset):
         # No draw without real sources, so validation scenes stay what they were.
         u = rng.random() if (self.real or self.negatives is not None) else 1.0
         negative = self.config.negative_fraction if self.negatives is not None else 0.0
+        pseudo = self.config.pseudo_fraction if self.pseudo is not None else 0.0
         if u < negative:
             content, instances = self._negative(h, w, rng)
         elif self.real and u < negative + self.config.real_fraction:
             content, instances = self._real(h, w, rng)
+        elif u < negative + self.config.real_fraction + pseudo:
+            content, instances = self._pseudo(h, w, rng)
         else:
             content, instances = self._synthetic(h, w, rng)
         content = photometric(content, rng)

@@ -108,6 +108,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per unmasked face: a hand, fingers, microphone, phone, cup or scarf at the mouth")
     p.add_argument("--p-loose-mask", type=float, default=0.0,
                    help="per synthetic scene: a mask nobody wears (under a chin, in a hand, lying about)")
+    p.add_argument("--pseudo", type=Path, default=Path("cache/masked_pseudo.npz"),
+                   help="labels of the masked photos' training split (python -m training.data.pseudo_masks)")
+    p.add_argument("--pseudo-fraction", type=float, default=0.0,
+                   help="share of scenes that are real masked photos labelled by the shipped models")
     p.add_argument("--init", type=Path, default=None,
                    help="start a new run from these weights (save_detector file); ignored when resuming")
     return p
@@ -129,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     data_config = DetectorDataConfig(
         input_size=config.input_size, real_fraction=args.real_fraction, p_sheer=args.p_sheer,
         negative_fraction=args.negative_fraction, p_mouth_object=args.p_mouth_object, p_loose_mask=args.p_loose_mask,
+        pseudo_fraction=args.pseudo_fraction,
     )
     try:
         dataset = DetectorSceneDataset(
             data_root=args.data, landmarks=args.landmarks, config=data_config, split="train", seed=args.seed,
-            negatives=args.negatives,
+            negatives=args.negatives, pseudo=args.pseudo,
         )
     except DataUnavailableError as exc:
         logger.error("%s", exc)
