@@ -96,17 +96,22 @@ def utk_cases(data: Path, landmarks: Path, synth: MaskSynthesizer, n: int, seed:
     return cases
 
 
-def lfw_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n: int, seed: int) -> list[Case]:
+def lfw_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n: int, seed: int,
+              offset: int = 0) -> list[Case]:
     by_person: dict[str, list[Path]] = {}
     for p in negative_files(data, "lfw", "val"):
         by_person.setdefault(p.parent.name, []).append(p)
     cases = []
+    usable = 0
     for person, photos in sorted(by_person.items()):
         if len(cases) >= n or len(photos) < 2:
             continue
         truth = read_rgb(photos[0])
         found = detector.detect(truth)
         if not found:
+            continue
+        usable += 1
+        if usable <= offset:
             continue
         res = synth.apply(truth, found[0], rng=np.random.default_rng([seed, len(cases)]))
         cases.append(Case(photos[0].name, res.image, truth, res.mask, read_rgb(photos[1])))
@@ -181,8 +186,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
-                   help="start at this held-out UTKFace face: settings are tuned on faces past the measured ones "
-                        "(e.g. --offset 300), and measured at 0")
+                   help="start at this held-out face of each set (UTKFace faces, LFW people with two photos): "
+                        "settings are tuned on faces past the measured ones (e.g. --offset 300), and measured at 0")
     p.add_argument("--parsing", type=Path, default=Path("engines/weights/face_parsing.pt"),
                    help="the frozen parsing net of the face-parts score")
     p.add_argument("--threads", type=int, default=1)
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if "utk" in args.sets:
             sets["utk"] = utk_cases(args.data, args.landmarks, synth, args.count, args.seed, args.offset)
         if "lfw" in args.sets:
-            sets["lfw"] = lfw_cases(args.data, synth, LandmarkDetector(), args.count, args.seed)
+            sets["lfw"] = lfw_cases(args.data, synth, LandmarkDetector(), args.count, args.seed, args.offset)
     except FaceDataError as exc:
         logger.error("%s", exc)
         return 2
