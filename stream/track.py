@@ -31,6 +31,11 @@ class TrackerConfig:
         still images.
     mask_misses: detector runs in a row that may miss a face while its last mask is still carried;
         after more, the face is left as it is: a mask taken off must not stay painted over.
+    mask_release: detections in a row that must see a filled face without its mask before it is
+        let go (its last mask is carried meanwhile): the detector loses a see-through mask for a
+        single frame now and then, and each lapse would otherwise cost that frame and the
+        ``mask_confirm`` frames to take it back. Each frame of it is a frame more before a mask
+        taken off shows the real face again.
     verify_memory, verify_threshold: with a mask verifier (``Detections.mask_probs``), each track
         keeps a running mean of the verifier's logit over its detections that see a mask, the
         newest weighted ``verify_memory``, starting undecided, and its mask is filled only while that mean is at least
@@ -46,12 +51,13 @@ class TrackerConfig:
     confident_score: float = 0.9
     mask_confirm: int = 2
     mask_misses: int = 1
+    mask_release: int = 2
     verify_memory: float = 0.1
     verify_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.mask_confirm < 1 or self.mask_misses < 0:
-            raise ValueError("mask_confirm must be >= 1 and mask_misses >= 0")
+        if self.mask_confirm < 1 or self.mask_misses < 0 or self.mask_release < 1:
+            raise ValueError("mask_confirm and mask_release must be >= 1 and mask_misses >= 0")
         if not 0 < self.verify_memory <= 1 or not 0 < self.verify_threshold < 1:
             raise ValueError("verify_memory must be in (0, 1] and verify_threshold in (0, 1)")
 
@@ -118,6 +124,8 @@ class FaceTracker:
         self._hits: dict[int, int] = {}
         self._mask_hits: dict[int, int] = {}
         self._misses: dict[int, int] = {}
+        self._bare: dict[int, int] = {}
+        self._worn: dict[int, _Observation] = {}
         self._evidence: dict[int, float] = {}
         self._filters: dict[int, OneEuroFilter] = {}
 
@@ -170,16 +178,28 @@ class FaceTracker:
             seen: _Observation = obj.last_detection.data
             fresh = id(obj.last_detection) in matched
             hits = self._hits[track_id] = self._hits.get(track_id, 0) + int(fresh)
+            was_filled = track_id in self._worn
             if fresh:
                 self._misses[track_id] = 0
-                self._mask_hits[track_id] = self._mask_hits.get(track_id, 0) + 1 if seen.mask.any() else 0
+                if seen.mask.any():
+                    self._mask_hits[track_id] = self._mask_hits.get(track_id, 0) + 1
+                    self._bare[track_id] = 0
+                else:
+                    self._mask_hits[track_id] = 0
+                    self._bare[track_id] = self._bare.get(track_id, 0) + 1
                 if seen.mask.any() and seen.mask_prob is not None:
                     self._weigh(track_id, seen.mask_prob)
             elif detections is not None:
                 self._misses[track_id] = self._misses.get(track_id, 0) + 1
-            masked = (self._mask_hits.get(track_id, 0) >= self.config.mask_confirm
-                      and self._misses.get(track_id, 0) <= self.config.mask_misses
+            confirmed = (self._mask_hits.get(track_id, 0) >= self.config.mask_confirm
+                         or (was_filled and self._bare.get(track_id, 0) < self.config.mask_release))
+            masked = (confirmed and self._misses.get(track_id, 0) <= self.config.mask_misses
                       and (seen.mask_prob is None or self._verified(track_id)))
+            if masked and seen.mask.any():
+                self._worn[track_id] = seen
+            elif not masked:
+                self._worn.pop(track_id, None)
+            worn = self._worn.get(track_id)
             if hits <= self.config.initialization_delay and seen.score < self.config.confident_score:
                 continue
             # A fresh detection is the best evidence; the Kalman estimate fills the gaps.
@@ -187,12 +207,14 @@ class FaceTracker:
             box = np.clip(self._smooth(track_id, raw), 0, [w, h, w, h]).astype(np.float32)
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 continue
-            mask = warp_mask(seen.mask, seen.box, box) if masked else np.zeros((h, w), bool)
+            mask = warp_mask(worn.mask, worn.box, box) if worn is not None else np.zeros((h, w), bool)
             tracks.append(Track(track_id, box, seen.score, mask))
         alive = {obj.id + self._id_offset for obj in objects if obj.id is not None}
         self._filters = {k: v for k, v in self._filters.items() if k in alive}
         self._hits = {k: v for k, v in self._hits.items() if k in alive}
         self._mask_hits = {k: v for k, v in self._mask_hits.items() if k in alive}
         self._misses = {k: v for k, v in self._misses.items() if k in alive}
+        self._bare = {k: v for k, v in self._bare.items() if k in alive}
+        self._worn = {k: v for k, v in self._worn.items() if k in alive}
         self._evidence = {k: v for k, v in self._evidence.items() if k in alive}
         return sorted(tracks, key=lambda t: t.track_id)

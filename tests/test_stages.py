@@ -441,6 +441,25 @@ def test_a_mask_is_let_go_when_the_face_shows_without_it_or_goes_unseen():
     assert len(tracks) == 1 and not tracks[0].mask.any()  # the face is still tracked, left as it is
 
 
+def test_mask_release_carries_a_filled_mask_over_a_single_bare_detection():
+    box = [[40, 20, 100, 100]]
+    tracker = FaceTracker(TrackerConfig(initialization_delay=0, mask_release=2), temporal=TemporalConfig(enabled=False))
+    for _ in range(3):
+        worn = tracker.update(_detections(box), frame_hw=(120, 160))[0].mask
+    # A see-through mask lost for one detection stays filled, with the mask last seen ...
+    assert (tracker.update(_unmasked(box), frame_hw=(120, 160))[0].mask == worn).all()
+    assert tracker.update(None, frame_hw=(120, 160))[0].mask.any()
+    assert tracker.update(_detections(box), frame_hw=(120, 160))[0].mask.any()
+    # ... a mask seen off on two detections in a row is let go, and a new mask waits for confirmation.
+    assert tracker.update(_unmasked(box), frame_hw=(120, 160))[0].mask.any()
+    assert not tracker.update(_unmasked(box), frame_hw=(120, 160))[0].mask.any()
+    assert not tracker.update(_detections(box), frame_hw=(120, 160))[0].mask.any()
+    # A face never filled is not held by it: the release only applies to a confirmed mask.
+    fresh = FaceTracker(TrackerConfig(initialization_delay=0, mask_release=3), temporal=TemporalConfig(enabled=False))
+    for dets in (_detections(box), _unmasked(box), _detections(box), _unmasked(box)):
+        assert not fresh.update(dets, frame_hw=(120, 160))[0].mask.any()
+
+
 def test_inpainter_shows_the_real_face_on_the_first_frame_without_a_mask():
     image = np.full((120, 160, 3), 100, np.uint8)
     box = np.array([40, 20, 100, 100], np.float32)
