@@ -432,6 +432,8 @@ def test_a_mask_is_let_go_when_the_face_shows_without_it_or_goes_unseen():
         return tracker
 
     taken_off = confirmed()
+    for _ in range(TrackerConfig().mask_release - 1):
+        assert taken_off.update(_unmasked(box), frame_hw=(120, 160))[0].mask.any()
     assert not taken_off.update(_unmasked(box), frame_hw=(120, 160))[0].mask.any()
     unseen = confirmed()
     empty = Detections.empty(120, 160)
