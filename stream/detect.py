@@ -40,6 +40,9 @@ class DetectorSettings:
     upper_face: the band that holds the eyes and brows; at most ``upper_covered`` of it may be
         under the mask, since a face with its eyes covered is not one we can complete;
     mask_centre: the mask's centre of mass must lie below this line (masks cover the lower face);
+    mask_top: the mask's top edge must reach this line or above (a worn mask covers the nose and
+        mouth; a blob confined to the chin, or a mask hanging under it, is not worn: 1.0 turns
+        this off);
     mask_inside: share of the mask's pixels that must lie inside the face box.
     """
 
@@ -50,11 +53,12 @@ class DetectorSettings:
     upper_face: float = 0.3
     upper_covered: float = 0.15
     mask_centre: float = 0.5
+    mask_top: float = 0.65
     mask_inside: float = 0.6
 
     def __post_init__(self) -> None:
         for name in ("face_score", "mask_score", "mask_overlap", "nested_face", "upper_face", "upper_covered",
-                     "mask_centre", "mask_inside"):
+                     "mask_centre", "mask_top", "mask_inside"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DetectorSettingsError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -71,6 +75,8 @@ def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) 
     if inside.mean() < settings.mask_inside:
         return False
     if (ys.mean() - y1) / height < settings.mask_centre:
+        return False
+    if (ys.min() - y1) / height > settings.mask_top:
         return False
     band_bottom = y1 + settings.upper_face * height
     top, bottom, left, right = int(max(y1, 0)), int(np.ceil(band_bottom)), int(max(x1, 0)), int(np.ceil(x2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -385,6 +386,8 @@ def test_a_mask_counts_only_on_the_lower_face_with_the_eyes_free():
     assert not worn_on_face(_box_mask(22, 60), box, settings)  # over the eyes
     assert not worn_on_face(_box_mask(25, 98), box, settings)  # the whole face
     assert not worn_on_face(_box_mask(90, 150), box, settings)  # mostly below the face: a chest, a hand
+    assert not worn_on_face(_box_mask(82, 100), box, settings)  # only the chin: a beard, a hand, a mask pulled down
+    assert worn_on_face(_box_mask(82, 100), box, replace(settings, mask_top=1.0))
 
 
 def test_detector_drops_a_face_mask_over_the_upper_face():
