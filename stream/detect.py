@@ -32,6 +32,9 @@ class DetectorSettingsError(ValueError):
 @dataclass(frozen=True)
 class DetectorSettings:
     """face_score / mask_score: minimum confidence of a face box and of a face_mask instance.
+    keep_score: minimum confidence of a face_mask on a face whose mask is already being filled
+        (the tracker decides; a new mask needs ``mask_score``): a see-through mask's score dips
+        for a frame or two, and a track started on a confident mask may go on on a weaker one.
     mask_overlap: share of a face_mask box that must lie inside a face box to belong to it.
     nested_face: share of a face box inside a higher-scoring face box above which it is dropped.
 
@@ -48,6 +51,7 @@ class DetectorSettings:
 
     face_score: float = 0.7
     mask_score: float = 0.4
+    keep_score: float = 0.3
     mask_overlap: float = 0.5
     nested_face: float = 0.6
     upper_face: float = 0.3
@@ -57,10 +61,12 @@ class DetectorSettings:
     mask_inside: float = 0.6
 
     def __post_init__(self) -> None:
-        for name in ("face_score", "mask_score", "mask_overlap", "nested_face", "upper_face", "upper_covered",
-                     "mask_centre", "mask_top", "mask_inside"):
+        for name in ("face_score", "mask_score", "keep_score", "mask_overlap", "nested_face", "upper_face",
+                     "upper_covered", "mask_centre", "mask_top", "mask_inside"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DetectorSettingsError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.keep_score > self.mask_score:
+            raise DetectorSettingsError(f"keep_score {self.keep_score} is above mask_score {self.mask_score}")
 
 
 def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) -> bool:
@@ -116,7 +122,7 @@ class FaceDetector:
         # The exported model drops everything under its own cut-off: a lower setting would
         # silently do nothing.
         cutoff = config.box_score_thresh
-        for name in ("face_score", "mask_score"):
+        for name in ("face_score", "keep_score"):
             if getattr(settings, name) < cutoff:
                 raise DetectorSettingsError(
                     f"{name.replace('_', '-')} {getattr(settings, name)} is below the detector's own cut-off "
@@ -138,7 +144,7 @@ class FaceDetector:
         labels = out["labels"].cpu().numpy()
         scores = out["scores"].cpu().numpy().astype(np.float32)
         faces = np.flatnonzero((labels == FACE) & (scores >= self.settings.face_score))
-        worn = np.flatnonzero((labels == FACE_MASK) & (scores >= self.settings.mask_score))
+        worn = np.flatnonzero((labels == FACE_MASK) & (scores >= self.settings.keep_score))
         if len(faces) == 0:
             return Detections.empty(h, w)
         # A face box lying mostly inside a higher-scoring one is a part of that face (often the
@@ -148,6 +154,7 @@ class FaceDetector:
         faces = faces[keep]
         face_boxes = np.clip(boxes[faces], 0, [w, h, w, h]).astype(np.float32)
         masks = np.zeros((len(faces), h, w), bool)
+        mask_scores = np.zeros(len(faces), np.float32)
         if len(worn):
             overlap = box_overlap(boxes[worn], face_boxes)
             probs = out["masks"][torch.from_numpy(worn), 0].cpu().numpy()
@@ -161,6 +168,7 @@ class FaceDetector:
                 full = box.map_to_frame(probs[k], (h, w)) > 0.5
                 if worn_on_face(full, face_boxes[owner], self.settings):
                     masks[owner] |= full
+                    mask_scores[owner] = max(mask_scores[owner], scores[i])
                 else:
                     logger.debug("face_mask %d dropped: not on the lower part of its face", k)
         mask_probs = None
@@ -168,12 +176,13 @@ class FaceDetector:
             mask_probs = np.zeros(len(faces), np.float32)
             masked = np.flatnonzero(masks.any(axis=(1, 2)))
             mask_probs[masked] = self.verifier(image, face_boxes[masked])
-        return Detections(boxes=face_boxes, scores=scores[faces], masks=masks, mask_probs=mask_probs)
+        return Detections(boxes=face_boxes, scores=scores[faces], masks=masks, mask_probs=mask_probs,
+                          mask_scores=mask_scores, mask_score=self.settings.mask_score)
 
     def worn(self, detections: Detections) -> np.ndarray:
         """(N,) bool: the faces that wear a mask judged on this image alone (a still photo): the
         detector sees one and, with a verifier, the verifier agrees at its own threshold."""
-        seen = detections.masks.any(axis=(1, 2))
+        seen = detections.confident_masks()
         if detections.mask_probs is None or self.verifier is None:
             return seen
         return seen & (detections.mask_probs >= self.verifier.config.threshold)

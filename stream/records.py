@@ -19,24 +19,40 @@ class Detections:
     mask_probs: (N,) float32, the mask verifier's probability that each face wears a mask (0 where
             the detector sees none), or None when no verifier ran. The verifier does not erase
             masks here: whether one is filled is decided per track, over time (stream.track).
+    mask_scores: (N,) float32, the confidence of the strongest face_mask on each face (0 where the
+            detector sees none), or None when every mask in ``masks`` counts on its own.
+    mask_score: the confidence a face_mask needs to count on its own; weaker ones are in ``masks``
+            only to keep a face that is already being filled (``DetectorSettings.keep_score``).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     masks: np.ndarray
     mask_probs: np.ndarray | None = None
+    mask_scores: np.ndarray | None = None
+    mask_score: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
         if (self.boxes.shape != (n, 4) or self.scores.shape != (n,) or len(self.masks) != n
-                or (self.mask_probs is not None and self.mask_probs.shape != (n,))):
+                or (self.mask_probs is not None and self.mask_probs.shape != (n,))
+                or (self.mask_scores is not None and self.mask_scores.shape != (n,))):
             raise ValueError(
                 f"inconsistent detections: boxes {self.boxes.shape}, scores {self.scores.shape}, "
-                f"masks {self.masks.shape}, mask_probs {None if self.mask_probs is None else self.mask_probs.shape}"
+                f"masks {self.masks.shape}, mask_probs {None if self.mask_probs is None else self.mask_probs.shape}, "
+                f"mask_scores {None if self.mask_scores is None else self.mask_scores.shape}"
             )
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    def confident_masks(self) -> np.ndarray:
+        """(N,) bool: the faces on which the detector sees a mask confidently enough to count on
+        its own (a new track's mask, a still photo)."""
+        seen = self.masks.any(axis=(1, 2))
+        if self.mask_scores is None:
+            return seen
+        return seen & (self.mask_scores >= self.mask_score)
 
     @classmethod
     def empty(cls, height: int, width: int) -> Detections:

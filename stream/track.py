@@ -64,12 +64,14 @@ class TrackerConfig:
 
 @dataclass(frozen=True)
 class _Observation:
-    """What the last detection of a track saw: its box and mask, in frame pixels."""
+    """What the last detection of a track saw: its box and mask, in frame pixels; ``confident``:
+    whether the mask counts on its own or only keeps a mask already filled."""
 
     box: np.ndarray
     score: float
     mask: np.ndarray
     mask_prob: float | None
+    confident: bool
 
 
 def _logit(p: float) -> float:
@@ -157,12 +159,14 @@ class FaceTracker:
             objects = self._tracker.update()
             matched: set[int] = set()
         else:
+            confident = detections.confident_masks()
             norfair_dets = [
                 Detection(
                     points=detections.boxes[i].reshape(2, 2).astype(np.float64),
                     scores=np.full(2, detections.scores[i]),
                     data=_Observation(detections.boxes[i], float(detections.scores[i]), detections.masks[i],
-                                      None if detections.mask_probs is None else float(detections.mask_probs[i])),
+                                      None if detections.mask_probs is None else float(detections.mask_probs[i]),
+                                      bool(confident[i])),
                 )
                 for i in range(len(detections))
             ]
@@ -179,15 +183,16 @@ class FaceTracker:
             fresh = id(obj.last_detection) in matched
             hits = self._hits[track_id] = self._hits.get(track_id, 0) + int(fresh)
             was_filled = track_id in self._worn
+            sees_mask = seen.mask.any() and (seen.confident or was_filled)
             if fresh:
                 self._misses[track_id] = 0
-                if seen.mask.any():
+                if sees_mask:
                     self._mask_hits[track_id] = self._mask_hits.get(track_id, 0) + 1
                     self._bare[track_id] = 0
                 else:
                     self._mask_hits[track_id] = 0
                     self._bare[track_id] = self._bare.get(track_id, 0) + 1
-                if seen.mask.any() and seen.mask_prob is not None:
+                if sees_mask and seen.mask_prob is not None:
                     self._weigh(track_id, seen.mask_prob)
             elif detections is not None:
                 self._misses[track_id] = self._misses.get(track_id, 0) + 1
@@ -195,7 +200,7 @@ class FaceTracker:
                          or (was_filled and self._bare.get(track_id, 0) < self.config.mask_release))
             masked = (confirmed and self._misses.get(track_id, 0) <= self.config.mask_misses
                       and (seen.mask_prob is None or self._verified(track_id)))
-            if masked and seen.mask.any():
+            if masked and sees_mask:
                 self._worn[track_id] = seen
             elif not masked:
                 self._worn.pop(track_id, None)

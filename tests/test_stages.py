@@ -601,3 +601,34 @@ def test_inpainter_times_its_steps_and_the_report_lists_them():
     stats.finish(corrupt=0)
     assert stats.step_names == ["inpaint.crop", "inpaint.paste"]
     assert stats.summary()["latency_ms"]["inpaint.paste"]["p50"] == pytest.approx(4.0)
+
+
+def _weak(boxes, score=0.35):
+    dets = _detections(boxes)
+    return replace(dets, mask_scores=np.full(len(dets), score, np.float32), mask_score=0.4)
+
+
+def test_a_weak_mask_keeps_a_filled_face_but_starts_none():
+    box = [[40, 20, 100, 100]]
+    config = TrackerConfig(initialization_delay=0, mask_release=1)
+    # Weak sightings alone never fill a face ...
+    new = FaceTracker(config, temporal=TemporalConfig(enabled=False))
+    for _ in range(4):
+        assert not new.update(_weak(box), frame_hw=(120, 160))[0].mask.any()
+    # ... but keep one that confident sightings filled, with the weak mask as seen.
+    kept = FaceTracker(config, temporal=TemporalConfig(enabled=False))
+    for _ in range(3):
+        kept.update(_detections(box), frame_hw=(120, 160))
+    for _ in range(4):
+        assert kept.update(_weak(box), frame_hw=(120, 160))[0].mask.any()
+    assert not kept.update(_unmasked(box), frame_hw=(120, 160))[0].mask.any()
+
+
+def test_detector_reports_weak_masks_with_their_scores():
+    from stream.detect import DetectorSettings, DetectorSettingsError
+
+    with pytest.raises(DetectorSettingsError):
+        DetectorSettings(keep_score=0.5, mask_score=0.4)
+    weak = _weak([[40, 20, 100, 100]])
+    assert weak.confident_masks().tolist() == [False]
+    assert replace(weak, mask_scores=np.array([0.45], np.float32)).confident_masks().tolist() == [True]

@@ -62,7 +62,7 @@ def label_image(detector, image: np.ndarray, *, min_prob: float) -> tuple[np.nda
     found = detector(image)
     if len(found) == 0:
         return None
-    worn = found.masks.any(axis=(1, 2))
+    worn = found.confident_masks()
     if not worn.all() or found.mask_probs is None or (found.mask_probs < min_prob).any():
         return None
     return found.boxes, found.masks
