@@ -158,13 +158,16 @@ class FaceDetector:
         if len(worn):
             overlap = box_overlap(boxes[worn], face_boxes)
             probs = out["masks"][torch.from_numpy(worn), 0].cpu().numpy()
-            for k, i in enumerate(worn):
+            for k in np.argsort(-scores[worn], kind="stable"):
+                i = worn[k]
                 # The most confident face that holds enough of the mask owns it; a weaker box
                 # around the lower face often holds all of it, but is not the person.
                 holders = np.flatnonzero(overlap[k] >= self.settings.mask_overlap)
                 if len(holders) == 0:
                     continue
                 owner = int(holders[0])
+                if mask_scores[owner] >= self.settings.mask_score > scores[i]:
+                    continue  # a weak one only stands in for a mask that is not confidently seen
                 full = box.map_to_frame(probs[k], (h, w)) > 0.5
                 if worn_on_face(full, face_boxes[owner], self.settings):
                     masks[owner] |= full

@@ -407,6 +407,27 @@ def test_detector_drops_a_face_mask_over_the_upper_face():
     assert not found.masks[0].any() and found.masks[1].any()
 
 
+def test_detector_reports_a_weak_mask_only_where_no_confident_one_is_seen():
+    from engines.models.detector import DetectorConfig
+    from stream.detect import FaceDetector
+
+    masks = np.zeros((3, 1, 64, 64), np.float32)
+    masks[1, 0, 20:34, 12:24] = 0.9  # the lower face, confidently
+    masks[2, 0, 22:34, 20:30] = 0.9  # another, weaker sighting of it, further right
+
+    def detect(labels, scores):
+        engine = _FixedDetectorEngine(boxes=[[10, 5, 30, 35], [12, 20, 24, 34], [20, 22, 30, 34]],
+                                      labels=labels, scores=scores, masks=masks)
+        return FaceDetector(engine, DetectorConfig(input_size=(64, 64)))(np.zeros((64, 64, 3), np.uint8))
+
+    both = detect([1, 2, 2], [0.95, 0.9, 0.35])
+    assert both.confident_masks().tolist() == [True] and both.mask_scores[0] == pytest.approx(0.9)
+    assert both.masks[0].sum() == masks[1, 0].astype(bool).sum()  # the weak one is not added to it
+    weak = detect([1, 1, 2], [0.95, 0.2, 0.35])
+    assert weak.masks[0].any() and weak.confident_masks().tolist() == [False]
+    assert weak.mask_scores[0] == pytest.approx(0.35)
+
+
 def _unmasked(boxes):
     dets = _detections(boxes)
     dets.masks[:] = False
