@@ -120,8 +120,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="minimum face confidence, between the detector's own cut-off (0.3 for the shipped "
                         "model; lower is an error) and 1")
     p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score,
-                   help="minimum face_mask confidence, in the same range (higher: fewer false masks, "
-                        "more missed ones)")
+                   help="minimum face_mask confidence to start filling a face, in the same range (higher: "
+                        "fewer false masks, more missed ones; 0.6 left no held-out web photo of a bare face "
+                        "touched but fills fewer see-through mask frames); a face already filled keeps its "
+                        "mask down to 0.3")
     p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
                    help="seconds to keep trying to open a network stream")
     p.add_argument("--reconnect-timeout", type=float, default=ReconnectPolicy.give_up_after,
@@ -205,7 +207,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                            cuda_graphs=args.cuda_graphs,
                            detector_weights=args.detector_weights, generator_weights=args.generator_weights,
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights),
-        detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score),
+        detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
+                                  keep_score=min(DetectorSettings.keep_score, args.mask_score)),
         schedule=args.detect_every,
         temporal=TemporalConfig(enabled=args.temporal == "on", output_momentum=args.output_momentum,
                                 mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff),

@@ -122,7 +122,7 @@ class FaceDetector:
         # The exported model drops everything under its own cut-off: a lower setting would
         # silently do nothing.
         cutoff = config.box_score_thresh
-        for name in ("face_score", "keep_score"):
+        for name in ("face_score", "mask_score", "keep_score"):
             if getattr(settings, name) < cutoff:
                 raise DetectorSettingsError(
                     f"{name.replace('_', '-')} {getattr(settings, name)} is below the detector's own cut-off "
