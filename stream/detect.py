@@ -177,7 +177,7 @@ class FaceDetector:
         mask_probs = None
         if self.verifier is not None:
             mask_probs = np.zeros(len(faces), np.float32)
-            masked = np.flatnonzero(masks.any(axis=(1, 2)))
+            masked = np.flatnonzero(mask_scores > 0)
             mask_probs[masked] = self.verifier(image, face_boxes[masked])
         return Detections(boxes=face_boxes, scores=scores[faces], masks=masks, mask_probs=mask_probs,
                           mask_scores=mask_scores, mask_score=self.settings.mask_score)

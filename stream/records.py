@@ -49,10 +49,10 @@ class Detections:
     def confident_masks(self) -> np.ndarray:
         """(N,) bool: the faces on which the detector sees a mask confidently enough to count on
         its own (a new track's mask, a still photo)."""
-        seen = self.masks.any(axis=(1, 2))
         if self.mask_scores is None:
-            return seen
-        return seen & (self.mask_scores >= self.mask_score)
+            return self.masks.any(axis=(1, 2))
+        # A score is set exactly where a mask is: no need to scan the full-frame masks.
+        return (self.mask_scores > 0) & (self.mask_scores >= self.mask_score)
 
     @classmethod
     def empty(cls, height: int, width: int) -> Detections:
