@@ -37,6 +37,7 @@ from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
 from stream.reference import (
+    PartsLocator,
     EXEMPLARS,
     IdentityMemory,
     ReferenceError,
@@ -111,6 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplars", default="off", choices=["on", "off"],
                    help="without a reference, borrow detail from the closest face of the shipped exemplar bank "
                         "(off by default: a stranger's features can show as ghosts where they do not line up)")
+    p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain,
+                   help="strength of an exemplar's lent detail (1: as in the exemplar)")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
                    help="detail finer than this many generator pixels comes from the reference (0: none)")
     p.add_argument("--verifier", default="off", choices=["on", "off"],
@@ -165,6 +168,7 @@ class ModelChoice:
     generator_weights: Path | None = None
     verifier: bool = False
     verifier_weights: Path | None = None
+    parsing: bool = False  # the face-parsing net that fits exemplars to faces (with --exemplars on)
 
 
 @dataclass(frozen=True)
@@ -206,13 +210,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         models=ModelChoice(backend=args.backend, device=args.device, threads=args.threads, int8=args.int8,
                            cuda_graphs=args.cuda_graphs,
                            detector_weights=args.detector_weights, generator_weights=args.generator_weights,
-                           verifier=args.verifier == "on", verifier_weights=args.verifier_weights),
+                           verifier=args.verifier == "on", verifier_weights=args.verifier_weights,
+                           parsing=args.exemplars == "on"),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
                                   keep_score=min(DetectorSettings.keep_score, args.mask_score)),
         schedule=args.detect_every,
         temporal=TemporalConfig(enabled=args.temporal == "on", output_momentum=args.output_momentum,
                                 mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff),
-        inpaint=InpaintSettings(detail_sigma=args.detail_sigma),
+        inpaint=InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain),
         reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
         live=args.live,
         pipeline=PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames),
@@ -228,12 +233,14 @@ class Models:
     generator: LoadedModel
     verifier: LoadedModel | None = None
     generator_noref: LoadedModel | None = None  # a reference-conditioned generator's form without one
+    parsing: LoadedModel | None = None
 
     def describe(self) -> dict[str, object]:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
-            for m in (self.detector, self.generator, self.generator_noref, self.verifier) if m is not None
+            for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.parsing)
+            if m is not None
         }
 
 
@@ -248,6 +255,8 @@ def load_models(choice: ModelChoice) -> Models:
         verifier=load_model("verifier", weights=choice.verifier_weights, **kwargs) if choice.verifier else None,
         generator_noref=load_model("generator_noref", weights=choice.generator_weights, cuda_graphs=choice.cuda_graphs,
                                    **kwargs) if generator.config.reference else None,
+        # No int8 variant: it runs once every few frames per face.
+        parsing=load_model("parsing", **dict(kwargs, precision="fp32")) if choice.parsing else None,
     )
 
 
@@ -290,6 +299,7 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
         given=list(given),
         exemplars=load_exemplars(EXEMPLARS) if config.exemplars else [],
         memory=IdentityMemory(crop_scale=crop_scale) if config.identity_memory and not still else None,
+        locator=PartsLocator(models.parsing.engine) if models.parsing is not None else None,
     )
     live = config.live == "on" or (config.live == "auto" and source.live)
     stages = [

@@ -113,6 +113,19 @@ def _verifier_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSp
     return (TensorSpec("image", ("N", 3, s, s), "float32"),), (TensorSpec("logit", ("N",), "float32"),)
 
 
+def _load_parsing(path: Path) -> tuple[nn.Module, Any]:
+    from engines.models.parsing import load_parsing_net
+
+    model, config = load_parsing_net(path)
+    return model.eval(), config
+
+
+def _parsing_specs(config: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    s = config.input_size
+    return ((TensorSpec("image", ("N", 3, s, s), "float32"),),
+            (TensorSpec("logits", ("N", config.num_classes, s, s), "float32"),))
+
+
 MODELS: dict[str, ModelSpec] = {
     "detector": ModelSpec("detector", "detector_mobilenet_v3.pt", _load_detector, _detector_specs, "legacy"),
     "generator": ModelSpec("generator", "generator_128.pt", _load_generator, _generator_specs, "dynamo"),
@@ -122,6 +135,8 @@ MODELS: dict[str, ModelSpec] = {
     "generator_noref": ModelSpec("generator_noref", "generator_128.pt", _load_generator_without_reference,
                                  _generator_specs, "dynamo"),
     "verifier": ModelSpec("verifier", "mask_verifier.pt", _load_verifier, _verifier_specs, "dynamo"),
+    # Where an exemplar's eyes, nose and mouth are, and those of the face it lends detail to.
+    "parsing": ModelSpec("parsing", "face_parsing.pt", _load_parsing, _parsing_specs, "dynamo"),
 }
 
 

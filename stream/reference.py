@@ -23,7 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
+from engines.runtime import Engine
 from stream.geometry import CropWindow
 
 logger = logging.getLogger(__name__)
@@ -252,6 +254,95 @@ def align_to(crop: np.ndarray, visible: np.ndarray, reference: ReferenceFace, *,
     return (warp * scale).astype(np.float32)
 
 
+# Parsing classes (engines.models.parsing.PARSING_CLASSES) whose centres pin a face's parts.
+_EYE_LEFT, _EYE_RIGHT, _NOSE, _MOUTH = 4, 5, 6, (7, 8, 9)
+
+
+def part_points(labels: np.ndarray) -> np.ndarray | None:
+    """(6, 2) float32 x, y of a face's parts in the pixels of ``labels`` ((S, S) int, the parsing
+    net's classes): the eye centres (image-left, image-right), the nose's centre, the mouth's
+    left and right ends and its centre. None when a part is missing."""
+    points = []
+    for part in (_EYE_LEFT, _EYE_RIGHT, _NOSE):
+        ys, xs = np.nonzero(labels == part)
+        if len(xs) < 4:
+            return None
+        points.append((xs.mean(), ys.mean()))
+    ys, xs = np.nonzero(np.isin(labels, _MOUTH))
+    if len(xs) < 8:
+        return None
+    # The mouth's ends from its outer tenths: a single extreme pixel jitters with the labels.
+    left, right = np.percentile(xs, (10, 90))
+    points += [(xs[xs <= left].mean(), ys[xs <= left].mean()), (xs[xs >= right].mean(), ys[xs >= right].mean()),
+               (xs.mean(), ys.mean())]
+    return np.asarray(points, np.float32)
+
+
+class PartsLocator:
+    """Where the eyes, nose and mouth of face crops are, by the project's face-parsing net
+    (``engines.models.parsing``, model ``parsing``: input ``image`` (N, 3, S, S) RGB [0, 1],
+    output ``logits`` (N, C, S, S))."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def labels(self, crops: np.ndarray) -> np.ndarray:
+        """crops: (N, S, S, 3) uint8 RGB -> (N, S, S) uint8 parsing classes."""
+        size = crops.shape[1]
+        (spec,) = self.engine.inputs
+        side = spec.shape[-1]
+        if side != size:
+            crops = np.stack([cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA) for c in crops])
+        image = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+        logits = self.engine.run({"image": image.to(self.engine.device)})["logits"]
+        labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        if side != size:
+            labels = np.stack([cv2.resize(one, (size, size), interpolation=cv2.INTER_NEAREST) for one in labels])
+        return labels
+
+    def __call__(self, crops: np.ndarray) -> list[np.ndarray | None]:
+        """crops: (N, S, S, 3) uint8 RGB. Per crop, ``part_points`` in its pixels."""
+        return [part_points(one) for one in self.labels(crops)]
+
+    def lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
+        """An exemplar's ``part_points`` at ``size`` pixels, and the exemplar with its fine detail
+        kept inside its face only: its hairline, jaw edge and background would be lent as
+        ghost edges wherever its face is narrower than the one it fills."""
+        small = cv2.resize(exemplar.crop, (size, size), interpolation=cv2.INTER_AREA)
+        labels = self.labels(small[None])[0]
+        points = part_points(labels)
+        side = exemplar.crop.shape[0]
+        px = side / size
+        face = (labels > 0).astype(np.float32)
+        if points is not None:
+            # Only below the eyes, where a mask lies: the eyes are the face's own, and the band under
+            # them holds an exemplar's glasses rims and eye bags.
+            eyes, nose = points[:2, 1].mean(), points[2, 1]
+            rows = np.arange(size, dtype=np.float32)[:, None]
+            face *= np.clip((rows - eyes) / max(nose - eyes, 1.0) - 0.8, 0.0, 0.3) / 0.3
+        face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
+        # A narrow edge, so the kept region does not reach up to the glasses; outside it the
+        # exemplar is blurred well past any band the paste lends (2-3 generator pixels).
+        face = cv2.GaussianBlur(face, (0, 0), px)[..., None]
+        crop = exemplar.crop.astype(np.float32)
+        low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
+        kept = (low + face * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
+        return points, ReferenceFace(kept, exemplar.source, exemplar=True)
+
+
+def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:
+    """2x3 affine from crop pixels to reference pixels fitted on matching ``part_points`` (face's
+    in crop pixels, reference's in pixels ``scale`` times smaller than the reference's); None
+    when the fit would squash, stretch or turn the face beyond what a pose change explains."""
+    a = np.hstack([face, np.ones((len(face), 1), np.float32)])
+    solution, *_ = np.linalg.lstsq(a, reference * scale, rcond=None)
+    matrix = solution.T.astype(np.float32)
+    singular = np.linalg.svd(matrix[:, :2] / scale, compute_uv=False)
+    if singular.min() < 0.75 or singular.max() > 1.33 or np.linalg.det(matrix[:, :2]) <= 0:
+        return None
+    return matrix
+
+
 @dataclass(frozen=True)
 class Guide:
     """A track's reference and where it lies: ``to_reference`` maps pixels of the track's crop
@@ -277,14 +368,18 @@ class References:
     and each new fit moves the alignment by ``follow`` of the way, so it follows the head smoothly."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
-                 memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3) -> None:
+                 memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3,
+                 locator: PartsLocator | None = None) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
         self.realign = realign
         self.follow = follow
+        self.locator = locator
         self._chosen: dict[int, ReferenceFace | None] = {}
         self._guides: dict[int, tuple[Guide, int]] = {}
+        self._fitted: dict[int, tuple[Guide, int]] = {}
+        self._exemplar_parts: dict[int, tuple[np.ndarray | None, ReferenceFace]] = {}
 
     def guide(self, track_id: int, crop: np.ndarray, visible: np.ndarray) -> Guide | None:
         """The track's reference, aligned to ``crop`` ((S, S, 3) uint8 RGB, its crop window at the
@@ -305,6 +400,36 @@ class References:
         guide = Guide(reference, matrix)
         self._guides[track_id] = (guide, 1)
         return guide
+
+    def fit_parts(self, track_id: int, guide: Guide, completed: np.ndarray) -> Guide:
+        """An exemplar's guide re-fitted so that its eyes, nose and mouth land on those of
+        ``completed`` ((S, S, 3) uint8 RGB: the crop with the generator's fill), so the detail it
+        lends follows the face the generator drew instead of ghosting beside it. Refitted every
+        ``realign`` frames and moved ``follow`` of the way, as ``guide`` is; ``guide`` itself
+        without a locator, for a person's own reference, or when the parts are not found."""
+        if self.locator is None or not guide.reference.exemplar:
+            return guide
+        size = completed.shape[0]
+        key = id(guide.reference)
+        if key not in self._exemplar_parts:
+            self._exemplar_parts[key] = self.locator.lendable(guide.reference, size)
+        target, lendable = self._exemplar_parts[key]
+        previous, age = self._fitted.get(track_id, (None, 0))
+        same = previous is not None and previous.reference is lendable
+        if same and age < self.realign:
+            self._fitted[track_id] = (previous, age + 1)
+            return previous
+        found = self.locator(completed[None])[0]
+        matrix = None if target is None or found is None else parts_map(found, target, scale=REFERENCE_SIDE / size)
+        if matrix is None:
+            fitted = previous if same else Guide(lendable, guide.to_reference)
+        elif same and previous.to_reference is not None:
+            fitted = Guide(lendable, (self.follow * matrix + (1 - self.follow) * previous.to_reference
+                                      ).astype(np.float32))
+        else:
+            fitted = Guide(lendable, matrix)
+        self._fitted[track_id] = (fitted, 1)
+        return fitted
 
     def for_track(self, track_id: int, crop: np.ndarray) -> ReferenceFace | None:
         """``crop``: the track's current face crop window (any size, uint8 RGB) to match on."""
@@ -328,11 +453,13 @@ class References:
     def forget(self, live: set[int]) -> None:
         self._chosen = {k: v for k, v in self._chosen.items() if k in live}
         self._guides = {k: v for k, v in self._guides.items() if k in live}
+        self._fitted = {k: v for k, v in self._fitted.items() if k in live}
         if self.memory is not None:
             self.memory.forget(live)
 
     def reset(self) -> None:
         self._chosen.clear()
         self._guides.clear()
+        self._fitted.clear()
         if self.memory is not None:
             self.memory.reset()

@@ -300,3 +300,25 @@ def test_cuda_graphs_are_a_no_op_off_the_gpu(tiny_weights):
     feeds = dict(zip([s.name for s in eager.engine.inputs], example_inputs(eager.engine.inputs, batch=2)))
     assert not graphed.engine.cuda_graphs
     torch.testing.assert_close(graphed.engine.run(feeds)["output"], eager.engine.run(feeds)["output"])
+
+
+def test_parsing_net_exports_with_parity(tmp_path):
+    from engines.models.parsing import ParsingConfig, build_parsing_net, save_parsing_net
+
+    config = ParsingConfig(width=8, input_size=64)
+    torch.manual_seed(5)
+    model = build_parsing_net(config=config)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "parsing.pt"
+    save_parsing_net(model, config, weights)
+    export_onnx("parsing", weights=weights, artifacts=tmp_path)
+    ref = load_model("parsing", backend="torch", device="cpu", weights=weights)
+    ort = load_model("parsing", backend="onnxruntime", device="cpu", weights=weights, artifacts=tmp_path)
+    feeds = {"image": torch.rand(2, 3, 64, 64)}
+    want, got = ref.engine.run(feeds)["logits"], ort.engine.run(feeds)["logits"]
+    assert want.shape == got.shape == (2, 10, 64, 64)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

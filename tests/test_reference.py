@@ -253,3 +253,120 @@ def test_faces_without_a_reference_run_the_generator_form_that_takes_none():
                                   references=References(given=given, exemplars=[], memory=None))
         inpainter(image, [track])
         assert (plain.calls, len(full.feeds)) == (plain_calls, full_calls)
+
+
+def _parts_labels(size: int, dx: float = 0.0, dy: float = 0.0) -> np.ndarray:
+    """A parsing map with skin, two eyes, a nose and a mouth drawn as boxes, moved by (dx, dy)."""
+    labels = np.zeros((size, size), np.uint8)
+    s = size / 128
+
+    def box(cls, x1, y1, x2, y2):
+        labels[int((y1 + dy) * s):int((y2 + dy) * s), int((x1 + dx) * s):int((x2 + dx) * s)] = cls
+
+    box(1, 24, 20, 104, 118)
+    box(4, 36, 44, 52, 50)
+    box(5, 76, 44, 92, 50)
+    box(6, 56, 50, 72, 72)
+    box(7, 44, 84, 84, 90)
+    box(9, 44, 90, 84, 96)
+    return labels
+
+
+class _ParsingEngine:
+    """Stands in for the parsing net: bright crops (the exemplar) get the parts where drawn,
+    darker ones (the completed face) the same parts moved by ``shift``."""
+
+    backend = "test"
+
+    def __init__(self, size: int = 128, shift=(4.0, 6.0)) -> None:
+        import torch
+
+        from engines.runtime import TensorSpec
+
+        self.device = torch.device("cpu")
+        self.inputs = (TensorSpec("image", ("N", 3, size, size), "float32"),)
+        self.size, self.shift = size, shift
+
+    def run(self, feeds, stream=None):
+        import torch
+
+        out = []
+        for image in feeds["image"]:
+            moved = (0.0, 0.0) if float(image.mean()) > 0.6 else self.shift
+            labels = torch.from_numpy(_parts_labels(self.size, *moved)).long()
+            out.append(torch.nn.functional.one_hot(labels, 10).permute(2, 0, 1).float())
+        return {"logits": torch.stack(out)}
+
+
+def test_part_points_are_the_centres_of_the_parts_and_none_without_one():
+    from stream.reference import part_points
+
+    labels = _parts_labels(128)
+    points = part_points(labels)
+    np.testing.assert_allclose(points[:3], [[43.5, 46.5], [83.5, 46.5], [63.5, 60.5]], atol=0.01)
+    assert points[3, 0] < 48 and points[4, 0] > 80 and abs(points[5, 1] - 89.5) < 0.5
+    labels[labels == 6] = 1
+    assert part_points(labels) is None
+
+
+def test_parts_map_recovers_a_pose_and_refuses_a_squashed_face():
+    from stream.reference import parts_map, part_points
+
+    face = part_points(_parts_labels(128))
+    angle, scale = np.deg2rad(8), 1.1
+    turn = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    reference = face @ turn.T + (5.0, -3.0)
+    # Reference points at the crop's scale; the map goes to reference pixels 1.5 times larger.
+    matrix = parts_map(face, reference, scale=1.5)
+    np.testing.assert_allclose(matrix[:, :2], 1.5 * turn, atol=1e-4)
+    np.testing.assert_allclose(matrix[:, 2], (7.5, -4.5), atol=1e-3)
+    squashed = face * (1.0, 0.5)
+    assert parts_map(face, squashed, scale=1.0) is None
+
+
+def test_an_exemplar_is_fitted_to_the_completed_face_and_lends_only_its_lower_face():
+    from stream.reference import Guide, PartsLocator
+
+    rng = np.random.default_rng(0)
+    texture = rng.uniform(-40, 40, (REFERENCE_SIDE, REFERENCE_SIDE, 1)).astype(np.float32)
+    exemplar = ReferenceFace(np.clip(200 + texture, 0, 255).astype(np.uint8).repeat(3, 2), "exemplar x", exemplar=True)
+    refs = References(given=[], exemplars=[exemplar], memory=None, locator=PartsLocator(_ParsingEngine()))
+    completed = np.full((128, 128, 3), 90, np.uint8)
+    fitted = refs.fit_parts(7, Guide(exemplar, None), completed)
+    # The face's parts sit 4 px right and 6 px down of the exemplar's: a shift, in reference pixels.
+    k = REFERENCE_SIDE / 128
+    np.testing.assert_allclose(fitted.to_reference, [[k, 0, -4 * k], [0, k, -6 * k]], atol=0.05)
+    lent = fitted.reference.crop.astype(np.float32) - cv2.GaussianBlur(fitted.reference.crop.astype(np.float32),
+                                                                      (0, 0), 2 * k)
+    mouth = np.abs(lent[int(88 * k):int(110 * k), int(40 * k):int(88 * k)]).mean()
+    eyes = np.abs(lent[int(36 * k):int(52 * k), int(30 * k):int(98 * k)]).mean()
+    outside = np.abs(lent[:, :int(16 * k)]).mean()
+    assert mouth > 8 * max(eyes, outside)
+    # Until the next refit the track keeps that fit; a person's own reference is never refitted.
+    assert refs.fit_parts(7, Guide(exemplar, None), completed) is fitted
+    own = Guide(ReferenceFace(_face(2), "me.png"), None)
+    assert refs.fit_parts(8, own, completed) is own
+
+
+def test_an_exemplar_lends_its_detail_without_being_the_generators_reference():
+    from engines.models.generator import GeneratorConfig
+    from stream.inpaint import FaceInpainter
+    from stream.records import Track
+    from stream.reference import PartsLocator
+    from stream.smoothing import TemporalConfig
+
+    size = 32
+    config = GeneratorConfig(size=size, width=4, mask_dilation=1, reference=True)
+    image = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    exemplar = ReferenceFace(_face(5), "exemplar y", exemplar=True)
+    full, plain = _RecordingEngine(size), _PlainEngine(size)
+    refs = References(given=[], exemplars=[exemplar], memory=None, locator=PartsLocator(_ParsingEngine()))
+    inpainter = FaceInpainter(full, config, temporal=TemporalConfig(enabled=False), no_reference_engine=plain,
+                              references=refs)
+    out = inpainter(image, [track])
+    assert (plain.calls, len(full.feeds)) == (1, 0)
+    assert np.abs(out.astype(int) - 90)[mask].mean() > 1.0  # the exemplar's detail is in the hole
+    assert (out[:45] == 90).all() and (out[110:] == 90).all()  # far from the hole, nothing moves

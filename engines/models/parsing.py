@@ -45,6 +45,9 @@ class ParsingWeightsError(WeightsError):
 class ParsingConfig:
     width: int = 16
     num_classes: int = len(PARSING_CLASSES)
+    # Side of the square crops it is exported for: the generator's crops, on which the pipeline
+    # locates a face's parts. The network itself takes any size divisible by 8.
+    input_size: int = 128
 
 
 def _block(cin: int, cout: int, *, stride: int = 1, dilation: int = 1) -> nn.Sequential:

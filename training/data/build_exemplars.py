@@ -5,7 +5,7 @@
 
 Faces come from the generator's training split only (``generator_data.split_records``), so no
 held-out face can be its own exemplar. They are nearly frontal, with open eyes and a closed
-mouth, spread over UTKFace's age, gender and ethnicity labels (from the file names), and cut as
+mouth, beardless (women and children), spread over UTKFace's age, gender and ethnicity labels (from the file names), and cut as
 the generator's crop window (``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels.
 """
 
@@ -42,12 +42,19 @@ def _mouth_open(lm: np.ndarray) -> float:
     return float(np.linalg.norm(lm[66] - lm[62]) / max(np.linalg.norm(lm[54] - lm[48]), 1e-6))
 
 
-def choose(records, *, per_group: int, seed: int) -> list:
+def choose(records, *, per_group: int, seed: int, beardless: bool = True, max_age: int = 45,
+           mouth_gap: float = 0.08) -> list:
+    """Up to ``per_group`` faces of each (age bucket, gender, ethnicity) group; ``beardless``:
+    women and children only (UTKFace's labels), since a lent beard or stubble shows on anyone
+    who gets it, while lent lips and nostrils suit every face; likewise wrinkles (``max_age``)
+    and teeth (``mouth_gap``: inner-lip gap over mouth width)."""
     rng = np.random.default_rng(seed)
     groups: dict[tuple[int, int, int], list] = {}
     for r in records:
         key = _labels(r.path.name)
-        if key is None or abs(face_turn(r.landmarks) - 0.5) > 0.06 or _mouth_open(r.landmarks) > 0.08:
+        if key is None or abs(face_turn(r.landmarks) - 0.5) > 0.06 or _mouth_open(r.landmarks) > mouth_gap:
+            continue
+        if (beardless and key[1] == 0 and key[0] > 0) or int(r.path.name.split("_")[0]) > max_age:
             continue
         groups.setdefault(key, []).append(r)
     chosen = []
@@ -64,6 +71,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--out", type=Path, default=Path("engines/weights/exemplars_192.npz"))
     p.add_argument("--per-group", type=int, default=3, help="faces per (age bucket, gender, ethnicity) group")
+    p.add_argument("--beardless", action=argparse.BooleanOptionalAction, default=True,
+                   help="women and children only (no lent beards)")
+    p.add_argument("--max-age", type=int, default=45, help="oldest face (UTKFace's age label): no lent wrinkles")
+    p.add_argument("--mouth-gap", type=float, default=0.03,
+                   help="widest inner-lip gap over mouth width (closed mouths: no lent teeth)")
     p.add_argument("--crop-scale", type=float, default=1.2, help="the generator's crop_scale")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -77,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except FaceDataError as exc:
         logger.error("%s", exc)
         return 2
-    chosen = choose(train, per_group=args.per_group, seed=args.seed)
+    chosen = choose(train, per_group=args.per_group, seed=args.seed, beardless=args.beardless,
+                    max_age=args.max_age, mouth_gap=args.mouth_gap)
     crops, names = [], []
     for r in chosen:
         image = read_rgb(r.path)

@@ -43,7 +43,7 @@ from engines.runtime import EngineError
 from stream.detect import FaceDetector
 from stream.geometry import CropWindow
 from stream.inpaint import FaceInpainter, InpaintSettings
-from stream.reference import EXEMPLARS, ReferenceFace, References, cut_face, load_exemplars
+from stream.reference import EXEMPLARS, PartsLocator, ReferenceFace, References, cut_face, load_exemplars
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
 from training.cli import log_to_stderr, use_cpu_threads, write_json
@@ -147,7 +147,8 @@ class PartsScore:
         return 2.0 * hit / max(said + true, 1)
 
 
-def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, exemplars, crop_scale: float):
+def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, exemplars, crop_scale: float,
+             locator=None):
     """The pipeline's photo path on one case; None when no mask is found."""
     found = detector(case.masked)
     tracker = FaceTracker(TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1),
@@ -162,7 +163,7 @@ def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, ex
             return None
         given = [ReferenceFace(cut_face(case.reference, ref.boxes[0], crop_scale=crop_scale), case.name)]
     references = None if mode == "blur" else References(
-        given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None)
+        given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None, locator=locator)
     return inpainter_for(references)(case.masked, tracks), found
 
 
@@ -184,6 +185,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=150, help="faces per set")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma)
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
+    p.add_argument("--exemplars", type=Path, default=EXEMPLARS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
                    help="start at this held-out face of each set (UTKFace faces, LFW people with two photos): "
@@ -208,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     detector = FaceDetector(det.engine, det.config)
     settings = InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain)
+    locator = PartsLocator(load_model("parsing", backend="torch", device="cpu", threads=args.threads).engine)
 
     def inpainter_for(references):
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
                              references=references)
 
-    exemplars = load_exemplars(EXEMPLARS)
+    exemplars = load_exemplars(args.exemplars)
     synth = MaskSynthesizer(templates_root=args.data / "mask_templates",
                             textures_root=args.data / "mask_templates" / "textures")
     identity = IdentityDescriptor()
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             outs = {}
             for mode in modes:
                 done = complete(case, mode, detector=detector, inpainter_for=inpainter_for, exemplars=exemplars,
-                                crop_scale=gen.config.crop_scale)
+                                crop_scale=gen.config.crop_scale, locator=locator)
                 if done is None:
                     break
                 outs[mode] = done
