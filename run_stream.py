@@ -109,9 +109,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "its detail goes into the reconstructed lower face")
     p.add_argument("--identity-memory", default="on", choices=["on", "off"],
                    help="use a face seen without its mask earlier in the video as its reference")
-    p.add_argument("--exemplars", default="off", choices=["on", "off"],
-                   help="without a reference, borrow detail from the closest face of the shipped exemplar bank "
-                        "(off by default: a stranger's features can show as ghosts where they do not line up)")
+    p.add_argument("--exemplars", default="on", choices=["on", "off"],
+                   help="without a reference, lips, nostrils and skin texture from the closest face of the shipped "
+                        "exemplar bank, fitted to the face the generator draws (off: the generator's smooth face)")
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain,
                    help="strength of an exemplar's lent detail (1: as in the exemplar)")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
@@ -168,7 +168,7 @@ class ModelChoice:
     generator_weights: Path | None = None
     verifier: bool = False
     verifier_weights: Path | None = None
-    parsing: bool = False  # the face-parsing net that fits exemplars to faces (with --exemplars on)
+    parsing: bool = True  # the face-parsing net that fits exemplars to faces (with --exemplars on)
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class RunConfig:
     inpaint: InpaintSettings = InpaintSettings()
     reference: Path | None = None
     identity_memory: bool = True
-    exemplars: bool = False
+    exemplars: bool = True
     live: str = "auto"
     pipeline: PipelineConfig = PipelineConfig()
     encoder: EncoderSettings = EncoderSettings()

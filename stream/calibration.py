@@ -50,11 +50,14 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
     if name == "detector":
         hw = tuple(detector.config.input_size)
         return [{"image": detector_input(im, hw)[0].numpy()} for im in images]
-    if name == "verifier":
-        verifier = load_model("verifier", backend="torch", device="cpu", weights=weights)
+    if name in ("verifier", "parsing"):
+        model = load_model(name, backend="torch", device="cpu", weights=weights)
         find = FaceDetector(detector.engine, detector.config)
-        s = verifier.config.size
-        feeds = [{"image": CropWindow.for_face(b, verifier.config.crop_scale).cut(im, s).transpose(2, 0, 1)[None]
+        if name == "verifier":
+            s, crop_scale = model.config.size, model.config.crop_scale
+        else:  # the generator's crop windows, where the pipeline locates a face's parts
+            s, crop_scale = model.config.input_size, load_model("generator", backend="torch", device="cpu").config.crop_scale
+        feeds = [{"image": CropWindow.for_face(b, crop_scale).cut(im, s).transpose(2, 0, 1)[None]
                   .astype(np.float32) / 255.0} for im in images for b in find(im).boxes]
         if not feeds:
             raise ExportError("the detector found no face in the calibration images")
@@ -66,7 +69,7 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
     inpainter = FaceInpainter(generator.engine, generator.config)
     references = None
     if generator.config.reference:
-        # Half the faces with a reference (the closest exemplar), half without, as served.
+        # Half the faces with a reference (the closest exemplar stands in for a person's photo), half without.
         references = References(given=[], exemplars=load_exemplars(EXEMPLARS), memory=None)
     feeds = []
     for image in images:

@@ -387,6 +387,10 @@ class References:
         reference = self.for_track(track_id, crop)
         if reference is None:
             return None
+        if reference.exemplar and self.locator is not None:
+            # Fitted by its parts once the generator has drawn the face (fit_parts); the shift
+            # fitted here would be thrown away, and it is the costliest step of a frame.
+            return Guide(reference, None)
         previous, age = self._guides.get(track_id, (None, 0))
         same = previous is not None and previous.reference is reference
         if same and age < self.realign:
