@@ -313,8 +313,7 @@ class PartsLocator:
         points = part_points(labels)
         side = exemplar.crop.shape[0]
         px = side / size
-        # The inner mouth is left out: an exemplar's teeth on a closed mouth.
-        face = ((labels > 0) & (labels != _MOUTH[1])).astype(np.float32)
+        face = (labels > 0).astype(np.float32)
         if points is not None:
             # Only below the eyes, where a mask lies: the eyes are the face's own, and the band under
             # them holds an exemplar's glasses rims and eye bags.
@@ -325,41 +324,23 @@ class PartsLocator:
         # A narrow edge, so the kept region does not reach up to the glasses; outside it the
         # exemplar is blurred well past any band the paste lends (2-3 generator pixels).
         face = cv2.GaussianBlur(face, (0, 0), px)[..., None]
-        # Edge-preserving smoothing: an exemplar's JPEG grain, scaled up onto a large face, showed
-        # as speckles, while its lips and nostrils are edges that stay.
-        crop = cv2.bilateralFilter(exemplar.crop, 5, 20, 3).astype(np.float32)
+        crop = exemplar.crop.astype(np.float32)
         low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
         kept = (low + face * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
         return points, ReferenceFace(kept, exemplar.source, exemplar=True)
 
 
-def _eye_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(origin, 2x2 rotation) of a face's frame: origin between the eyes, x along the eye line."""
-    eyes = points[1] - points[0]
-    angle = float(np.arctan2(eyes[1], eyes[0]))
-    c, s = np.cos(angle), np.sin(angle)
-    return points[:2].mean(axis=0), np.array([[c, s], [-s, c]])
-
-
 def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:
-    """2x3 map from crop pixels to reference pixels fitted on matching ``part_points`` (face's in
-    crop pixels, reference's in pixels ``scale`` times smaller than the reference's); None when
-    the fit would squash or stretch the face beyond what a pose change explains.
-
-    The eyes, which are the face's own and sharp, fix the turn, the width and the centre line;
-    the nose and mouth, found on the generator's blurry drawing, only the height: fitted freely
-    (a full affine), their noise tilted, sheared and slid the lent lips into lopsided smiles."""
-    face_origin, face_turn = _eye_frame(face.astype(np.float64))
-    ref_origin, ref_turn = _eye_frame(reference.astype(np.float64))
-    f = (face - face_origin) @ face_turn.T
-    r = (reference - ref_origin) @ ref_turn.T
-    sx = float(np.linalg.norm(reference[1] - reference[0]) / max(np.linalg.norm(face[1] - face[0]), 1e-6))
-    sy = float(f[2:, 1] @ r[2:, 1] / max(f[2:, 1] @ f[2:, 1], 1e-6))
-    if not (0.75 <= sx <= 1.33 and 0.75 <= sy <= 1.33 and 0.8 <= sy / sx <= 1.25):
+    """2x3 affine from crop pixels to reference pixels fitted on matching ``part_points`` (face's
+    in crop pixels, reference's in pixels ``scale`` times smaller than the reference's); None
+    when the fit would squash, stretch or turn the face beyond what a pose change explains."""
+    a = np.hstack([face, np.ones((len(face), 1), np.float32)])
+    solution, *_ = np.linalg.lstsq(a, reference * scale, rcond=None)
+    matrix = solution.T.astype(np.float32)
+    singular = np.linalg.svd(matrix[:, :2] / scale, compute_uv=False)
+    if singular.min() < 0.75 or singular.max() > 1.33 or np.linalg.det(matrix[:, :2]) <= 0:
         return None
-    linear = ref_turn.T @ np.diag([sx, sy]) @ face_turn
-    shift = ref_origin - linear @ face_origin
-    return (scale * np.hstack([linear, shift[:, None]])).astype(np.float32)
+    return matrix
 
 
 @dataclass(frozen=True)
