@@ -35,6 +35,10 @@ class DetectorSettings:
     keep_score: minimum confidence of a face_mask on a face whose mask is already being filled
         (the tracker decides; a new mask needs ``mask_score``): a see-through mask's score dips
         for a frame or two, and a track started on a confident mask may go on on a weaker one.
+    masked_face_score: minimum confidence of a face box that carries a worn face_mask (at least
+        ``keep_score``): a mask hides half the face, and the detector is then less sure of the
+        face itself (on a see-through mask, 0.5-0.7 on one frame in five). A face without a mask
+        still needs ``face_score``, and whether a mask is filled stays the tracker's decision.
     mask_overlap: share of a face_mask box that must lie inside a face box to belong to it.
     nested_face: share of a face box inside a higher-scoring face box above which it is dropped.
 
@@ -52,6 +56,7 @@ class DetectorSettings:
     face_score: float = 0.7
     mask_score: float = 0.4
     keep_score: float = 0.3
+    masked_face_score: float = 0.5
     mask_overlap: float = 0.5
     nested_face: float = 0.6
     upper_face: float = 0.3
@@ -61,12 +66,16 @@ class DetectorSettings:
     mask_inside: float = 0.6
 
     def __post_init__(self) -> None:
-        for name in ("face_score", "mask_score", "keep_score", "mask_overlap", "nested_face", "upper_face",
+        for name in ("face_score", "mask_score", "keep_score", "masked_face_score", "mask_overlap", "nested_face",
+                     "upper_face",
                      "upper_covered", "mask_centre", "mask_top", "mask_inside"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DetectorSettingsError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.keep_score > self.mask_score:
             raise DetectorSettingsError(f"keep_score {self.keep_score} is above mask_score {self.mask_score}")
+        if self.masked_face_score > self.face_score:
+            raise DetectorSettingsError(
+                f"masked_face_score {self.masked_face_score} is above face_score {self.face_score}")
 
 
 def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) -> bool:
@@ -122,7 +131,7 @@ class FaceDetector:
         # The exported model drops everything under its own cut-off: a lower setting would
         # silently do nothing.
         cutoff = config.box_score_thresh
-        for name in ("face_score", "mask_score", "keep_score"):
+        for name in ("face_score", "mask_score", "keep_score", "masked_face_score"):
             if getattr(settings, name) < cutoff:
                 raise DetectorSettingsError(
                     f"{name.replace('_', '-')} {getattr(settings, name)} is below the detector's own cut-off "
@@ -143,7 +152,7 @@ class FaceDetector:
         boxes = box.boxes_to_frame(out["boxes"].cpu().numpy())
         labels = out["labels"].cpu().numpy()
         scores = out["scores"].cpu().numpy().astype(np.float32)
-        faces = np.flatnonzero((labels == FACE) & (scores >= self.settings.face_score))
+        faces = np.flatnonzero((labels == FACE) & (scores >= self.settings.masked_face_score))
         worn = np.flatnonzero((labels == FACE_MASK) & (scores >= self.settings.keep_score))
         if len(faces) == 0:
             return Detections.empty(h, w)
@@ -174,6 +183,11 @@ class FaceDetector:
                     mask_scores[owner] = max(mask_scores[owner], scores[i])
                 else:
                     logger.debug("face_mask %d dropped: not on the lower part of its face", k)
+        # A face under face_score stays only with a worn mask on it.
+        sure = (scores[faces] >= self.settings.face_score) | (mask_scores > 0)
+        faces, face_boxes, masks, mask_scores = faces[sure], face_boxes[sure], masks[sure], mask_scores[sure]
+        if len(faces) == 0:
+            return Detections.empty(h, w)
         mask_probs = None
         if self.verifier is not None:
             mask_probs = np.zeros(len(faces), np.float32)
