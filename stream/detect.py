@@ -37,7 +37,7 @@ class DetectorSettings:
         for a frame or two, and a track started on a confident mask may go on on a weaker one.
     masked_face_score: minimum confidence of a face box that carries a worn face_mask (at least
         ``keep_score``): a mask hides half the face, and the detector is then less sure of the
-        face itself (on a see-through mask, 0.5-0.7 on one frame in five). A face without a mask
+        face itself (on a see-through mask, 0.5-0.7 on one frame in five; 0.65 chosen on LFW training photos). A face without a mask
         still needs ``face_score``, and whether a mask is filled stays the tracker's decision.
     mask_overlap: share of a face_mask box that must lie inside a face box to belong to it.
     nested_face: share of a face box inside a higher-scoring face box above which it is dropped.
@@ -56,7 +56,7 @@ class DetectorSettings:
     face_score: float = 0.7
     mask_score: float = 0.4
     keep_score: float = 0.3
-    masked_face_score: float = 0.5
+    masked_face_score: float = 0.65
     mask_overlap: float = 0.5
     nested_face: float = 0.6
     upper_face: float = 0.3

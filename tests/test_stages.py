@@ -438,10 +438,10 @@ def test_a_less_certain_face_counts_only_with_a_worn_mask_on_it():
 
     def detect(mask_score):
         engine = _FixedDetectorEngine(boxes=[[10, 5, 30, 35], [12, 20, 28, 34], [40, 5, 60, 35]],
-                                      labels=[1, 2, 1], scores=[0.6, mask_score, 0.6], masks=masks)
+                                      labels=[1, 2, 1], scores=[0.67, mask_score, 0.67], masks=masks)
         return FaceDetector(engine, DetectorConfig(input_size=(64, 64)))(np.zeros((64, 64, 3), np.uint8))
 
-    found = detect(0.8)  # two faces at 0.6, under face_score 0.7: only the masked one stays
+    found = detect(0.8)  # two faces at 0.67, under face_score 0.7: only the masked one stays
     assert len(found) == 1 and found.confident_masks().tolist() == [True]
     np.testing.assert_allclose(found.boxes[0], [10, 5, 30, 35])
     assert len(detect(0.2)) == 0  # no mask on either (0.2 is under keep_score): no face is sure enough
