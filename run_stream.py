@@ -37,9 +37,9 @@ from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
 from stream.reference import (
-    PartsLocator,
     EXEMPLARS,
     IdentityMemory,
+    PartsLocator,
     ReferenceError,
     ReferenceFace,
     References,

@@ -56,7 +56,8 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
         if name == "verifier":
             s, crop_scale = model.config.size, model.config.crop_scale
         else:  # the generator's crop windows, where the pipeline locates a face's parts
-            s, crop_scale = model.config.input_size, load_model("generator", backend="torch", device="cpu").config.crop_scale
+            generator = load_model("generator", backend="torch", device="cpu")
+            s, crop_scale = model.config.input_size, generator.config.crop_scale
         feeds = [{"image": CropWindow.for_face(b, crop_scale).cut(im, s).transpose(2, 0, 1)[None]
                   .astype(np.float32) / 255.0} for im in images for b in find(im).boxes]
         if not feeds:

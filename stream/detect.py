@@ -37,8 +37,9 @@ class DetectorSettings:
         for a frame or two, and a track started on a confident mask may go on on a weaker one.
     masked_face_score: minimum confidence of a face box that carries a worn face_mask (at least
         ``keep_score``): a mask hides half the face, and the detector is then less sure of the
-        face itself (on a see-through mask, 0.5-0.7 on one frame in five; 0.65 chosen on LFW training photos). A face without a mask
-        still needs ``face_score``, and whether a mask is filled stays the tracker's decision.
+        face itself (on a see-through mask, 0.5-0.7 on one frame in five; 0.65 was chosen on LFW
+        training photos). A face without a mask still needs ``face_score``, and whether a mask is
+        filled stays the tracker's decision.
     mask_overlap: share of a face_mask box that must lie inside a face box to belong to it.
     nested_face: share of a face box inside a higher-scoring face box above which it is dropped.
 
@@ -67,8 +68,7 @@ class DetectorSettings:
 
     def __post_init__(self) -> None:
         for name in ("face_score", "mask_score", "keep_score", "masked_face_score", "mask_overlap", "nested_face",
-                     "upper_face",
-                     "upper_covered", "mask_centre", "mask_top", "mask_inside"):
+                     "upper_face", "upper_covered", "mask_centre", "mask_top", "mask_inside"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DetectorSettingsError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.keep_score > self.mask_score:

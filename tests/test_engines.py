@@ -225,17 +225,23 @@ def test_reference_generator_exports_with_its_named_inputs(tmp_path):
                                ref.engine.run(none)["output"], atol=2e-3, rtol=1e-3)
 
 
+def _as_if_trained(model: torch.nn.Module) -> None:
+    """BatchNorm statistics that are not the identity, as after training, so an export's
+    folding of them is tested."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+
+
 def test_verifier_exports_with_parity(tmp_path):
     from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 
     config = VerifierConfig(size=32, width=8, threshold=0.3)
     torch.manual_seed(4)
     model = build_verifier(config=config)
-    with torch.no_grad():  # BatchNorm statistics that are not the identity, as after training
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    _as_if_trained(model)
     weights = tmp_path / "verifier.pt"
     save_verifier(model, config, weights)
     export_onnx("verifier", weights=weights, artifacts=tmp_path)
@@ -308,11 +314,7 @@ def test_parsing_net_exports_with_parity(tmp_path):
     config = ParsingConfig(width=8, input_size=64)
     torch.manual_seed(5)
     model = build_parsing_net(config=config)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    _as_if_trained(model)
     weights = tmp_path / "parsing.pt"
     save_parsing_net(model, config, weights)
     export_onnx("parsing", weights=weights, artifacts=tmp_path)

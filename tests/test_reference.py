@@ -215,6 +215,19 @@ def test_reference_generator_gets_each_faces_reference_in_its_window():
     assert (out == 90).all()  # "no reference" is zeros, and the stand-in then gives the face back
 
 
+def _masked_face_scene():
+    """(config, image, mask, track): a 32 px reference-conditioned generator's config and one
+    tracked face with its mask, in a flat grey 160x120 frame."""
+    from engines.models.generator import GeneratorConfig
+    from stream.records import Track
+
+    config = GeneratorConfig(size=32, width=4, mask_dilation=1, reference=True)
+    image = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    return config, image, mask, Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+
+
 class _PlainEngine:
     """The generator's form without reference inputs: gives the image back, counting its calls."""
 
@@ -236,17 +249,11 @@ class _PlainEngine:
 
 
 def test_faces_without_a_reference_run_the_generator_form_that_takes_none():
-    from engines.models.generator import GeneratorConfig
     from stream.inpaint import FaceInpainter
-    from stream.records import Track
     from stream.smoothing import TemporalConfig
 
-    size = 32
-    config = GeneratorConfig(size=size, width=4, mask_dilation=1, reference=True)
-    image = np.full((120, 160, 3), 90, np.uint8)
-    mask = np.zeros((120, 160), bool)
-    mask[60:95, 50:90] = True
-    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config, image, mask, track = _masked_face_scene()
+    size = config.size
     for given, plain_calls, full_calls in (([], 1, 0), ([ReferenceFace(_face(3), "me.png")], 0, 1)):
         full, plain = _RecordingEngine(size), _PlainEngine(size)
         inpainter = FaceInpainter(full, config, temporal=TemporalConfig(enabled=False), no_reference_engine=plain,
@@ -349,18 +356,12 @@ def test_an_exemplar_is_fitted_to_the_completed_face_and_lends_only_its_lower_fa
 
 
 def test_an_exemplar_lends_its_detail_without_being_the_generators_reference():
-    from engines.models.generator import GeneratorConfig
     from stream.inpaint import FaceInpainter
-    from stream.records import Track
     from stream.reference import PartsLocator
     from stream.smoothing import TemporalConfig
 
-    size = 32
-    config = GeneratorConfig(size=size, width=4, mask_dilation=1, reference=True)
-    image = np.full((120, 160, 3), 90, np.uint8)
-    mask = np.zeros((120, 160), bool)
-    mask[60:95, 50:90] = True
-    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config, image, mask, track = _masked_face_scene()
+    size = config.size
     exemplar = ReferenceFace(_face(5), "exemplar y", exemplar=True)
     full, plain = _RecordingEngine(size), _PlainEngine(size)
     refs = References(given=[], exemplars=[exemplar], memory=None, locator=PartsLocator(_ParsingEngine()))
