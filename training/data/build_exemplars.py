@@ -5,8 +5,9 @@
 
 Faces come from the generator's training split only (``generator_data.split_records``), so no
 held-out face can be its own exemplar. They are nearly frontal, with open eyes and a closed
-mouth, beardless (women and children), spread over UTKFace's age, gender and ethnicity labels (from the file names), and cut as
-the generator's crop window (``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels.
+mouth, beardless (women and children) and up to 45, spread over UTKFace's age, gender and
+ethnicity labels (from the file names), and cut as the generator's crop window
+(``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _mouth_open(lm: np.ndarray) -> float:
 
 
 def choose(records, *, per_group: int, seed: int, beardless: bool = True, max_age: int = 45,
-           mouth_gap: float = 0.08) -> list:
+           mouth_gap: float = 0.03) -> list:
     """Up to ``per_group`` faces of each (age bucket, gender, ethnicity) group; ``beardless``:
     women and children only (UTKFace's labels), since a lent beard or stubble shows on anyone
     who gets it, while lent lips and nostrils suit every face; likewise wrinkles (``max_age``)
@@ -70,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--out", type=Path, default=Path("engines/weights/exemplars_192.npz"))
-    p.add_argument("--per-group", type=int, default=3, help="faces per (age bucket, gender, ethnicity) group")
+    p.add_argument("--per-group", type=int, default=8, help="faces per (age bucket, gender, ethnicity) group")
     p.add_argument("--beardless", action=argparse.BooleanOptionalAction, default=True,
                    help="women and children only (no lent beards)")
     p.add_argument("--max-age", type=int, default=45, help="oldest face (UTKFace's age label): no lent wrinkles")

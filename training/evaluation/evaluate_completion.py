@@ -185,7 +185,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=150, help="faces per set")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma)
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
-    p.add_argument("--exemplars", type=Path, default=EXEMPLARS)
+    p.add_argument("--exemplars", type=Path, default=EXEMPLARS, help="the exemplar bank (.npz) of the exemplar mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
                    help="start at this held-out face of each set (UTKFace faces, LFW people with two photos): "
