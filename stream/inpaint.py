@@ -310,10 +310,12 @@ class FaceInpainter:
             predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         out = image.copy() if frame is None else None
         for job, guide, generated in zip(jobs, guides, predicted):
+            with steps("paste"):
+                seam = self._seam(job.hole)
             if guide is not None and guide.reference.exemplar:
                 with steps("reference"):
-                    seam = self._seam(job.hole)[..., None]
-                    completed = (job.crop * (1 - seam) + generated * seam + 0.5).clip(0, 255).astype(np.uint8)
+                    alpha = seam[..., None]
+                    completed = (job.crop * (1 - alpha) + generated * alpha + 0.5).clip(0, 255).astype(np.uint8)
                     guide = self.references.fit_parts(job.track_id, guide, completed)
             if temporal:
                 with steps("blend"):
@@ -325,9 +327,9 @@ class FaceInpainter:
                     "detail_sigma": self.settings.detail_sigma,
                     "detail_gain": self.settings.exemplar_gain if guide.reference.exemplar else 1.0}
                 if frame is None:
-                    job.window.paste(out, generated, self._seam(job.hole), **detail)
+                    job.window.paste(out, generated, seam, **detail)
                 else:
-                    self._paste_on_device(frame, job, generated, detail)
+                    self._paste_on_device(frame, job, generated, seam, detail)
         if frame is not None:
             with steps("paste"):
                 with self._device.active():
@@ -337,14 +339,15 @@ class FaceInpainter:
         self.last_steps = steps.seconds
         return out
 
-    def _paste_on_device(self, frame: torch.Tensor, job: _FaceJob, generated: np.ndarray, detail: dict) -> None:
+    def _paste_on_device(self, frame: torch.Tensor, job: _FaceJob, generated: np.ndarray, seam: np.ndarray,
+                         detail: dict) -> None:
         def up(array: np.ndarray) -> torch.Tensor:
             return self._device.upload(torch.from_numpy(np.ascontiguousarray(array, np.float32)))
 
         with self._device.active():
             if detail:
                 detail = dict(detail, detail=up(detail["detail"]).permute(2, 0, 1))
-            job.window.paste_tensor(frame, up(generated).permute(2, 0, 1), up(self._seam(job.hole)), **detail)
+            job.window.paste_tensor(frame, up(generated).permute(2, 0, 1), up(seam), **detail)
 
     def _guide(self, job: _FaceJob) -> Guide | None:
         if self.references is None:
