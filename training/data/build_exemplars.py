@@ -5,7 +5,7 @@
 
 Faces come from the generator's training split only (``generator_data.split_records``), so no
 held-out face can be its own exemplar. They are nearly frontal, with open eyes and a closed
-mouth, beardless (women and children) and up to 45, spread over UTKFace's age, gender and
+mouth, beardless (women), 16 to 45, spread over UTKFace's age, gender and
 ethnicity labels (from the file names), and cut as the generator's crop window
 (``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels.
 """
@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from stream.reference import REFERENCE_SIDE, cut_face, save_exemplars
@@ -26,6 +27,8 @@ from training.data.synth import face_box_from_landmarks, face_turn
 logger = logging.getLogger(__name__)
 
 AGE_BUCKETS = (12, 25, 45, 65)
+# Faces that were lent to test clips and showed a stock photo's watermark on the cheek.
+WATERMARKED = ("13_1_0_20170109204923296.jpg", "26_1_1_20170112213007903.jpg")
 
 
 def _labels(name: str) -> tuple[int, int, int] | None:
@@ -43,19 +46,22 @@ def _mouth_open(lm: np.ndarray) -> float:
     return float(np.linalg.norm(lm[66] - lm[62]) / max(np.linalg.norm(lm[54] - lm[48]), 1e-6))
 
 
-def choose(records, *, per_group: int, seed: int, beardless: bool = True, max_age: int = 45,
-           mouth_gap: float = 0.03) -> list:
+def choose(records, *, per_group: int, seed: int, beardless: bool = True, min_age: int = 0, max_age: int = 45,
+           mouth_gap: float = 0.03, exclude: frozenset[str] = frozenset()) -> list:
     """Up to ``per_group`` faces of each (age bucket, gender, ethnicity) group; ``beardless``:
     women and children only (UTKFace's labels), since a lent beard or stubble shows on anyone
     who gets it, while lent lips and nostrils suit every face; likewise wrinkles (``max_age``)
-    and teeth (``mouth_gap``: inner-lip gap over mouth width)."""
+    and teeth (``mouth_gap``: inner-lip gap over mouth width). ``min_age``: a small child's
+    mouth and cheeks sit differently, and lent to an adult they look pasted on. ``exclude``:
+    file names left out (faces that carry a stock-photo watermark)."""
     rng = np.random.default_rng(seed)
     groups: dict[tuple[int, int, int], list] = {}
     for r in records:
         key = _labels(r.path.name)
         if key is None or abs(face_turn(r.landmarks) - 0.5) > 0.06 or _mouth_open(r.landmarks) > mouth_gap:
             continue
-        if (beardless and key[1] == 0 and key[0] > 0) or int(r.path.name.split("_")[0]) > max_age:
+        age = int(r.path.name.split("_")[0])
+        if (beardless and key[1] == 0 and key[0] > 0) or not min_age <= age <= max_age or r.path.name in exclude:
             continue
         groups.setdefault(key, []).append(r)
     chosen = []
@@ -71,13 +77,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--out", type=Path, default=Path("engines/weights/exemplars_192.npz"))
-    p.add_argument("--per-group", type=int, default=8, help="faces per (age bucket, gender, ethnicity) group")
+    p.add_argument("--per-group", type=int, default=16, help="faces per (age bucket, gender, ethnicity) group")
     p.add_argument("--beardless", action=argparse.BooleanOptionalAction, default=True,
                    help="women and children only (no lent beards)")
+    p.add_argument("--min-age", type=int, default=16,
+                   help="youngest face (UTKFace's age label): a child's mouth looks pasted on an adult")
     p.add_argument("--max-age", type=int, default=45, help="oldest face (UTKFace's age label): no lent wrinkles")
     p.add_argument("--mouth-gap", type=float, default=0.03,
                    help="widest inner-lip gap over mouth width (closed mouths: no lent teeth)")
     p.add_argument("--crop-scale", type=float, default=1.2, help="the generator's crop_scale")
+    p.add_argument("--denoise", type=float, default=6.0,
+                   help="non-local means strength on each crop, 0 for none: UTKFace's JPEG blocks, magnified "
+                        "with the face, are otherwise lent as a grid over the cheeks")
+    p.add_argument("--exclude", nargs="*", default=list(WATERMARKED), metavar="NAME",
+                   help="UTKFace file names to leave out (default: faces found by eye to carry a watermark)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -91,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     chosen = choose(train, per_group=args.per_group, seed=args.seed, beardless=args.beardless,
-                    max_age=args.max_age, mouth_gap=args.mouth_gap)
+                    min_age=args.min_age, max_age=args.max_age, mouth_gap=args.mouth_gap, exclude=frozenset(args.exclude))
     crops, names = [], []
     for r in chosen:
         image = read_rgb(r.path)
-        crops.append(cut_face(image, face_box_from_landmarks(r.landmarks, image.shape), crop_scale=args.crop_scale))
+        crop = cut_face(image, face_box_from_landmarks(r.landmarks, image.shape), crop_scale=args.crop_scale)
+        if args.denoise > 0:
+            crop = cv2.fastNlMeansDenoisingColored(crop, None, args.denoise, args.denoise, 5, 15)
+        crops.append(crop)
         names.append(r.path.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_exemplars(args.out, crops, names)
