@@ -86,7 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mouth-gap", type=float, default=0.03,
                    help="widest inner-lip gap over mouth width (closed mouths: no lent teeth)")
     p.add_argument("--crop-scale", type=float, default=1.2, help="the generator's crop_scale")
-    p.add_argument("--denoise", type=float, default=6.0,
+    p.add_argument("--denoise", type=float, default=0.0,
                    help="non-local means strength on each crop, 0 for none: UTKFace's JPEG blocks, magnified "
                         "with the face, are otherwise lent as a grid over the cheeks")
     p.add_argument("--exclude", nargs="*", default=list(WATERMARKED), metavar="NAME",
