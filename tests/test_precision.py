@@ -212,3 +212,21 @@ def test_pseudo_labelled_scenes_put_each_worn_mask_inside_its_face(shared_data, 
     with pytest.raises(DataUnavailableError):
         DetectorSceneDataset(data_root=shared_data, landmarks=utk_landmarks, pseudo=None,
                              config=DetectorDataConfig(pseudo_fraction=0.5))
+
+
+def test_eyes_count_as_altered_only_where_the_output_changed_them():
+    from training.evaluation.evaluate_eyes import eyes_altered
+
+    rng = np.random.default_rng(0)
+    before = rng.integers(60, 200, (80, 80, 3), dtype=np.uint8)
+    landmarks = np.zeros((68, 2), np.float32)
+    for start, cx in ((36, 25), (42, 55)):  # two eyes as hexagons around (cx, 30)
+        angles = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+        landmarks[start:start + 6] = np.stack([cx + 6 * np.cos(angles), 30 + 3 * np.sin(angles)], axis=1)
+    mouth_filled = before.copy()
+    mouth_filled[50:70] = 128  # a fill below the eyes
+    eye_filled = mouth_filled.copy()
+    eye_filled[26:34, 48:62] = 128  # and over the left eye of the image's right side
+    assert not eyes_altered(before, before, landmarks, 12.0)
+    assert not eyes_altered(before, mouth_filled, landmarks, 12.0)
+    assert eyes_altered(before, eye_filled, landmarks, 12.0)

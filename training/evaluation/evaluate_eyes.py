@@ -55,10 +55,10 @@ def eyes_altered(before: np.ndarray, after: np.ndarray, landmarks: np.ndarray, t
     return False
 
 
-def measure_clip(video: Path, work: Path, *, stream_args: list[str], threshold: float,
+def measure_clip(video: Path, work: Path, *, run_stream: Path, stream_args: list[str], threshold: float,
                  landmarks: LandmarkDetector) -> dict[str, float | int]:
     out, detections = work / f"{video.stem}.mp4", work / f"{video.stem}.jsonl"
-    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "run_stream.py"), "--input", str(video),
+    command = [sys.executable, str(run_stream), "--input", str(video),
                "--output", str(out), "--detections", str(detections), "--no-progress", *stream_args]
     subprocess.run(command, check=True, capture_output=True)
     filled_boxes: dict[int, list[np.ndarray]] = {}
@@ -82,6 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=Path, nargs="+", required=True, help="real masked clips")
     p.add_argument("--work", type=Path, default=Path("runs/eyes"), help="where the outputs are written")
+    p.add_argument("--run-stream", type=Path, default=Path(__file__).resolve().parents[2] / "run_stream.py",
+                   help="the run_stream.py to measure (another checkout's, for a before/after)")
     p.add_argument("--stream-args", default="", help="extra run_stream.py options, one string")
     p.add_argument("--threshold", type=float, default=12.0)
     p.add_argument("--json", type=Path)
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     landmarks = LandmarkDetector()
     results = {}
     for video in args.videos:
-        results[video.name] = measure_clip(video, args.work, stream_args=shlex.split(args.stream_args),
+        results[video.name] = measure_clip(video, args.work, run_stream=args.run_stream,
+                                           stream_args=shlex.split(args.stream_args),
                                            threshold=args.threshold, landmarks=landmarks)
     filled = sum(r["filled_frames"] for r in results.values())
     altered = sum(r["eyes_altered"] for r in results.values())
