@@ -37,10 +37,6 @@ class InpaintSettings:
     # two crop pixels after its output blur; a wider band also takes the reference's mouth shape.
     detail_sigma: float = 2.0
     exemplar_gain: float = 1.0  # the detail band of a stranger's face (lower: lent more softly)
-    # Crop pixels by which the hole may grow upwards past the mask (the generator's mask_dilation
-    # elsewhere): a tall mask's top edge lies right under the eyes, and growing it by the full
-    # dilation there replaced the lower eyelids, or the whole eye, with the generator's guess.
-    rise: int = 1
 
 
 @dataclass
@@ -81,19 +77,6 @@ def _box_motion(previous: CropWindow, current: CropWindow, size: int) -> np.ndar
     shift_x = (current.x1 - previous.x1) * size / previous.side
     shift_y = (current.y1 - previous.y1) * size / previous.side
     return np.array([[scale, 0, shift_x], [0, scale, shift_y]], np.float32)
-
-
-def _growth(dilation: int, rise: int) -> np.ndarray | None:
-    """cv2.dilate element that grows a hole by ``dilation`` pixels, upwards by at most ``rise``.
-
-    cv2.dilate sets a pixel when the source is set at (pixel + element offset); a row of the
-    element ``r`` below its centre reaches down to a mask pixel and grows the hole up by ``r``."""
-    if dilation <= 0:
-        return None
-    size = 2 * dilation + 1
-    element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-    element[dilation + max(rise, 0) + 1:] = 0
-    return element
 
 
 def _warp(matrix: np.ndarray, size: int, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -207,7 +190,8 @@ class FaceInpainter:
         self.config = config
         self.settings = settings
         self.temporal = temporal
-        self._dilate = _growth(config.mask_dilation, settings.rise)
+        size = 2 * config.mask_dilation + 1
+        self._dilate = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) if config.mask_dilation else None
         self._states: dict[int, _FaceState] = {}
         self._device = DeviceStream(engine.device)
         self.last_steps: dict[str, float] = {}

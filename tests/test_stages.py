@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from unittest import mock
 
 import cv2
 import numpy as np
@@ -672,22 +671,3 @@ def test_detector_reports_weak_masks_with_their_scores():
     weak = _weak([[40, 20, 100, 100]])
     assert weak.confident_masks().tolist() == [False]
     assert replace(weak, mask_scores=np.array([0.45], np.float32)).confident_masks().tolist() == [True]
-
-
-@pytest.mark.parametrize("rise", [0, 1, 4])
-def test_the_hole_grows_upwards_only_by_rise(rise):
-    """A tall mask's top edge lies under the eyes: the hole grows by the full dilation sideways
-    and downwards, upwards by ``rise`` crop pixels only."""
-    from stream.inpaint import InpaintSettings
-
-    config = GeneratorConfig(size=64, width=4, mask_dilation=4)
-    image = np.zeros((64, 64, 3), np.uint8)
-    mask = np.zeros((64, 64), bool)
-    mask[30:50, 20:44] = True
-    track = Track(1, np.array([0, 0, 64, 64], np.float32), 0.9, mask)
-    no_engine = mock.Mock(device=torch.device("cpu"))  # prepare() only cuts; nothing is run
-    inpainter = FaceInpainter(no_engine, replace(config, crop_scale=1.0), settings=InpaintSettings(rise=rise))
-    _, _, hole = inpainter.prepare(image, track)
-    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
-    assert rows[0] == 30 - rise  # up by rise
-    assert rows[-1] == 49 + 4 and cols[0] == 20 - 4 and cols[-1] == 43 + 4  # down and sideways by the dilation
