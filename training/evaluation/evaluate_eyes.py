@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from stream.sink import VideoSink
+from stream.source import VideoFileSource
 from training.data.landmarks import LandmarkDetector
 
 logger = logging.getLogger(__name__)
@@ -55,12 +57,28 @@ def eyes_altered(before: np.ndarray, after: np.ndarray, landmarks: np.ndarray, t
     return False
 
 
+def reencode(video: Path, output: Path) -> None:
+    """``video`` written again by the pipeline's sink at its default encoder settings."""
+    source = VideoFileSource(video)
+    try:
+        sink = VideoSink(str(output), source.info)
+        try:
+            for frame in source:
+                sink.write(frame)
+        finally:
+            sink.close()
+    finally:
+        source.close()
+
+
 def measure_clip(video: Path, work: Path, *, run_stream: Path, stream_args: list[str], threshold: float,
                  landmarks: LandmarkDetector) -> dict[str, float | int]:
     out, detections = work / f"{video.stem}.mp4", work / f"{video.stem}.jsonl"
     command = [sys.executable, str(run_stream), "--input", str(video),
                "--output", str(out), "--detections", str(detections), "--no-progress", *stream_args]
     subprocess.run(command, check=True, capture_output=True)
+    reference = work / f"{video.stem}_encoded.mp4"
+    reencode(video, reference)
     filled_boxes: dict[int, list[np.ndarray]] = {}
     for line in detections.read_text().splitlines():
         record = json.loads(line)
@@ -69,12 +87,12 @@ def measure_clip(video: Path, work: Path, *, run_stream: Path, stream_args: list
             if mask_utils.decode(rle).any():
                 filled_boxes.setdefault(record["frame"], []).append(np.asarray(face["box"], np.float32))
     filled = altered = 0
-    for index, (before, after) in enumerate(zip(_frames(video), _frames(out))):
+    for index, (source, encoded, after) in enumerate(zip(_frames(video), _frames(reference), _frames(out))):
         boxes = filled_boxes.get(index)
         if not boxes:
             continue
         filled += 1
-        altered += any(eyes_altered(before, after, landmarks.detect_in_box(before, box), threshold) for box in boxes)
+        altered += any(eyes_altered(encoded, after, landmarks.detect_in_box(source, box), threshold) for box in boxes)
     return {"filled_frames": filled, "eyes_altered": altered, "share": altered / filled if filled else 0.0}
 
 
