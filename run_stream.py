@@ -123,10 +123,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="minimum face confidence, between the detector's own cut-off (0.3 for the shipped "
                         "model; lower is an error) and 1")
     p.add_argument("--mask-score", type=float, default=DetectorSettings.mask_score,
-                   help="minimum face_mask confidence to start filling a face, in the same range (higher: "
-                        "fewer false masks, more missed ones; 0.6 left no held-out web photo of a bare face "
-                        "touched but fills fewer see-through mask frames); a face already filled keeps its "
-                        "mask down to 0.3")
+                   help="minimum face_mask confidence to start filling a face in a video, in the same range "
+                        "(higher: fewer false masks, more missed see-through ones); a face already filled keeps "
+                        "its mask down to 0.3")
+    p.add_argument("--photo-mask-score", type=float, default=DetectorSettings.still_mask_score,
+                   help="the same for photos, which get one look where a video's mask must be seen twice "
+                        "(the higher of the two counts)")
     p.add_argument("--open-timeout", type=float, default=ReconnectPolicy.open_timeout,
                    help="seconds to keep trying to open a network stream")
     p.add_argument("--reconnect-timeout", type=float, default=ReconnectPolicy.give_up_after,
@@ -213,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights,
                            parsing=args.exemplars == "on"),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
+                                  still_mask_score=args.photo_mask_score,
                                   keep_score=min(DetectorSettings.keep_score, args.mask_score),
                                   masked_face_score=min(DetectorSettings.masked_face_score, args.face_score)),
         schedule=args.detect_every,
@@ -304,7 +307,7 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
     )
     live = config.live == "on" or (config.live == "auto" and source.live)
     stages = [
-        DetectStage(_detector(models, config.detector), schedule=schedule,
+        DetectStage(_detector(models, config.detector.for_stills() if still else config.detector), schedule=schedule,
                     scene_cuts=SceneCutDetector(temporal.scene_cut) if temporal.enabled else None, background=live),
         TrackStage(FaceTracker(tracker_config, temporal=temporal, rate=rate)),
         InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,

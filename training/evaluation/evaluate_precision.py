@@ -8,9 +8,11 @@ at default settings, gates included) or through the whole pipeline (``run_stream
 settings), so the numbers are what a user gets:
 
 * ``photos``, ``lfw``: the held-out (measuring) split of ``photos/unmasked`` and of LFW
-  (``training.data.negatives``): share of images where any face_mask is reported (lower is better);
+  (``training.data.negatives``): share of images where any face_mask is reported (lower is better),
+  with the settings ``run_stream.py`` gives photos (``DetectorSettings.for_stills``);
 * ``masked-photos``: ``photos/masked``: share of images with a face_mask (recall), on the held-out
-  fifth (``training.data.negatives.masked_photo_files``; the rest may train the mask verifier) and on all;
+  fifth (``training.data.negatives.masked_photo_files``; the rest may train the mask verifier) and on all,
+  with the photo settings as well;
 * ``masked-clips``: the real masked clips, every frame from the annotated first masked one: share
   of frames on which the pipeline's detect and track stages (default schedule and tracker, as
   ``run_stream.py`` runs a video) give some face a mask to fill (recall); beside it the share of
@@ -43,7 +45,7 @@ from tqdm import tqdm
 from engines.models.detector import load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
-from stream.detect import FaceDetector, MaskVerifier
+from stream.detect import DetectorSettings, FaceDetector, MaskVerifier
 from stream.records import Frame
 from stream.source import VideoFileSource
 from stream.stages import DetectSchedule, DetectStage, TrackStage
@@ -283,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier)
+    # Photos are judged as run_stream.py judges them (DetectorSettings.for_stills).
+    photo_detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier,
+                                  settings=DetectorSettings().for_stills())
     results: dict = {"weights": str(args.detector_weights), "meta": load_detector_meta(args.detector_weights),
                      "verifier": str(args.verifier_weights) if args.verifier == "on" else None}
     t0 = time.time()
@@ -292,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name in ("photos", "lfw"):
                 if name in args.sets:
-                    results[name] = mask_rate(detector, negative_files(args.data, name, "val"), name)
+                    results[name] = mask_rate(photo_detector, negative_files(args.data, name, "val"), name)
             if "masked-photos" in args.sets:
                 paths = sorted(p for p in (args.data / "photos" / "masked").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-                found = mask_rate(detector, paths, "masked photos")
+                found = mask_rate(photo_detector, paths, "masked photos")
                 held = {p.name for p in masked_photo_files(args.data, "val")}
                 hits, read = len(held & set(found["flagged"])), len(held & set(found["flagged"] + found["missed"]))
                 found["held_out"] = {"images": read, "face_mask_rate": hits / max(read, 1)}
