@@ -446,6 +446,26 @@ def test_a_less_certain_face_counts_only_with_a_worn_mask_on_it():
     np.testing.assert_allclose(found.boxes[0], [10, 5, 30, 35])
     assert len(detect(0.2)) == 0  # no mask on either (0.2 is under keep_score): no face is sure enough
 
+
+def test_a_photo_needs_a_surer_mask_than_a_video_frame():
+    from engines.models.detector import DetectorConfig
+    from stream.detect import DetectorSettings, FaceDetector
+
+    masks = np.zeros((2, 1, 64, 64), np.float32)
+    masks[1, 0, 20:34, 12:28] = 0.9
+    engine = _FixedDetectorEngine(boxes=[[10, 5, 30, 35], [12, 20, 28, 34]], labels=[1, 2], scores=[0.9, 0.5],
+                                  masks=masks)
+    image = np.zeros((64, 64, 3), np.uint8)
+    video = DetectorSettings()
+    # A 0.5 mask starts a video's track (which the tracker confirms on the next detection) ...
+    assert FaceDetector(engine, DetectorConfig(input_size=(64, 64)), settings=video)(image).confident_masks().tolist() == [True]
+    # ... but one look at a photo must be surer.
+    still = video.for_stills()
+    assert still.mask_score == video.still_mask_score == 0.6 and still.keep_score == video.keep_score
+    assert FaceDetector(engine, DetectorConfig(input_size=(64, 64)), settings=still)(image).confident_masks().tolist() == [False]
+    # A stricter video setting is never loosened for photos.
+    assert DetectorSettings(mask_score=0.7).for_stills().mask_score == 0.7
+
 def _unmasked(boxes):
     dets = _detections(boxes)
     dets.masks[:] = False
