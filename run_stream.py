@@ -32,7 +32,7 @@ from engines.registry import LoadedModel, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
 from stream.detect import DetectorSettings, DetectorSettingsError, FaceDetector, MaskVerifier
-from stream.inpaint import FaceInpainter, InpaintSettings
+from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
@@ -112,6 +112,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplars", default="on", choices=["on", "off"],
                    help="without a reference, lips, nostrils and skin texture from the closest face of the shipped "
                         "exemplar bank, fitted to the face the generator draws (off: the generator's smooth face)")
+    p.add_argument("--eye-guard", default="on", choices=["on", "off"],
+                   help="keep the fill off the eyes above the mask (the face-parsing net finds them every 5 frames; "
+                        "off: the mask grown by a few pixels is filled, lower eyelids included)")
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain,
                    help="strength of an exemplar's lent detail (1: as in the exemplar)")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
@@ -170,7 +173,7 @@ class ModelChoice:
     generator_weights: Path | None = None
     verifier: bool = False
     verifier_weights: Path | None = None
-    parsing: bool = True  # the face-parsing net that fits exemplars to faces (with --exemplars on)
+    parsing: bool = True  # the face-parsing net: fits exemplars to faces, finds the eyes (EyeGuard)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ class RunConfig:
     reference: Path | None = None
     identity_memory: bool = True
     exemplars: bool = True
+    eye_guard: bool = True
     live: str = "auto"
     pipeline: PipelineConfig = PipelineConfig()
     encoder: EncoderSettings = EncoderSettings()
@@ -213,7 +217,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                            cuda_graphs=args.cuda_graphs,
                            detector_weights=args.detector_weights, generator_weights=args.generator_weights,
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights,
-                           parsing=args.exemplars == "on"),
+                           parsing=args.exemplars == "on" or args.eye_guard == "on"),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
                                   still_mask_score=args.photo_mask_score,
                                   keep_score=min(DetectorSettings.keep_score, args.mask_score),
@@ -223,7 +227,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                 mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff),
         inpaint=InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain),
         reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
-        live=args.live,
+        eye_guard=args.eye_guard == "on", live=args.live,
         pipeline=PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames),
         encoder=EncoderSettings(crf=args.crf, preset=args.preset),
         reconnect=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout),
@@ -312,7 +316,9 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
         TrackStage(FaceTracker(tracker_config, temporal=temporal, rate=rate)),
         InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,
                                    settings=config.inpaint, references=references,
-                                   no_reference_engine=models.generator_noref.engine if models.generator_noref else None)),
+                                   no_reference_engine=models.generator_noref.engine if models.generator_noref else None,
+                                   eye_guard=EyeGuard(PartsLocator(models.parsing.engine))
+                                   if config.eye_guard and models.parsing is not None else None)),
     ]
     logger.info("%s mode: %s", "live" if live else "file", "one-frame queues, detector in the background"
                 if live else f"queues of {config.pipeline.queue_size}, no frame dropped")

@@ -300,6 +300,10 @@ class PartsLocator:
             labels = np.stack([cv2.resize(one, (size, size), interpolation=cv2.INTER_NEAREST) for one in labels])
         return labels
 
+    def eyes(self, crops: np.ndarray) -> np.ndarray:
+        """crops: (N, S, S, 3) uint8 RGB -> (N, S, S) bool, the pixels of either eye."""
+        return np.isin(self.labels(crops), (_EYE_LEFT, _EYE_RIGHT))
+
     def __call__(self, crops: np.ndarray) -> list[np.ndarray | None]:
         """crops: (N, S, S, 3) uint8 RGB. Per crop, ``part_points`` in its pixels."""
         return [part_points(one) for one in self.labels(crops)]
