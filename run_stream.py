@@ -317,7 +317,8 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
         InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,
                                    settings=config.inpaint, references=references,
                                    no_reference_engine=models.generator_noref.engine if models.generator_noref else None,
-                                   eye_guard=EyeGuard(PartsLocator(models.parsing.engine))
+                                   # Photos are unrelated: a face's eyes are looked for in each one.
+                                   eye_guard=EyeGuard(PartsLocator(models.parsing.engine), every=1 if still else 5)
                                    if config.eye_guard and models.parsing is not None else None)),
     ]
     logger.info("%s mode: %s", "live" if live else "file", "one-frame queues, detector in the background"

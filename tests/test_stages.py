@@ -691,3 +691,39 @@ def test_detector_reports_weak_masks_with_their_scores():
     weak = _weak([[40, 20, 100, 100]])
     assert weak.confident_masks().tolist() == [False]
     assert replace(weak, mask_scores=np.array([0.45], np.float32)).confident_masks().tolist() == [True]
+
+
+class _DarkEyes:
+    """Stands in for the parsing net: every pixel darker than 50 is an eye."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def eyes(self, crops):
+        self.calls += 1
+        return crops.max(axis=-1) < 50
+
+
+def test_eye_guard_keeps_the_fill_off_the_eyes_above_the_mask():
+    from stream.inpaint import EyeGuard
+
+    image = np.full((120, 160, 3), 100, np.uint8)
+    image[56:60, 55:65] = 30  # an eye right above the mask's top edge, inside its grown margin
+    image[75:79, 60:70] = 30  # an "eye" deep inside the mask: fabric, to be filled
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config = GeneratorConfig(size=64, width=4, mask_dilation=2)
+    plain = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False))(image, [track])
+    assert (plain[56:60, 55:65] != 30).any()  # without the guard the grown hole takes the lower eyelid
+    locator = _DarkEyes()
+    guarded = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
+                            eye_guard=EyeGuard(locator, every=5))
+    out = guarded(image, [track])
+    assert (out[56:59, 56:65] == 30).all() and np.abs(out[56:60, 55:65].astype(int) - 30).max() <= 6
+    assert (out[75:79, 60:70] > 240).all() and (out[64:93, 52:88] > 240).all() and (out[62:64, 70:88] > 240).all()
+    for _ in range(4):
+        guarded(image, [track])
+    assert locator.calls == 1  # the eyes are looked for every 5 frames per face
+    guarded(image, [track])
+    assert locator.calls == 2

@@ -42,7 +42,7 @@ from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.detect import FaceDetector
 from stream.geometry import CropWindow
-from stream.inpaint import FaceInpainter, InpaintSettings
+from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
 from stream.reference import EXEMPLARS, PartsLocator, ReferenceFace, References, cut_face, load_exemplars
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
@@ -185,6 +185,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=150, help="faces per set")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma)
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
+    p.add_argument("--eye-guard", default="on", choices=["on", "off"], help="as run_stream.py --eye-guard")
     p.add_argument("--exemplars", type=Path, default=EXEMPLARS, help="the exemplar bank (.npz) of the exemplar mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def inpainter_for(references):
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
-                             references=references)
+                             references=references,
+                             eye_guard=EyeGuard(locator, every=1) if args.eye_guard == "on" else None)
 
     exemplars = load_exemplars(args.exemplars)
     synth = MaskSynthesizer(templates_root=args.data / "mask_templates",
