@@ -9,8 +9,10 @@ from training.metrics.temporal_metrics import (
     IdSwitchCounter,
     StillReference,
     TemporalErrorAccumulator,
+    gradient_magnitude,
     id_switches,
     psnr_per_frame,
+    structural_sharpness,
     temporal_error,
 )
 
@@ -187,3 +189,22 @@ def test_kept_correspondence_beats_a_better_new_match():
 def test_id_switches_needs_equal_lengths():
     with pytest.raises(ValueError):
         id_switches([[]], [[], []])
+
+
+def test_structural_sharpness_counts_edges_not_grain():
+    truth = np.full((64, 64, 3), 120, np.uint8)
+    truth[30:34, 12:52] = 40  # a lip line
+    region = np.zeros((64, 64), bool)
+    region[16:48, 8:56] = True
+    grain = np.random.default_rng(0).normal(0, 12, (64, 64, 1))
+    smear = np.full_like(truth, 105)
+    grainy_smear = np.clip(smear + grain, 0, 255).astype(np.uint8)
+    grainy_face = np.clip(truth + grain, 0, 255).astype(np.uint8)
+
+    def plain(out):
+        return gradient_magnitude(out)[region].mean() / gradient_magnitude(truth)[region].mean()
+
+    assert plain(grainy_smear) > 1.0  # grain alone reads as more detail than the true face
+    assert structural_sharpness(grainy_smear, truth, region) < 0.3
+    assert structural_sharpness(grainy_face, truth, region) > 0.8
+    assert structural_sharpness(truth, truth, region) == 1.0

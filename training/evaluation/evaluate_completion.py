@@ -9,6 +9,8 @@ Each face is masked with the project's synthesizer (fixed seed), then goes throu
 * PSNR (dB);
 * sharpness: mean gradient magnitude of the output over that of the true face (1: as much detail
   as the real face; the true face blurred with a Gaussian of sigma 4 px scores about 0.6);
+* structure: the same ratio after both are cleaned by the same non-local means filter
+  (``structural_sharpness``), so that grain lent from an exemplar's JPEG is not counted as detail;
 * SSIM inside the mask;
 * face-parts score: the project's frozen parsing net (``engines/weights/face_parsing.pt``) labels
   the generator's crop window of output and truth; F-score of nose, lips and inner mouth, pixels
@@ -52,7 +54,7 @@ from training.data.landmarks import LandmarkDetector, default_predictor_path
 from training.data.negatives import negative_files
 from training.data.synth import MaskSynthesizer
 from training.metrics.image_metrics import ssim
-from training.metrics.temporal_metrics import frame_psnr, gradient_magnitude
+from training.metrics.temporal_metrics import frame_psnr, gradient_magnitude, structural_sharpness
 
 logger = logging.getLogger(__name__)
 MODES = ("blur", "exemplar", "reference")
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, cases in sets.items():
         modes = [m for m in MODES if m != "reference" or name == "lfw"]
-        scores = {m: {"psnr": [], "ssim": [], "sharpness": [], "parts": [], "identity": []} for m in modes}
+        scores = {m: {"psnr": [], "ssim": [], "sharpness": [], "structure": [], "parts": [], "identity": []} for m in modes}
         missed = 0
         for k, case in enumerate(tqdm(cases, desc=name, unit="face", mininterval=5)):
             outs = {}
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores[mode]["ssim"].append(_ssim(out, case.truth, case.hole))
                 scores[mode]["parts"].append(parts(out, case.truth, case.hole, box))
                 scores[mode]["sharpness"].append(float(gradient_magnitude(out)[case.hole].mean()) / max(g_truth, 1e-6))
+                scores[mode]["structure"].append(structural_sharpness(out, case.truth, case.hole))
                 scores[mode]["identity"].append(float(np.linalg.norm(identity(out, box) - truth_id)))
             if args.sheet is not None and k < 6:
                 tiles = [case.masked] + [outs[m][0] for m in modes] + [case.truth]
@@ -267,12 +270,12 @@ def main(argv: list[str] | None = None) -> int:
             "faces": len(cases), "no_mask_found": missed,
             **{m: {k: float(np.mean(v)) if v else float("nan") for k, v in s.items()} for m, s in scores.items()},
         }
-    print(f"{'set':6s} {'mode':10s} {'PSNR hole':>10s} {'SSIM':>6s} {'sharpness':>10s} {'parts F':>8s} {'identity':>9s}")
+    print(f"{'set':6s} {'mode':10s} {'PSNR hole':>10s} {'SSIM':>6s} {'sharpness':>10s} {'structure':>10s} {'parts F':>8s} {'identity':>9s}")
     for name, r in results.items():
         for mode in MODES:
             if mode in r:
                 m = r[mode]
-                print(f"{name:6s} {mode:10s} {m['psnr']:10.2f} {m['ssim']:6.3f} {m['sharpness']:10.3f} {m['parts']:8.3f} "
+                print(f"{name:6s} {mode:10s} {m['psnr']:10.2f} {m['ssim']:6.3f} {m['sharpness']:10.3f} {m['structure']:10.3f} {m['parts']:8.3f} "
                       f"{m['identity']:9.3f}")
         print(f"{name:6s} {r['faces']} faces, no mask found on {r['no_mask_found']}")
     write_json(args.json, results)
