@@ -146,7 +146,7 @@ class CropWindow:
 
     def paste(self, frame: np.ndarray, patch: np.ndarray, alpha: np.ndarray, *,
               detail: np.ndarray | None = None, detail_map: np.ndarray | None = None, detail_sigma: float = 0.0,
-              detail_gain: float = 1.0, detail_weight: np.ndarray | None = None) -> None:
+              detail_gain: float = 1.0) -> None:
         """Blend a (S, S, 3) ``patch`` into ``frame`` in place with its (S, S) ``alpha`` in [0, 1].
 
         ``detail``: a (R, R, 3) uint8 crop of the same window at any size R (a reference face):
@@ -154,9 +154,7 @@ class CropWindow:
         ``detail``, worked out at frame resolution, so a face larger than the patch gets the
         reference's own lips, nostrils and skin texture instead of an upscaled blur; ``detail_gain``
         scales that band (below 1 for a stranger's face). ``detail_map``: 2x3 from patch pixels to
-        ``detail`` pixels where the two are not the same window (None: they are).
-        ``detail_weight``: (R, R) float32 in [0, 1] beside ``detail``, the share of the band it
-        lends at each of its pixels; the patch keeps the rest of its own band (None: all lent)."""
+        ``detail`` pixels where the two are not the same window (None: they are)."""
         with_detail = detail is not None and detail_sigma > 0
         sigma = detail_sigma * self.side / patch.shape[0]
         support = _support(alpha > 0)
@@ -175,14 +173,7 @@ class CropWindow:
         if with_detail:
             d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
-            low = lowpass(p, sigma)
-            lent = detail_gain * (d - lowpass(d, sigma))
-            if detail_weight is None:
-                p = low + lent
-            else:
-                w = cv2.warpAffine(detail_weight.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
-                p = p + w * (lent - (p - low))
+            p = lowpass(p, sigma) + detail_gain * (d - lowpass(d, sigma))
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
         frame[fy1:fy2, fx1:fx2] = np.clip(a * p + (1 - a) * region + 0.5, 0, 255).astype(np.uint8)
 
@@ -205,11 +196,9 @@ class CropWindow:
 
     def paste_tensor(self, frame: torch.Tensor, patch: torch.Tensor, alpha: torch.Tensor, *,
                      detail: torch.Tensor | None = None, detail_map: np.ndarray | None = None,
-                     detail_sigma: float = 0.0, detail_gain: float = 1.0,
-                     detail_weight: torch.Tensor | None = None) -> None:
+                     detail_sigma: float = 0.0, detail_gain: float = 1.0) -> None:
         """``paste`` on tensors, in place: ``frame`` (3, H, W) float in [0, 255] (left unrounded),
-        ``patch`` (3, S, S), ``alpha`` (S, S), ``detail`` (3, R, R), ``detail_weight`` (R, R), all
-        on ``frame``'s device."""
+        ``patch`` (3, S, S), ``alpha`` (S, S), ``detail`` (3, R, R), all on ``frame``'s device."""
         with_detail = detail is not None and detail_sigma > 0
         sigma = detail_sigma * self.side / patch.shape[-1]
         # One small download of the alpha's extent saves half the frame-resolution work.
@@ -226,13 +215,7 @@ class CropWindow:
         a = warp_tensor(alpha[None], _invert(to_frame), size, border="zeros")
         if with_detail:
             d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate")
-            low = lowpass_tensor(p, sigma)
-            lent = detail_gain * (d - lowpass_tensor(d, sigma))
-            if detail_weight is None:
-                p = low + lent
-            else:
-                w = warp_tensor(detail_weight[None], _invert(to_frame_detail), size, border="zeros")
-                p = p + w * (lent - (p - low))
+            p = lowpass_tensor(p, sigma) + detail_gain * (d - lowpass_tensor(d, sigma))
         region = frame[:, fy1:fy2, fx1:fx2]
         region.copy_((a * p + (1 - a) * region).clamp_(0, 255))
 

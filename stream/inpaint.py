@@ -387,8 +387,7 @@ class FaceInpainter:
                 detail = {} if guide is None else {
                     "detail": guide.reference.crop, "detail_map": guide.to_reference,
                     "detail_sigma": self.settings.detail_sigma,
-                    "detail_gain": self.settings.exemplar_gain if guide.reference.exemplar else 1.0,
-                    "detail_weight": guide.reference.lend}
+                    "detail_gain": self.settings.exemplar_gain if guide.reference.exemplar else 1.0}
                 if frame is None:
                     job.window.paste(out, generated, seam, **detail)
                 else:
@@ -409,9 +408,7 @@ class FaceInpainter:
 
         with self._device.active():
             if detail:
-                weight = detail["detail_weight"]
-                detail = dict(detail, detail=up(detail["detail"]).permute(2, 0, 1),
-                              detail_weight=None if weight is None else up(weight))
+                detail = dict(detail, detail=up(detail["detail"]).permute(2, 0, 1))
             job.window.paste_tensor(frame, up(generated).permute(2, 0, 1), up(seam), **detail)
 
     def _guide(self, job: _FaceJob) -> Guide | None:

@@ -49,22 +49,17 @@ class ReferenceError(ValueError):
 class ReferenceFace:
     """crop: (REFERENCE_SIDE, REFERENCE_SIDE, 3) uint8 RGB, the face's square crop window;
     source: where it came from, for the log and the report; exemplar: another person's face
-    (its detail is lent more softly than the person's own); lend: (REFERENCE_SIDE,
-    REFERENCE_SIDE) float32 in [0, 1], how much of its detail band each pixel lends (None: all
-    of it; where less, the generator keeps its own)."""
+    (its detail is lent more softly than the person's own)."""
 
     crop: np.ndarray
     source: str
     exemplar: bool = False
-    lend: np.ndarray | None = field(default=None, repr=False, compare=False)
     signature: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.crop.shape != (REFERENCE_SIDE, REFERENCE_SIDE, 3) or self.crop.dtype != np.uint8:
             raise ValueError(f"reference crop must be ({REFERENCE_SIDE}, {REFERENCE_SIDE}, 3) uint8, got "
                              f"{self.crop.shape} {self.crop.dtype}")
-        if self.lend is not None and self.lend.shape != self.crop.shape[:2]:
-            raise ValueError(f"reference lend weights must be {self.crop.shape[:2]}, got {self.lend.shape}")
         object.__setattr__(self, "signature", upper_face_signature(self.crop))
 
 
@@ -322,10 +317,7 @@ class PartsLocator:
         points = part_points(labels)
         side = exemplar.crop.shape[0]
         px = side / size
-        # Eroded so that its jaw line and cheek contour, wherever its face is narrower than the
-        # one it fills, are not lent as a ghost line across the cheek.
-        face = cv2.erode((labels > 0).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, size // 24))
-        face = face.astype(np.float32)
+        face = (labels > 0).astype(np.float32)
         if points is not None:
             # Only below the eyes, where a mask lies: the eyes are the face's own, and the band under
             # them holds an exemplar's glasses rims and eye bags.
@@ -335,13 +327,11 @@ class PartsLocator:
         face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
         # A narrow edge, so the kept region does not reach up to the glasses; outside it the
         # exemplar is blurred well past any band the paste lends (2-3 generator pixels).
-        face = cv2.GaussianBlur(face, (0, 0), px)
+        face = cv2.GaussianBlur(face, (0, 0), px)[..., None]
         crop = exemplar.crop.astype(np.float32)
         low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
-        kept = (low + face[..., None] * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
-        # Where it lends nothing (under the eyes, past its cheeks) the generator's own fine band
-        # stays: replacing it by nothing left a smooth seam along the mask's top edge.
-        return points, ReferenceFace(kept, exemplar.source, exemplar=True, lend=face)
+        kept = (low + face * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
+        return points, ReferenceFace(kept, exemplar.source, exemplar=True)
 
 
 def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:

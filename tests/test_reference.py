@@ -129,26 +129,6 @@ def test_paste_takes_the_fine_band_from_the_detail_crop():
     assert (detailed[:20] == 120).all()  # outside the window nothing changes
 
 
-def test_detail_weight_keeps_the_patchs_own_band_where_nothing_is_lent():
-    frame = np.full((200, 200, 3), 120, np.uint8)
-    window = CropWindow(20.0, 20.0, 160.0)
-    patch = np.full((64, 64, 3), 150.0, np.float32)
-    patch[::4] = 90.0  # the generator's own fine horizontal lines
-    alpha = np.ones((64, 64), np.float32)
-    stripes = np.full((REFERENCE_SIDE, REFERENCE_SIDE, 3), 140, np.uint8)
-    stripes[:, ::8] = 255  # the reference's fine vertical lines
-    weight = np.zeros((REFERENCE_SIDE, REFERENCE_SIDE), np.float32)
-    weight[:, REFERENCE_SIDE // 2:] = 1.0  # lent on the right half only
-    whole, weighted, own = frame.copy(), frame.copy(), frame.copy()
-    window.paste(whole, patch, alpha, detail=stripes, detail_sigma=2.0)
-    window.paste(weighted, patch, alpha, detail=stripes, detail_sigma=2.0, detail_weight=weight)
-    window.paste(own, patch, alpha)
-    left, right = (slice(40, 160), slice(30, 80)), (slice(40, 160), slice(120, 170))
-    assert np.abs(weighted[left].astype(int) - own[left]).max() <= 1  # the patch's own lines stay
-    assert np.abs(weighted[right].astype(int) - whole[right]).max() <= 1  # the reference's replace them
-    assert np.abs(whole[left].astype(int) - own[left]).mean() > 10  # without a weight they were lost
-
-
 def test_bad_reference_is_a_one_line_error(tmp_path, tiny_weights, capsys):
     from tests.media import make_video
     from tests.test_pipeline import _bad

@@ -5,7 +5,7 @@
 
 Faces come from the generator's training split only (``generator_data.split_records``), so no
 held-out face can be its own exemplar. They are nearly frontal, with open eyes and a closed
-mouth, beardless (women), 16 to 45, spread over UTKFace's age, gender and
+mouth, beardless (women and children) and up to 45, spread over UTKFace's age, gender and
 ethnicity labels (from the file names), and cut as the generator's crop window
 (``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels.
 """
@@ -27,7 +27,8 @@ from training.data.synth import face_box_from_landmarks, face_turn
 logger = logging.getLogger(__name__)
 
 AGE_BUCKETS = (12, 25, 45, 65)
-# Faces that were lent to test clips and showed a stock photo's watermark on the cheek.
+# Bank faces found by eye to carry a stock photo's watermark (one was lent onto a test clip's
+# cheek); the shipped bank still holds them: a bank without them has yet to pass a ship rule.
 WATERMARKED = ("13_1_0_20170109204923296.jpg", "26_1_1_20170112213007903.jpg")
 
 
@@ -77,20 +78,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--out", type=Path, default=Path("engines/weights/exemplars_192.npz"))
-    p.add_argument("--per-group", type=int, default=16, help="faces per (age bucket, gender, ethnicity) group")
+    p.add_argument("--per-group", type=int, default=8, help="faces per (age bucket, gender, ethnicity) group")
     p.add_argument("--beardless", action=argparse.BooleanOptionalAction, default=True,
                    help="women and children only (no lent beards)")
-    p.add_argument("--min-age", type=int, default=16,
-                   help="youngest face (UTKFace's age label): a child's mouth looks pasted on an adult")
+    p.add_argument("--min-age", type=int, default=0,
+                   help="youngest face (UTKFace's age label; 16: a child's mouth looks pasted on an adult)")
     p.add_argument("--max-age", type=int, default=45, help="oldest face (UTKFace's age label): no lent wrinkles")
     p.add_argument("--mouth-gap", type=float, default=0.03,
                    help="widest inner-lip gap over mouth width (closed mouths: no lent teeth)")
     p.add_argument("--crop-scale", type=float, default=1.2, help="the generator's crop_scale")
-    p.add_argument("--denoise", type=float, default=6.0,
-                   help="non-local means strength on each crop, 0 for none: UTKFace's JPEG blocks, magnified "
-                        "with the face, are otherwise lent as a grid over the cheeks")
-    p.add_argument("--exclude", nargs="*", default=list(WATERMARKED), metavar="NAME",
-                   help="UTKFace file names to leave out (default: faces found by eye to carry a watermark)")
+    p.add_argument("--denoise", type=float, default=0.0,
+                   help="non-local means strength on each crop, 0 for none (e.g. 6: UTKFace's JPEG blocks, "
+                        "magnified with the face, are otherwise lent as a grid over the cheeks)")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="NAME",
+                   help="UTKFace file names to leave out, e.g. the faces with a watermark: " + " ".join(WATERMARKED))
     p.add_argument("--seed", type=int, default=0)
     return p
 
