@@ -384,9 +384,8 @@ class FaceInpainter:
                     generated = self._steady_output(job.previous, job.crop, job.hole, generated)
                     self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
             with steps("paste"):
-                lent, lent_map = (None, None) if guide is None else guide.lent()
                 detail = {} if guide is None else {
-                    "detail": lent, "detail_map": lent_map,
+                    "detail": guide.reference.crop, "detail_map": guide.to_reference,
                     "detail_sigma": self.settings.detail_sigma,
                     "detail_gain": self.settings.exemplar_gain if guide.reference.exemplar else 1.0}
                 if frame is None:
