@@ -95,6 +95,8 @@ def utk_cases(data: Path, landmarks: Path, synth: MaskSynthesizer, n: int, seed:
         truth = read_rgb(r.path)
         res = synth.apply(truth, r.landmarks, rng=np.random.default_rng([seed, i]))
         cases.append(Case(r.path.name, res.image, truth, res.mask, None))
+    if not cases:
+        raise FaceDataError(f"no held-out UTKFace faces from {offset} on (the split holds {len(val)})")
     return cases
 
 
@@ -117,6 +119,9 @@ def lfw_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n:
             continue
         res = synth.apply(truth, found[0], rng=np.random.default_rng([seed, len(cases)]))
         cases.append(Case(photos[0].name, res.image, truth, res.mask, read_rgb(photos[1])))
+    if not cases:
+        # An empty set would print NaN for every measure, which reads like a result.
+        raise FaceDataError(f"no held-out LFW people from {offset} on ({usable} with two photos and a face found)")
     return cases
 
 
