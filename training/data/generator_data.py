@@ -334,16 +334,25 @@ def parsing_labels(landmarks: np.ndarray, size: int) -> np.ndarray:
 
 
 class ParsingDataset(Dataset):
-    """Unmasked face crops with landmark-derived part labels, framed like the generator's crops.
+    """Face crops with landmark-derived part labels, framed like the generator's crops.
 
     Item: (image (3,S,S) float32 RGB [0,1], labels (S,S) int64). ``train`` adds random flips
-    (swapping left/right classes), small scale/shift jitter and colour jitter.
+    (swapping left/right classes), small scale/shift jitter and colour jitter. With a
+    ``synthesizer``, a share ``masked`` of the faces wear a drawn mask (drawn the same way for a
+    record every epoch when not ``train``); the labels stay the face's own parts, under the mask
+    too, so the net learns where the eyes are above a worn mask.
     """
 
-    def __init__(self, records: list[FaceRecord], *, config: GeneratorConfig, train: bool, seed: int = 0) -> None:
+    def __init__(self, records: list[FaceRecord], *, config: GeneratorConfig, train: bool, seed: int = 0,
+                 synthesizer: MaskSynthesizer | None = None, masked: float = 0.0) -> None:
+        if not 0.0 <= masked <= 1.0 or (masked > 0 and synthesizer is None):
+            raise ValueError(f"masked must be in [0, 1] and needs a synthesizer (got {masked})")
         self.records = records
         self.config = config
         self.train = train
+        self.synthesizer = synthesizer
+        self.masked = masked
+        self.seed = seed
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -352,6 +361,10 @@ class ParsingDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.records[index]
         face = read_rgb(record.path)
+        if self.masked > 0:
+            rng = self._rng if self.train else np.random.default_rng([self.seed, index])
+            if rng.random() < self.masked:
+                face = self.synthesizer.apply(face, record.landmarks, rng=rng).image
         size = self.config.size
         box = square_crop_box(face_box_from_landmarks(record.landmarks, face.shape), crop_scale=self.config.crop_scale)
         if self.train:

@@ -23,9 +23,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from engines.models.generator import GeneratorConfig
-from engines.models.parsing import PARSING_CLASSES, ParsingConfig, build_parsing_net, save_parsing_net
+from engines.models.parsing import PARSING_CLASSES, ParsingConfig, build_parsing_net, load_parsing_net, save_parsing_net
 from training.cli import log_to_stderr, training_device
-from training.data.generator_data import FaceDataError, ParsingDataset, load_face_records, split_records
+from training.data.generator_data import (
+    FaceDataError,
+    ParsingDataset,
+    build_synthesizer,
+    load_face_records,
+    split_records,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +89,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, help="start from these parsing weights (fine-tuning)")
+    p.add_argument("--masked", type=float, default=0.0,
+                   help="share of training faces that wear a drawn mask (templates under DATA/mask_templates)")
     return p
 
 
@@ -98,13 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     gen_cfg = GeneratorConfig(size=args.size)
-    train_ds = ParsingDataset(train_recs, config=gen_cfg, train=True, seed=args.seed)
+    synth = build_synthesizer(args.data / "mask_templates") if args.masked > 0 else None
+    train_ds = ParsingDataset(train_recs, config=gen_cfg, train=True, seed=args.seed, synthesizer=synth,
+                              masked=args.masked)
     val_ds = ParsingDataset(val_recs, config=gen_cfg, train=False)
+    # Held out again with every face masked: where the eyes are above a worn mask.
+    val_masked = ParsingDataset(val_recs, config=gen_cfg, train=False, synthesizer=synth, masked=1.0) if synth else None
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader(val_ds, batch_size=32)
 
-    config = ParsingConfig(width=args.width)
-    model = build_parsing_net(config=config).to(device)
+    if args.init is not None:
+        model, config = load_parsing_net(args.init)
+        model = model.to(device)
+    else:
+        config = ParsingConfig(width=args.width)
+        model = build_parsing_net(config=config).to(device)
     weights = class_weights(train_loader, config.num_classes).to(device)
     logger.info("class weights %s", [round(float(w), 2) for w in weights])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -132,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s", rec)
     scores = f_scores(confusion(model, val_loader, config.num_classes, device))
     logger.info("held-out F-scores: %s", {k: round(v, 3) for k, v in scores.items()})
-    meta = {"steps": args.steps, "val_images": len(val_ds), "train_images": len(train_ds), "f_scores": scores,
+    masked_scores = None
+    if val_masked is not None:
+        masked_scores = f_scores(confusion(model, DataLoader(val_masked, batch_size=32), config.num_classes, device))
+        logger.info("held-out F-scores, masked: %s", {k: round(v, 3) for k, v in masked_scores.items()})
+    meta = {"steps": args.steps, "init": None if args.init is None else str(args.init), "masked": args.masked, "val_images": len(val_ds), "train_images": len(train_ds), "f_scores": scores, "f_scores_masked": masked_scores,
             "classes": list(PARSING_CLASSES), "crop_scale": gen_cfg.crop_scale, "size": args.size}
     save_parsing_net(model, config, args.out / "parsing.pt", meta=meta)
     (args.out / "metrics.json").write_text(json.dumps(meta, indent=2))
