@@ -434,3 +434,23 @@ def test_training_crops_are_the_pipelines_crops(tmp_path):
     y, x = np.unravel_index(np.argmax(blurred), blurred.shape)
     cx, cy = window.to_crop(32) @ np.array([50.0, 40.0, 1.0])
     assert abs(x - cx) <= 0.5 and abs(y - cy) <= 0.5
+
+
+def test_parsing_samples_can_wear_a_mask_and_keep_their_labels(tmp_path):
+    import cv2
+
+    from training.data.generator_data import FaceRecord, ParsingDataset
+
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "face.png"), rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    records = [FaceRecord(tmp_path / "face.png", _frontal_landmarks(128).astype(np.float32))]
+    config = GeneratorConfig(size=64, width=4)
+    plain = ParsingDataset(records, config=config, train=False)
+    masked = ParsingDataset(records, config=config, train=False, synthesizer=_PaintSynthesizer(), masked=1.0)
+    (image, labels), (masked_image, masked_labels) = plain[0], masked[0]
+    assert torch.equal(labels, masked_labels)  # the parts under the mask are still labelled
+    changed = (image - masked_image).abs().sum(0) > 0
+    assert changed[40:].float().mean() > 0.3 and not changed[:20].any()  # the lower face only
+    assert torch.equal(masked[0][0], masked_image)  # the same mask every epoch when held out
+    with pytest.raises(ValueError, match="needs a synthesizer"):
+        ParsingDataset(records, config=config, train=False, masked=0.5)

@@ -364,7 +364,7 @@ class ParsingDataset(Dataset):
         if self.masked > 0:
             rng = self._rng if self.train else np.random.default_rng([self.seed, index])
             if rng.random() < self.masked:
-                face = self.synthesizer.apply(face, record.landmarks, rng=rng).image
+                face = self.synthesizer.apply(face, record.landmarks, rng=rng, pulled_down=False).image
         size = self.config.size
         box = square_crop_box(face_box_from_landmarks(record.landmarks, face.shape), crop_scale=self.config.crop_scale)
         if self.train:
