@@ -113,7 +113,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="without a reference, lips, nostrils and skin texture from the closest face of the shipped "
                         "exemplar bank, fitted to the face the generator draws (off: the generator's smooth face)")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"],
-                   help="keep the fill off the eyes above the mask (the face-parsing net finds them every 5 frames; "
+                   help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces finds them every "
+                        "5 frames; "
                         "off: the mask grown by a few pixels is filled, lower eyelids included)")
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain,
                    help="strength of an exemplar's lent detail (1: as in the exemplar)")
@@ -173,7 +174,8 @@ class ModelChoice:
     generator_weights: Path | None = None
     verifier: bool = False
     verifier_weights: Path | None = None
-    parsing: bool = True  # the face-parsing net: fits exemplars to faces, finds the eyes (EyeGuard)
+    parsing: bool = True  # the face-parsing net: fits exemplars to faces
+    eye_parsing: bool = True  # its form trained on masked faces: finds the eyes above a mask (EyeGuard)
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                            cuda_graphs=args.cuda_graphs,
                            detector_weights=args.detector_weights, generator_weights=args.generator_weights,
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights,
-                           parsing=args.exemplars == "on" or args.eye_guard == "on"),
+                           parsing=args.exemplars == "on", eye_parsing=args.eye_guard == "on"),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
                                   still_mask_score=args.photo_mask_score,
                                   keep_score=min(DetectorSettings.keep_score, args.mask_score),
@@ -242,12 +244,14 @@ class Models:
     verifier: LoadedModel | None = None
     generator_noref: LoadedModel | None = None  # a reference-conditioned generator's form without one
     parsing: LoadedModel | None = None
+    eye_parsing: LoadedModel | None = None
 
     def describe(self) -> dict[str, object]:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
-            for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.parsing)
+            for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.parsing,
+                      self.eye_parsing)
             if m is not None
         }
 
@@ -265,6 +269,7 @@ def load_models(choice: ModelChoice) -> Models:
                                    **kwargs) if generator.config.reference else None,
         # No int8 variant: it runs once every few frames per face.
         parsing=load_model("parsing", **dict(kwargs, precision="fp32")) if choice.parsing else None,
+        eye_parsing=load_model("parsing_masked", **dict(kwargs, precision="fp32")) if choice.eye_parsing else None,
     )
 
 
@@ -318,8 +323,8 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
                                    settings=config.inpaint, references=references,
                                    no_reference_engine=models.generator_noref.engine if models.generator_noref else None,
                                    # Photos are unrelated: a face's eyes are looked for in each one.
-                                   eye_guard=EyeGuard(PartsLocator(models.parsing.engine), every=1 if still else 5)
-                                   if config.eye_guard and models.parsing is not None else None)),
+                                   eye_guard=EyeGuard(PartsLocator(models.eye_parsing.engine), every=1 if still else 5)
+                                   if config.eye_guard and models.eye_parsing is not None else None)),
     ]
     logger.info("%s mode: %s", "live" if live else "file", "one-frame queues, detector in the background"
                 if live else f"queues of {config.pipeline.queue_size}, no frame dropped")

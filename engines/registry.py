@@ -137,6 +137,8 @@ MODELS: dict[str, ModelSpec] = {
     "verifier": ModelSpec("verifier", "mask_verifier.pt", _load_verifier, _verifier_specs, "dynamo"),
     # Where an exemplar's eyes, nose and mouth are, and those of the face it lends detail to.
     "parsing": ModelSpec("parsing", "face_parsing.pt", _load_parsing, _parsing_specs, "dynamo"),
+    # The same net fine-tuned on faces wearing drawn masks: where the eyes are above a worn mask (EyeGuard).
+    "parsing_masked": ModelSpec("parsing_masked", "face_parsing_masked.pt", _load_parsing, _parsing_specs, "dynamo"),
 }
 
 

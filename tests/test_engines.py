@@ -308,7 +308,8 @@ def test_cuda_graphs_are_a_no_op_off_the_gpu(tiny_weights):
     torch.testing.assert_close(graphed.engine.run(feeds)["output"], eager.engine.run(feeds)["output"])
 
 
-def test_parsing_net_exports_with_parity(tmp_path):
+@pytest.mark.parametrize("name", ["parsing", "parsing_masked"])
+def test_parsing_net_exports_with_parity(tmp_path, name):
     from engines.models.parsing import ParsingConfig, build_parsing_net, save_parsing_net
 
     config = ParsingConfig(width=8, input_size=64)
@@ -317,9 +318,9 @@ def test_parsing_net_exports_with_parity(tmp_path):
     _as_if_trained(model)
     weights = tmp_path / "parsing.pt"
     save_parsing_net(model, config, weights)
-    export_onnx("parsing", weights=weights, artifacts=tmp_path)
-    ref = load_model("parsing", backend="torch", device="cpu", weights=weights)
-    ort = load_model("parsing", backend="onnxruntime", device="cpu", weights=weights, artifacts=tmp_path)
+    export_onnx(name, weights=weights, artifacts=tmp_path)
+    ref = load_model(name, backend="torch", device="cpu", weights=weights)
+    ort = load_model(name, backend="onnxruntime", device="cpu", weights=weights, artifacts=tmp_path)
     feeds = {"image": torch.rand(2, 3, 64, 64)}
     want, got = ref.engine.run(feeds)["logits"], ort.engine.run(feeds)["logits"]
     assert want.shape == got.shape == (2, 10, 64, 64)

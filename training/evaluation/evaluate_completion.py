@@ -219,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     detector = FaceDetector(det.engine, det.config)
     settings = InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain)
     locator = PartsLocator(load_model("parsing", backend="torch", device="cpu", threads=args.threads).engine)
+    # As run_stream.py: the eyes above the mask are found by the net trained on masked faces.
+    eye_locator = PartsLocator(load_model("parsing_masked", backend="torch", device="cpu", threads=args.threads).engine)
 
     def inpainter_for(references):
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
                              references=references,
-                             eye_guard=EyeGuard(locator, every=1) if args.eye_guard == "on" else None)
+                             eye_guard=EyeGuard(eye_locator, every=1) if args.eye_guard == "on" else None)
 
     exemplars = load_exemplars(args.exemplars)
     synth = MaskSynthesizer(templates_root=args.data / "mask_templates",
