@@ -50,7 +50,7 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
     if name == "detector":
         hw = tuple(detector.config.input_size)
         return [{"image": detector_input(im, hw)[0].numpy()} for im in images]
-    if name in ("verifier", "parsing"):
+    if name in ("verifier", "parsing", "parsing_masked"):
         model = load_model(name, backend="torch", device="cpu", weights=weights)
         find = FaceDetector(detector.engine, detector.config)
         if name == "verifier":
