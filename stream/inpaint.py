@@ -37,6 +37,10 @@ class InpaintSettings:
     # two crop pixels after its output blur; a wider band also takes the reference's mouth shape.
     detail_sigma: float = 2.0
     exemplar_gain: float = 1.0  # the detail band of a stranger's face (lower: lent more softly)
+    # A face whose visible part did not change since the last frame (MotionSettings.still_change)
+    # reuses that frame's reconstruction, every other frame at most: the generator cannot see the
+    # mouth under the mask, and a still face shows mostly the previous reconstruction anyway.
+    skip_still: bool = True
 
 
 class EyeGuard:
@@ -99,6 +103,7 @@ class _FaceState:
     hole_avg: np.ndarray
     generated: np.ndarray
     crop: np.ndarray
+    reused: bool = False  # the reconstruction was carried over, not generated, in that frame
 
 
 @dataclass
@@ -117,6 +122,7 @@ class _FaceJob:
     average: np.ndarray
     previous: tuple[np.ndarray, np.ndarray] | None = None
     keep: np.ndarray | None = None  # (S, S) float32, the share of the input kept (the eyes: EyeGuard)
+    reuse: bool = False  # skip the generator: previous[0] is this frame's reconstruction
 
 
 def _box_motion(previous: CropWindow, current: CropWindow, size: int) -> np.ndarray:
@@ -273,9 +279,9 @@ class FaceInpainter:
         return window, crop, hole.astype(np.float32)
 
     def _motion(self, state: _FaceState, window: CropWindow, crop: np.ndarray, box: np.ndarray,
-                hole: np.ndarray) -> np.ndarray:
-        """Current crop pixel -> previous crop pixel: the box's motion, refined by how the
-        visible face moved where that can be measured."""
+                hole: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(current crop pixel -> previous crop pixel: the box's motion, refined by how the
+        visible face moved where that can be measured; whether the visible face stood still)."""
         size = self.config.size
         by_box = _box_motion(state.window, window, size)
         (previous_crop,) = _warp(by_box, size, state.crop)
@@ -287,11 +293,11 @@ class FaceInpainter:
         visible[hole >= 0.5] = 0
         seen = visible > 0
         if seen.any() and float(np.abs(previous_crop - crop)[seen].mean()) < self.motion.still_change:
-            return by_box
+            return by_box, True
         refine = face_motion(previous_crop, crop, visible, self.motion)
         if refine is None:
-            return by_box
-        return (np.vstack([by_box, (0, 0, 1)]) @ np.vstack([refine, (0, 0, 1)]))[:2].astype(np.float32)
+            return by_box, False
+        return (np.vstack([by_box, (0, 0, 1)]) @ np.vstack([refine, (0, 0, 1)]))[:2].astype(np.float32), False
 
     def _steady_hole(self, previous: np.ndarray | None, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(hole to fill, running average) from the previous average aligned to this crop; new
@@ -341,11 +347,12 @@ class FaceInpainter:
             state = self._states.get(track.track_id) if temporal else None
             if state is not None:
                 with steps("motion"):
-                    motion = self._motion(state, window, job.crop, track.box, hole)
+                    motion, still = self._motion(state, window, job.crop, track.box, hole)
                     previous_hole, previous_generated, previous_crop = _warp(
                         motion, self.config.size, state.hole_avg, state.generated, state.crop)
                     job.previous = (previous_generated, previous_crop)
                     job.hole, job.average = self._steady_hole(previous_hole, hole)
+                    job.reuse = self.settings.skip_still and still and not state.reused
             if self.eye_guard is not None:
                 with steps("eyes"):
                     eyes = self.eye_guard.eyes(track.track_id, crop, self._calls)
@@ -355,19 +362,12 @@ class FaceInpainter:
             jobs.append(job)
         with steps("reference"):
             guides = [self._guide(job) for job in jobs]
-        with steps("generator"):
-            crops = torch.from_numpy(np.stack([j.crop for j in jobs])).permute(0, 3, 1, 2).div_(255.0)
-            holes = torch.from_numpy(np.stack([j.hole for j in jobs]))[:, None]
-            feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
-            engine = self.engine
-            if self.config.reference:
-                if self.no_reference_engine is not None and all(not self._feeds_generator(g) for g in guides):
-                    engine = self.no_reference_engine
-                else:
-                    feeds.update(self._reference_feeds(guides))
-            predicted = engine.run(feeds, stream=self._device.stream)["output"]
-            self._device.wait()
-            predicted = (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
+        fresh = [i for i, job in enumerate(jobs) if not job.reuse]
+        predicted = [job.previous[0] if job.reuse else None for job in jobs]
+        if fresh:
+            with steps("generator"):
+                for i, generated in zip(fresh, self._generate([jobs[i] for i in fresh], [guides[i] for i in fresh])):
+                    predicted[i] = generated
         out = image.copy() if frame is None else None
         for job, guide, generated in zip(jobs, guides, predicted):
             with steps("paste"):
@@ -381,8 +381,10 @@ class FaceInpainter:
                     guide = self.references.fit_parts(job.track_id, guide, completed)
             if temporal:
                 with steps("blend"):
-                    generated = self._steady_output(job.previous, job.crop, job.hole, generated)
-                    self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop)
+                    if not job.reuse:
+                        generated = self._steady_output(job.previous, job.crop, job.hole, generated)
+                    self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop,
+                                                            reused=job.reuse)
             with steps("paste"):
                 detail = {} if guide is None else {
                     "detail": guide.reference.crop, "detail_map": guide.to_reference,
@@ -400,6 +402,21 @@ class FaceInpainter:
                 out = rounded.cpu().numpy()
         self.last_steps = steps.seconds
         return out
+
+    def _generate(self, jobs: list[_FaceJob], guides: list[Guide | None]) -> np.ndarray:
+        """The generator's reconstruction of each job's crop: (N, S, S, 3) float32 RGB [0, 255]."""
+        crops = torch.from_numpy(np.stack([j.crop for j in jobs])).permute(0, 3, 1, 2).div_(255.0)
+        holes = torch.from_numpy(np.stack([j.hole for j in jobs]))[:, None]
+        feeds = {"image": self._device.upload(crops.contiguous()), "mask": self._device.upload(holes.contiguous())}
+        engine = self.engine
+        if self.config.reference:
+            if self.no_reference_engine is not None and all(not self._feeds_generator(g) for g in guides):
+                engine = self.no_reference_engine
+            else:
+                feeds.update(self._reference_feeds(guides))
+        predicted = engine.run(feeds, stream=self._device.stream)["output"]
+        self._device.wait()
+        return (predicted.clamp(0, 1) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
 
     def _paste_on_device(self, frame: torch.Tensor, job: _FaceJob, generated: np.ndarray, seam: np.ndarray,
                          detail: dict) -> None:

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from engines.models.generator import GeneratorConfig
 from engines.runtime import Engine, TensorSpec
 from stream.geometry import Letterbox
-from stream.inpaint import CropWindow, FaceInpainter, MotionSettings, face_motion
+from stream.inpaint import CropWindow, FaceInpainter, InpaintSettings, MotionSettings, face_motion
 from stream.stages import DetectSchedule, DetectStage
 from stream.records import Detections, Frame, Track
 from stream.sink import DetectionsSink
@@ -185,6 +185,26 @@ def test_point_tracking_is_skipped_while_the_face_is_still(monkeypatch):
     assert calls == []  # the same face three times: no point tracking
     inpainter(scene[3:123, 2:162], [track])  # the face moved under a box that did not
     assert calls == [1]
+
+
+def test_a_still_face_skips_the_generator_every_other_frame():
+    rng = np.random.default_rng(1)
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (120, 160, 3)).astype(np.float32), (0, 0), 2.0).astype(np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config = GeneratorConfig(size=32, width=4, mask_dilation=1)
+    outputs = {}
+    for skip in (False, True):
+        engine = _MeanEngine(0.5)
+        inpainter = FaceInpainter(engine, config, settings=InpaintSettings(skip_still=skip))
+        outputs[skip] = [inpainter(scene, [track]) for _ in range(4)]
+        assert engine.calls == (2 if skip else 4)  # generated, reused, generated, reused
+    assert np.abs(outputs[True][1].astype(int) - outputs[True][0]).max() <= 1  # the reused frame is the last one
+    moved = FaceInpainter(engine := _MeanEngine(0.5), config, settings=InpaintSettings(skip_still=True))
+    moved(scene, [track])
+    moved(np.roll(scene, 3, axis=1), [track])  # the face moved: it is generated again
+    assert engine.calls == 2
 
 
 def test_crop_window_pads_outside_the_frame():
@@ -643,7 +663,9 @@ def test_inpainter_times_its_steps_and_the_report_lists_them():
     image = np.full((120, 160, 3), 100, np.uint8)
     track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, np.zeros((120, 160), bool))
     track.mask[60:95, 50:90] = True
-    inpainter = FaceInpainter(_MeanEngine(1.0), GeneratorConfig(size=32, width=4, mask_dilation=1))
+    # A still face would reuse its reconstruction on the second frame and skip the generator.
+    inpainter = FaceInpainter(_MeanEngine(1.0), GeneratorConfig(size=32, width=4, mask_dilation=1),
+                              settings=InpaintSettings(skip_still=False))
     inpainter(image, [track])
     assert {"crop", "generator", "paste"} <= set(inpainter.last_steps)
     inpainter(image, [track])  # the second frame of the track: carried by its motion and blended
