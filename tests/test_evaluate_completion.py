@@ -13,7 +13,9 @@ class _NoFace:
 
 
 def test_a_set_with_no_usable_face_is_an_error(shared_data):
-    from training.evaluation.evaluate_completion import lfw_cases
+    from training.evaluation.evaluate_completion import lfw_cases, web_cases
 
     with pytest.raises(FaceDataError, match="no held-out LFW people from 0 on"):
         lfw_cases(shared_data, synth=None, detector=_NoFace(), n=5, seed=0, offset=0)
+    with pytest.raises(FaceDataError, match="no unmasked web photo with a face"):
+        web_cases(shared_data, synth=None, detector=_NoFace(), n=5, seed=0, offset=0)

@@ -24,7 +24,9 @@ only where one exists: LFW).
 
 Sets: ``utk``: the generator's held-out UTKFace faces; ``lfw``: the held-out LFW people
 (``training.data.negatives`` split) with two or more photos, the first masked, the second the
-reference. Faces where the detector finds no mask are counted and left out of the means.
+reference; ``web``: the unmasked web photos of ``photos/unmasked`` (both of the detector's splits: the
+generator and the exemplar bank never saw them), the largest face of each masked, kept apart for
+judging completion changes once the held-out faces of the other two are spent. Faces where the detector finds no mask are counted and left out of the means.
 """
 
 from __future__ import annotations
@@ -125,6 +127,29 @@ def lfw_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n:
     return cases
 
 
+def web_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n: int, seed: int,
+              offset: int = 0) -> list[Case]:
+    photos = sorted(negative_files(data, "photos", "train") + negative_files(data, "photos", "val"))
+    cases = []
+    usable = 0
+    for photo in photos:
+        if len(cases) >= n:
+            break
+        truth = read_rgb(photo)
+        found = detector.detect(truth)
+        if not found:
+            continue
+        usable += 1
+        if usable <= offset:
+            continue
+        largest = max(found, key=lambda lm: np.ptp(lm[:, 0]) * np.ptp(lm[:, 1]))
+        res = synth.apply(truth, largest, rng=np.random.default_rng([seed, 7, len(cases)]))
+        cases.append(Case(photo.name, res.image, truth, res.mask, None))
+    if not cases:
+        raise FaceDataError(f"no unmasked web photo with a face from {offset} on ({usable} with a face found)")
+    return cases
+
+
 PARTS = ("nose", "upper_lip", "inner_mouth", "lower_lip")
 
 
@@ -188,7 +213,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
     p.add_argument("--detector-weights", type=Path, default=None)
     p.add_argument("--generator-weights", type=Path, default=None)
-    p.add_argument("--sets", nargs="+", default=["utk", "lfw"], choices=["utk", "lfw"])
+    p.add_argument("--sets", nargs="+", default=["utk", "lfw"], choices=["utk", "lfw", "web"])
     p.add_argument("--count", type=int, default=150, help="faces per set")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma)
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
@@ -240,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             sets["utk"] = utk_cases(args.data, args.landmarks, synth, args.count, args.seed, args.offset)
         if "lfw" in args.sets:
             sets["lfw"] = lfw_cases(args.data, synth, LandmarkDetector(), args.count, args.seed, args.offset)
+        if "web" in args.sets:
+            sets["web"] = web_cases(args.data, synth, LandmarkDetector(), args.count, args.seed, args.offset)
     except FaceDataError as exc:
         logger.error("%s", exc)
         return 2
