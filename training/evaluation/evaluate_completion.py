@@ -102,25 +102,35 @@ def utk_cases(data: Path, landmarks: Path, synth: MaskSynthesizer, n: int, seed:
     return cases
 
 
+def _with_faces(photos: list[Path], detector: LandmarkDetector, *, n: int, offset: int
+                ) -> tuple[list[tuple[Path, np.ndarray, list[np.ndarray]]], int]:
+    """Up to ``n`` of ``photos`` in which ``detector`` finds a face, past the first ``offset`` such:
+    (photo, its RGB pixels, the landmarks found), and how many had a face up to where it stopped."""
+    picked, usable = [], 0
+    for photo in photos:
+        if len(picked) >= n:
+            break
+        truth = read_rgb(photo)
+        found = detector.detect(truth)
+        if not found:
+            continue
+        usable += 1
+        if usable > offset:
+            picked.append((photo, truth, found))
+    return picked, usable
+
+
 def lfw_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n: int, seed: int,
               offset: int = 0) -> list[Case]:
     by_person: dict[str, list[Path]] = {}
     for p in negative_files(data, "lfw", "val"):
         by_person.setdefault(p.parent.name, []).append(p)
+    second = {photos[0]: photos[1] for _, photos in sorted(by_person.items()) if len(photos) >= 2}
+    picked, usable = _with_faces(list(second), detector, n=n, offset=offset)
     cases = []
-    usable = 0
-    for person, photos in sorted(by_person.items()):
-        if len(cases) >= n or len(photos) < 2:
-            continue
-        truth = read_rgb(photos[0])
-        found = detector.detect(truth)
-        if not found:
-            continue
-        usable += 1
-        if usable <= offset:
-            continue
+    for photo, truth, found in picked:
         res = synth.apply(truth, found[0], rng=np.random.default_rng([seed, len(cases)]))
-        cases.append(Case(photos[0].name, res.image, truth, res.mask, read_rgb(photos[1])))
+        cases.append(Case(photo.name, res.image, truth, res.mask, read_rgb(second[photo])))
     if not cases:
         # An empty set would print NaN for every measure, which reads like a result.
         raise FaceDataError(f"no held-out LFW people from {offset} on ({usable} with two photos and a face found)")
@@ -130,18 +140,9 @@ def lfw_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n:
 def web_cases(data: Path, synth: MaskSynthesizer, detector: LandmarkDetector, n: int, seed: int,
               offset: int = 0) -> list[Case]:
     photos = sorted(negative_files(data, "photos", "train") + negative_files(data, "photos", "val"))
+    picked, usable = _with_faces(photos, detector, n=n, offset=offset)
     cases = []
-    usable = 0
-    for photo in photos:
-        if len(cases) >= n:
-            break
-        truth = read_rgb(photo)
-        found = detector.detect(truth)
-        if not found:
-            continue
-        usable += 1
-        if usable <= offset:
-            continue
+    for photo, truth, found in picked:
         largest = max(found, key=lambda lm: np.ptp(lm[:, 0]) * np.ptp(lm[:, 1]))
         res = synth.apply(truth, largest, rng=np.random.default_rng([seed, 7, len(cases)]))
         cases.append(Case(photo.name, res.image, truth, res.mask, None))
