@@ -113,9 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="without a reference, lips, nostrils and skin texture from the closest face of the shipped "
                         "exemplar bank, fitted to the face the generator draws (off: the generator's smooth face)")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"],
-                   help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces finds them every "
-                        "5 frames; "
-                        "off: the mask grown by a few pixels is filled, lower eyelids included)")
+                   help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces "
+                        "finds them every 5 frames; off: the mask grown by a few pixels is filled, lower eyelids "
+                        "included)")
     p.add_argument("--skip-still", default="on" if InpaintSettings.skip_still else "off", choices=["on", "off"],
                    help="a face whose visible part did not move since the last frame reuses that frame's "
                         "reconstruction, every other frame at most (the generator cannot see the mouth anyway)")

@@ -246,12 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain)
     locator = PartsLocator(load_model("parsing", backend="torch", device="cpu", threads=args.threads).engine)
     # As run_stream.py: the eyes above the mask are found by the net trained on masked faces.
-    eye_locator = PartsLocator(load_model("parsing_masked", backend="torch", device="cpu", threads=args.threads).engine)
+    eye_locator = PartsLocator(load_model("parsing_masked", backend="torch", device="cpu", threads=args.threads).engine
+                               ) if args.eye_guard == "on" else None
 
     def inpainter_for(references):
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
                              references=references,
-                             eye_guard=EyeGuard(eye_locator, every=1) if args.eye_guard == "on" else None)
+                             # A guard per inpainter: it remembers eyes per track id, and every case is track 1.
+                             eye_guard=EyeGuard(eye_locator, every=1) if eye_locator is not None else None)
 
     exemplars = load_exemplars(args.exemplars)
     synth = MaskSynthesizer(templates_root=args.data / "mask_templates",
