@@ -386,8 +386,9 @@ class FaceInpainter:
                     self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop,
                                                             reused=job.reuse)
             with steps("paste"):
+                lent, lent_map = (None, None) if guide is None else guide.lent()
                 detail = {} if guide is None else {
-                    "detail": guide.reference.crop, "detail_map": guide.to_reference,
+                    "detail": lent, "detail_map": lent_map,
                     "detail_sigma": self.settings.detail_sigma,
                     "detail_gain": self.settings.exemplar_gain if guide.reference.exemplar else 1.0}
                 if frame is None:

@@ -31,6 +31,9 @@ from stream.geometry import CropWindow
 logger = logging.getLogger(__name__)
 
 REFERENCE_SIDE = 192
+# A person's own reference is also kept at its crop window's side, up to this many pixels, for the
+# detail it lends at frame resolution: a 192 px crop lends an upscaled band to a larger face.
+DETAIL_SIDE_MAX = 384
 EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
@@ -49,17 +52,25 @@ class ReferenceError(ValueError):
 class ReferenceFace:
     """crop: (REFERENCE_SIDE, REFERENCE_SIDE, 3) uint8 RGB, the face's square crop window;
     source: where it came from, for the log and the report; exemplar: another person's face
-    (its detail is lent more softly than the person's own)."""
+    (its detail is lent more softly than the person's own); detail: the same window at a larger
+    side (R, R, 3) uint8 RGB, R > REFERENCE_SIDE, where the face was seen that large (None: crop
+    is all there is); only the detail band lent at frame resolution is taken from it."""
 
     crop: np.ndarray
     source: str
     exemplar: bool = False
+    detail: np.ndarray | None = field(default=None, repr=False, compare=False)
     signature: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.crop.shape != (REFERENCE_SIDE, REFERENCE_SIDE, 3) or self.crop.dtype != np.uint8:
             raise ValueError(f"reference crop must be ({REFERENCE_SIDE}, {REFERENCE_SIDE}, 3) uint8, got "
                              f"{self.crop.shape} {self.crop.dtype}")
+        if self.detail is not None and (self.detail.ndim != 3 or self.detail.shape[0] != self.detail.shape[1]
+                                        or self.detail.shape[0] <= REFERENCE_SIDE or self.detail.shape[2] != 3
+                                        or self.detail.dtype != np.uint8):
+            raise ValueError(f"reference detail must be (R, R, 3) uint8 with R > {REFERENCE_SIDE}, got "
+                             f"{self.detail.shape} {self.detail.dtype}")
         object.__setattr__(self, "signature", upper_face_signature(self.crop))
 
 
@@ -67,6 +78,16 @@ def cut_face(image: np.ndarray, box: np.ndarray, *, crop_scale: float, side: int
     """The square crop window of the face ``box`` ((4,) xyxy) in ``image`` (H, W, 3) uint8 RGB, at
     ``side`` pixels, edges replicated where it leaves the frame."""
     return CropWindow.for_face(box, crop_scale).cut(image, side)
+
+
+def person_reference(image: np.ndarray, box: np.ndarray, *, crop_scale: float, source: str) -> ReferenceFace:
+    """A person's face ``box`` ((4,) xyxy) in ``image`` (H, W, 3) uint8 RGB as a reference: the
+    crop window at ``REFERENCE_SIDE``, and at its own side (up to ``DETAIL_SIDE_MAX``) for the
+    detail it lends where it is larger."""
+    window = CropWindow.for_face(box, crop_scale)
+    side = min(int(round(window.side)), DETAIL_SIDE_MAX)
+    detail = window.cut(image, side) if side > REFERENCE_SIDE else None
+    return ReferenceFace(window.cut(image, REFERENCE_SIDE), source, detail=detail)
 
 
 def upper_face_signature(crop: np.ndarray) -> np.ndarray:
@@ -145,7 +166,8 @@ class IdentityMemory:
         crop = cut_face(image, box, crop_scale=self.crop_scale)
         quality = min(side, REFERENCE_SIDE) * 1000.0 + min(sharpness(crop), 999.0)
         if track_id not in self._best or quality > self._best[track_id][0]:
-            self._best[track_id] = (quality, ReferenceFace(crop, f"track {track_id} frame {index}"))
+            reference = person_reference(image, box, crop_scale=self.crop_scale, source=f"track {track_id} frame {index}")
+            self._best[track_id] = (quality, reference)
 
     def get(self, track_id: int) -> ReferenceFace | None:
         best = self._best.get(track_id)
@@ -225,7 +247,7 @@ def reference_from_image(rgb: np.ndarray, detector, *, crop_scale: float, name: 
         # The user says this is the face unmasked; the detector is the one more likely wrong.
         logger.warning("reference %s: a mask was detected on the face; using it as given", name)
     logger.info("reference %s: face %s", name, np.round(found.boxes[largest]).astype(int).tolist())
-    return ReferenceFace(cut_face(rgb, found.boxes[largest], crop_scale=crop_scale), name)
+    return person_reference(rgb, found.boxes[largest], crop_scale=crop_scale, source=name)
 
 
 def align_to(crop: np.ndarray, visible: np.ndarray, reference: ReferenceFace, *,
@@ -363,6 +385,18 @@ class Guide:
             return cv2.resize(self.reference.crop, (size, size), interpolation=cv2.INTER_AREA)
         return cv2.warpAffine(self.reference.crop, self.to_reference, (size, size),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+    def lent(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the sharpest crop of the reference, (R, R, 3) uint8 RGB; 2x3 from pixels of the
+        track's crop window at the generator's size to its pixels, None: the windows' own box
+        alignment): what the paste lends its detail band from."""
+        detail = self.reference.detail
+        if detail is None or self.to_reference is None:
+            return (self.reference.crop if detail is None else detail), self.to_reference
+        k = detail.shape[0] / REFERENCE_SIDE
+        to_detail = self.to_reference * k
+        to_detail[:, 2] += 0.5 * k - 0.5  # pixel centres, as every crop here is cut
+        return detail, to_detail.astype(np.float32)
 
 
 class References:

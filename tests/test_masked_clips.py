@@ -229,3 +229,14 @@ def test_mask_iou_of_written_tracks():
     assert evaluate_temporal.mask_iou([], np.zeros((10, 20), bool)) is None
     with pytest.raises(evaluate_temporal.EvaluationError):
         evaluate_temporal.mask_iou([track], np.zeros((20, 10), bool))
+
+
+def test_iter_frames_skips_the_first_frames(tmp_path):
+    gt = _moving_clip()
+    masks = _clip_masks(len(gt), *gt.shape[1:3])
+    _write_video(tmp_path / "gt.mp4", gt, masks.pts)
+    size = (gt.shape[2], gt.shape[1])
+    every = list(masked_clips.iter_frames(tmp_path / "gt.mp4", size=size, max_frames=None))
+    later = list(masked_clips.iter_frames(tmp_path / "gt.mp4", size=size, max_frames=2, skip=3))
+    assert [pts for _, pts in later] == [pts for _, pts in every[3:5]]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(later, every[3:5]))

@@ -16,8 +16,10 @@ from stream.reference import (
     ReferenceError,
     ReferenceFace,
     References,
+    Guide,
     load_exemplars,
     load_references,
+    person_reference,
     save_exemplars,
 )
 
@@ -127,6 +129,35 @@ def test_paste_takes_the_fine_band_from_the_detail_crop():
     assert detailed[inside].std() > 20  # the lines came through at frame resolution
     assert abs(float(detailed[inside].mean()) - 150) < 12  # the colour stays the generator's
     assert (detailed[:20] == 120).all()  # outside the window nothing changes
+
+
+def test_a_large_face_lends_its_detail_at_its_own_resolution():
+    rng = np.random.default_rng(0)
+    frame = np.full((480, 480, 3), 128, np.uint8)
+    frame[..., 0] = np.clip(128 + rng.normal(0, 40, (480, 480)), 0, 255)  # detail finer than a 192 px crop holds
+    box = np.array([90, 90, 390, 390], np.float32)
+    reference = person_reference(frame, box, crop_scale=1.2, source="me.png")
+    assert reference.crop.shape == (REFERENCE_SIDE, REFERENCE_SIDE, 3) and reference.detail.shape == (360, 360, 3)
+    window = CropWindow.for_face(box, 1.2)
+    generated = cv2.GaussianBlur(window.cut(frame, 128).astype(np.float32), (0, 0), 2.0)  # the low band only
+    alpha = np.zeros((128, 128), np.float32)
+    alpha[32:96, 32:96] = 1.0
+    # The reference's own window, by the boxes and as a fitted map onto its 192 px crop.
+    by_box = Guide(reference, None).lent()
+    fitted = Guide(reference, np.array([[1.5, 0, 0.25], [0, 1.5, 0.25]], np.float32)).lent()
+    assert by_box[0] is reference.detail and by_box[1] is None
+    k = 360 / 128  # generator pixel centres onto the detail crop's
+    np.testing.assert_allclose(fitted[1], [[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5]], rtol=1e-6)
+    inside = (slice(180, 300), slice(180, 300))
+    errors = {}
+    for name, (detail, detail_map) in {"crop": (reference.crop, None), "by box": by_box, "fitted": fitted}.items():
+        out = frame.copy()
+        window.paste(out, generated, alpha, detail=detail, detail_map=detail_map, detail_sigma=2.0)
+        errors[name] = float(np.abs(out[inside].astype(int) - frame[inside]).mean())
+    assert errors["by box"] < 0.5 * errors["crop"]  # the finest band came from the large crop
+    assert abs(errors["fitted"] - errors["by box"]) < 0.5
+    small = person_reference(frame, box / 3, crop_scale=1.2, source="small.png")
+    assert small.detail is None and Guide(small, None).lent()[0] is small.crop
 
 
 def test_bad_reference_is_a_one_line_error(tmp_path, tiny_weights, capsys):

@@ -24,6 +24,7 @@ are fixed per clip.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import zlib
@@ -61,9 +62,12 @@ class ClipConfig:
     """max_frames: frames per clip (None: all); max_side: long side of the written frames;
     detect_side: long side of the frame the HOG detector sees; upsample: HOG upsampling;
     smooth_sigma: temporal Gaussian on the landmarks, in frames (0: none); seed: picks the
-    template and its styling per clip; masked_crf / gt_crf: x264 quality of the two videos."""
+    template and its styling per clip; masked_crf / gt_crf: x264 quality of the two videos;
+    skip_frames: source frames left out before the clip starts (a later part of the same videos
+    is a fresh measuring set once the first has judged its rules)."""
 
     max_frames: int | None = 150
+    skip_frames: int = 0
     max_side: int = 640
     detect_side: int = 320
     upsample: int = 1
@@ -103,15 +107,16 @@ def output_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(2, int(round(w * scale / 2)) * 2), max(2, int(round(h * scale / 2)) * 2)
 
 
-def iter_frames(path: Path, *, size: tuple[int, int], max_frames: int | None) -> Iterator[tuple[np.ndarray, int]]:
+def iter_frames(path: Path, *, size: tuple[int, int], max_frames: int | None,
+                skip: int = 0) -> Iterator[tuple[np.ndarray, int]]:
     """Decoded frames as (HxWx3 uint8 RGB resized to ``size`` (w, h), pts in stream time base),
-    read by the pipeline's own reader (``stream.source.VideoFileSource``)."""
+    read by the pipeline's own reader (``stream.source.VideoFileSource``), from the ``skip``-th on."""
     try:
         source = VideoFileSource(path)
     except SourceError as exc:
         raise ClipError(str(exc)) from exc
     with source:
-        for i, frame in enumerate(source):
+        for i, frame in enumerate(itertools.islice(source, skip, None)):
             if max_frames is not None and i >= max_frames:
                 break
             rgb = frame.image
@@ -345,7 +350,7 @@ def _render(
     pts_out = np.zeros(frames, np.int64)
     strip_frames: list[np.ndarray] = []
     strip_start = max(0, frames // 2 - 4)
-    streams = [iter_frames(f.video.path, size=f.size, max_frames=frames) for f in faces]
+    streams = [iter_frames(f.video.path, size=f.size, max_frames=frames, skip=config.skip_frames) for f in faces]
     writer_args = dict(size=(width, height), rate=ref.rate, time_base=ref.time_base, preset=config.preset)
     masked_out = clip_writer(out_dir / f"{name}_masked.mp4", crf=config.masked_crf, **writer_args)
     gt_out = clip_writer(out_dir / f"{name}_gt.mp4", crf=config.gt_crf, **writer_args)
@@ -391,7 +396,8 @@ def write_strip(path: Path, frames: Sequence[np.ndarray], boxes: np.ndarray) -> 
 
 def _landmarks_for(video: VideoInfo, size: tuple[int, int], detector: LandmarkDetector, config: ClipConfig):
     track = track_landmarks(
-        (rgb for rgb, _ in tqdm(iter_frames(video.path, size=size, max_frames=config.max_frames),
+        (rgb for rgb, _ in tqdm(iter_frames(video.path, size=size, max_frames=config.max_frames,
+                                            skip=config.skip_frames),
                                 desc=f"{video.path.stem} landmarks", unit="frame", leave=False)),
         detector, detect_side=config.detect_side,
     )
@@ -473,6 +479,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--templates", type=Path, required=True, help="MaskTheFace folder with masks.cfg")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--max-frames", type=int, default=d.max_frames, help="frames per clip (0: all)")
+    p.add_argument("--skip-frames", type=int, default=d.skip_frames,
+                   help="source frames to leave out before each clip starts (a later, unseen part of the videos)")
     p.add_argument("--max-side", type=int, default=d.max_side)
     p.add_argument("--detect-side", type=int, default=d.detect_side)
     p.add_argument("--upsample", type=int, default=d.upsample)
@@ -489,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = ClipConfig(
-        max_frames=args.max_frames or None, max_side=args.max_side, detect_side=args.detect_side,
+        max_frames=args.max_frames or None, skip_frames=args.skip_frames, max_side=args.max_side, detect_side=args.detect_side,
         upsample=args.upsample, smooth_sigma=args.smooth_sigma, seed=args.seed,
     )
     videos = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if args.videos.is_dir() else []

@@ -47,7 +47,7 @@ from engines.runtime import EngineError
 from stream.detect import FaceDetector
 from stream.geometry import CropWindow
 from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
-from stream.reference import EXEMPLARS, PartsLocator, ReferenceFace, References, cut_face, load_exemplars
+from stream.reference import EXEMPLARS, PartsLocator, References, load_exemplars, person_reference
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
 from training.cli import log_to_stderr, use_cpu_threads, write_json
@@ -194,7 +194,7 @@ def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, ex
         ref = detector(case.reference)
         if len(ref) == 0:
             return None
-        given = [ReferenceFace(cut_face(case.reference, ref.boxes[0], crop_scale=crop_scale), case.name)]
+        given = [person_reference(case.reference, ref.boxes[0], crop_scale=crop_scale, source=case.name)]
     references = None if mode == "blur" else References(
         given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None, locator=locator)
     return inpainter_for(references)(case.masked, tracks), found
