@@ -171,7 +171,9 @@ class CropWindow:
         a = cv2.warpAffine(alpha.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
         if with_detail:
-            d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_LINEAR,
+            # Bicubic: the lent band is the finest octave, which a bilinear resample at a
+            # sub-pixel shift attenuates by up to half.
+            d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_CUBIC,
                                borderMode=cv2.BORDER_REPLICATE)
             p = lowpass(p, sigma) + detail_gain * (d - lowpass(d, sigma))
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
@@ -214,7 +216,7 @@ class CropWindow:
         p = warp_tensor(patch, _invert(to_frame), size, border="replicate")
         a = warp_tensor(alpha[None], _invert(to_frame), size, border="zeros")
         if with_detail:
-            d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate")
+            d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate", mode="bicubic")
             p = lowpass_tensor(p, sigma) + detail_gain * (d - lowpass_tensor(d, sigma))
         region = frame[:, fy1:fy2, fx1:fx2]
         region.copy_((a * p + (1 - a) * region).clamp_(0, 255))
@@ -238,10 +240,12 @@ def _invert(matrix: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(matrix.astype(np.float64))
 
 
-def warp_tensor(src: torch.Tensor, to_src: np.ndarray, out_hw: tuple[int, int], *, border: str) -> torch.Tensor:
-    """(C, h, w) float ``src`` sampled bilinearly at the output pixels mapped through ``to_src``
-    (2x3, output pixel -> ``src`` pixel, pixel centres at integers): cv2.warpAffine with
-    WARP_INVERSE_MAP on a tensor. ``border``: "replicate" or "zeros" (cv2's BORDER_CONSTANT 0)."""
+def warp_tensor(src: torch.Tensor, to_src: np.ndarray, out_hw: tuple[int, int], *, border: str,
+                mode: str = "bilinear") -> torch.Tensor:
+    """(C, h, w) float ``src`` sampled at the output pixels mapped through ``to_src`` (2x3, output
+    pixel -> ``src`` pixel, pixel centres at integers): cv2.warpAffine with WARP_INVERSE_MAP on a
+    tensor. ``border``: "replicate" or "zeros" (cv2's BORDER_CONSTANT 0); ``mode``: "bilinear" or
+    "bicubic" (cv2's INTER_CUBIC: both use a = -0.75)."""
     h, w = out_hw
     m = torch.as_tensor(np.asarray(to_src, np.float64), dtype=torch.float32, device=src.device)
     ys, xs = torch.meshgrid(torch.arange(h, device=src.device, dtype=torch.float32),
@@ -252,7 +256,7 @@ def warp_tensor(src: torch.Tensor, to_src: np.ndarray, out_hw: tuple[int, int], 
     # align_corners=False puts pixel i's centre at (2i + 1) / n - 1.
     grid = torch.stack([(2 * sx + 1) / sw - 1, (2 * sy + 1) / sh - 1], dim=-1)[None]
     padding = {"replicate": "border", "zeros": "zeros"}[border]
-    return F.grid_sample(src[None].float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)[0]
+    return F.grid_sample(src[None].float(), grid, mode=mode, padding_mode=padding, align_corners=False)[0]
 
 
 def gaussian_blur_tensor(image: torch.Tensor, sigma: float, *, integer_image: bool = False) -> torch.Tensor:

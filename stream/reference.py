@@ -86,7 +86,7 @@ def person_reference(image: np.ndarray, box: np.ndarray, *, crop_scale: float, s
     detail it lends where it is larger."""
     window = CropWindow.for_face(box, crop_scale)
     side = min(int(round(window.side)), DETAIL_SIDE_MAX)
-    detail = window.cut(image, side) if side > REFERENCE_SIDE else None
+    detail = window.cut(image, side, interpolation=cv2.INTER_CUBIC) if side > REFERENCE_SIDE else None
     return ReferenceFace(window.cut(image, REFERENCE_SIDE), source, detail=detail)
 
 
