@@ -119,6 +119,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-still", default="on" if InpaintSettings.skip_still else "off", choices=["on", "off"],
                    help="a face whose visible part did not move since the last frame reuses that frame's "
                         "reconstruction, every other frame at most (the generator cannot see the mouth anyway)")
+    p.add_argument("--skip-moving", default="on" if InpaintSettings.skip_moving else "off", choices=["on", "off"],
+                   help="the same for a face that moved, carried by its measured motion (a face whose motion "
+                        "cannot be measured is always generated)")
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain,
                    help="strength of an exemplar's lent detail (1: as in the exemplar)")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
@@ -231,7 +234,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         temporal=TemporalConfig(enabled=args.temporal == "on", output_momentum=args.output_momentum,
                                 mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff),
         inpaint=InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain,
-                                skip_still=args.skip_still == "on"),
+                                skip_still=args.skip_still == "on",
+                                skip_moving=args.skip_moving == "on"),
         reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
         eye_guard=args.eye_guard == "on", live=args.live,
         pipeline=PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames),

@@ -41,6 +41,9 @@ class InpaintSettings:
     # reuses that frame's reconstruction, every other frame at most: the generator cannot see the
     # mouth under the mask, and a still face shows mostly the previous reconstruction anyway.
     skip_still: bool = True
+    # The same for a face that moved, where the visible face's motion was measured (point
+    # tracking): that motion carries the last reconstruction as well as a new run would place it.
+    skip_moving: bool = True
 
 
 class EyeGuard:
@@ -279,9 +282,10 @@ class FaceInpainter:
         return window, crop, hole.astype(np.float32)
 
     def _motion(self, state: _FaceState, window: CropWindow, crop: np.ndarray, box: np.ndarray,
-                hole: np.ndarray) -> tuple[np.ndarray, bool]:
+                hole: np.ndarray) -> tuple[np.ndarray, bool, bool]:
         """(current crop pixel -> previous crop pixel: the box's motion, refined by how the
-        visible face moved where that can be measured; whether the visible face stood still)."""
+        visible face moved where that can be measured; whether the visible face stood still;
+        whether that map was measured on the face, by the still test or by point tracking)."""
         size = self.config.size
         by_box = _box_motion(state.window, window, size)
         (previous_crop,) = _warp(by_box, size, state.crop)
@@ -293,11 +297,11 @@ class FaceInpainter:
         visible[hole >= 0.5] = 0
         seen = visible > 0
         if seen.any() and float(np.abs(previous_crop - crop)[seen].mean()) < self.motion.still_change:
-            return by_box, True
+            return by_box, True, True
         refine = face_motion(previous_crop, crop, visible, self.motion)
         if refine is None:
-            return by_box, False
-        return (np.vstack([by_box, (0, 0, 1)]) @ np.vstack([refine, (0, 0, 1)]))[:2].astype(np.float32), False
+            return by_box, False, False
+        return (np.vstack([by_box, (0, 0, 1)]) @ np.vstack([refine, (0, 0, 1)]))[:2].astype(np.float32), False, True
 
     def _steady_hole(self, previous: np.ndarray | None, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(hole to fill, running average) from the previous average aligned to this crop; new
@@ -347,12 +351,13 @@ class FaceInpainter:
             state = self._states.get(track.track_id) if temporal else None
             if state is not None:
                 with steps("motion"):
-                    motion, still = self._motion(state, window, job.crop, track.box, hole)
+                    motion, still, measured = self._motion(state, window, job.crop, track.box, hole)
                     previous_hole, previous_generated, previous_crop = _warp(
                         motion, self.config.size, state.hole_avg, state.generated, state.crop)
                     job.previous = (previous_generated, previous_crop)
                     job.hole, job.average = self._steady_hole(previous_hole, hole)
-                    job.reuse = self.settings.skip_still and still and not state.reused
+                    skip = self.settings.skip_still if still else self.settings.skip_moving and measured
+                    job.reuse = skip and not state.reused
             if self.eye_guard is not None:
                 with steps("eyes"):
                     eyes = self.eye_guard.eyes(track.track_id, crop, self._calls)

@@ -197,14 +197,36 @@ def test_a_still_face_skips_the_generator_every_other_frame():
     outputs = {}
     for skip in (False, True):
         engine = _MeanEngine(0.5)
-        inpainter = FaceInpainter(engine, config, settings=InpaintSettings(skip_still=skip))
+        inpainter = FaceInpainter(engine, config, settings=InpaintSettings(skip_still=skip, skip_moving=False))
         outputs[skip] = [inpainter(scene, [track]) for _ in range(4)]
         assert engine.calls == (2 if skip else 4)  # generated, reused, generated, reused
     assert np.abs(outputs[True][1].astype(int) - outputs[True][0]).max() <= 1  # the reused frame is the last one
-    moved = FaceInpainter(engine := _MeanEngine(0.5), config, settings=InpaintSettings(skip_still=True))
+    moved = FaceInpainter(engine := _MeanEngine(0.5), config, settings=InpaintSettings(skip_still=True, skip_moving=False))
     moved(scene, [track])
     moved(np.roll(scene, 3, axis=1), [track])  # the face moved: it is generated again
     assert engine.calls == 2
+
+
+def test_a_moving_face_skips_the_generator_every_other_frame_only_where_its_motion_is_measured():
+    rng = np.random.default_rng(1)
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (120, 200, 3)).astype(np.float32), (0, 0), 2.0).astype(np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config = GeneratorConfig(size=32, width=4, mask_dilation=1)
+    pans = [scene[:, 3 * t:3 * t + 160] for t in range(5)]  # the face moves 3 px a frame under a fixed box
+    for skip in (False, True):
+        engine = _MeanEngine(0.5)
+        inpainter = FaceInpainter(engine, config, settings=InpaintSettings(skip_moving=skip))
+        for frame in pans:
+            inpainter(frame, [track])
+        assert engine.calls == (3 if skip else 5)  # generated, carried, generated, carried, generated
+    flat = np.full((120, 160, 3), 90, np.uint8)  # nothing to track: the motion is not measured
+    engine = _MeanEngine(0.5)
+    inpainter = FaceInpainter(engine, config, settings=InpaintSettings(skip_moving=True))
+    for t in range(4):
+        inpainter(flat + np.uint8(10 * t), [track])
+    assert engine.calls == 4
 
 
 def test_crop_window_pads_outside_the_frame():
