@@ -187,13 +187,18 @@ def test_point_tracking_is_skipped_while_the_face_is_still(monkeypatch):
     assert calls == [1]
 
 
-def test_a_still_face_skips_the_generator_every_other_frame():
+def _skip_case(width: int) -> tuple[np.ndarray, Track, GeneratorConfig]:
+    """A textured (120, width, 3) scene, a masked face track in its left 160 columns, a tiny generator config."""
     rng = np.random.default_rng(1)
-    scene = cv2.GaussianBlur(rng.uniform(0, 255, (120, 160, 3)).astype(np.float32), (0, 0), 2.0).astype(np.uint8)
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (120, width, 3)).astype(np.float32), (0, 0), 2.0).astype(np.uint8)
     mask = np.zeros((120, 160), bool)
     mask[60:95, 50:90] = True
     track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
-    config = GeneratorConfig(size=32, width=4, mask_dilation=1)
+    return scene, track, GeneratorConfig(size=32, width=4, mask_dilation=1)
+
+
+def test_a_still_face_skips_the_generator_every_other_frame():
+    scene, track, config = _skip_case(160)
     outputs = {}
     for skip in (False, True):
         engine = _MeanEngine(0.5)
@@ -208,12 +213,7 @@ def test_a_still_face_skips_the_generator_every_other_frame():
 
 
 def test_a_moving_face_skips_the_generator_every_other_frame_only_where_its_motion_is_measured():
-    rng = np.random.default_rng(1)
-    scene = cv2.GaussianBlur(rng.uniform(0, 255, (120, 200, 3)).astype(np.float32), (0, 0), 2.0).astype(np.uint8)
-    mask = np.zeros((120, 160), bool)
-    mask[60:95, 50:90] = True
-    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
-    config = GeneratorConfig(size=32, width=4, mask_dilation=1)
+    scene, track, config = _skip_case(200)
     pans = [scene[:, 3 * t:3 * t + 160] for t in range(5)]  # the face moves 3 px a frame under a fixed box
     for skip in (False, True):
         engine = _MeanEngine(0.5)
