@@ -37,6 +37,7 @@ from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
 from stream.reference import (
+    EXEMPLAR_SHORTLIST,
     EXEMPLARS,
     IdentityMemory,
     PartsLocator,
@@ -122,6 +123,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-moving", default="on" if InpaintSettings.skip_moving else "off", choices=["on", "off"],
                    help="the same for a face that moved, carried by its measured motion (a face whose motion "
                         "cannot be measured is always generated)")
+    p.add_argument("--exemplar-shortlist", type=_positive_int, default=EXEMPLAR_SHORTLIST, metavar="N",
+                   help="exemplars short-listed by the upper face; the track settles on the one whose lower face "
+                        "agrees best with the face the generator draws (1: the upper face alone decides)")
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain,
                    help="strength of an exemplar's lent detail (1: as in the exemplar)")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma,
@@ -207,6 +211,7 @@ class RunConfig:
     reference: Path | None = None
     identity_memory: bool = True
     exemplars: bool = True
+    exemplar_shortlist: int = EXEMPLAR_SHORTLIST
     eye_guard: bool = True
     live: str = "auto"
     pipeline: PipelineConfig = PipelineConfig()
@@ -237,7 +242,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                 skip_still=args.skip_still == "on",
                                 skip_moving=args.skip_moving == "on"),
         reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
-        eye_guard=args.eye_guard == "on", live=args.live,
+        exemplar_shortlist=args.exemplar_shortlist, eye_guard=args.eye_guard == "on", live=args.live,
         pipeline=PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames),
         encoder=EncoderSettings(crf=args.crf, preset=args.preset),
         reconnect=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout),
@@ -321,6 +326,7 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
         exemplars=load_exemplars(EXEMPLARS) if config.exemplars else [],
         memory=IdentityMemory(crop_scale=crop_scale) if config.identity_memory and not still else None,
         locator=PartsLocator(models.parsing.engine) if models.parsing is not None else None,
+        shortlist=config.exemplar_shortlist,
     )
     live = config.live == "on" or (config.live == "auto" and source.live)
     stages = [

@@ -383,7 +383,7 @@ class FaceInpainter:
                 with steps("reference"):
                     alpha = seam[..., None]
                     completed = (job.crop * (1 - alpha) + generated * alpha + 0.5).clip(0, 255).astype(np.uint8)
-                    guide = self.references.fit_parts(job.track_id, guide, completed)
+                    guide = self.references.fit_parts(job.track_id, guide, completed, seam)
             if temporal:
                 with steps("blend"):
                     if not job.reuse:

@@ -35,6 +35,8 @@ REFERENCE_SIDE = 192
 # detail it lends at frame resolution: a 192 px crop lends an upscaled band to a larger face.
 DETAIL_SIDE_MAX = 384
 EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
+# Exemplars short-listed by the upper face before the drawn lower face picks one (References).
+EXEMPLAR_SHORTLIST = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
 # the part of a masked face that is still visible, so the part references are matched on.
@@ -110,15 +112,34 @@ def match_score(a: np.ndarray, b: np.ndarray) -> float:
     return float(a[:-3] @ b[:-3]) - 2.0 * float(np.linalg.norm(a[-3:] - b[-3:]))
 
 
-def best_match(signature: np.ndarray, candidates: list[ReferenceFace], *, by_tone: int | None = None) -> ReferenceFace | None:
-    """The candidate most like ``signature``; with ``by_tone``, among that many closest in skin
-    tone first (a stranger's detail must at least come from the same complexion)."""
-    if not candidates:
-        return None
+def ranked_matches(signature: np.ndarray, candidates: list[ReferenceFace], *,
+                   by_tone: int | None = None) -> list[ReferenceFace]:
+    """The candidates, most like ``signature`` first; with ``by_tone``, only that many closest in
+    skin tone (a stranger's detail must at least come from the same complexion)."""
     if by_tone is not None and len(candidates) > by_tone:
         tone = np.array([np.abs(r.signature[-3:] - signature[-3:]) @ (0.5, 1.0, 1.0) for r in candidates])
         candidates = [candidates[i] for i in np.argsort(tone)[:by_tone]]
-    return max(candidates, key=lambda r: match_score(signature, r.signature))
+    return sorted(candidates, key=lambda r: -match_score(signature, r.signature))
+
+
+def best_match(signature: np.ndarray, candidates: list[ReferenceFace], *, by_tone: int | None = None) -> ReferenceFace | None:
+    """The candidate most like ``signature`` (``ranked_matches``' first), None without any."""
+    ranked = ranked_matches(signature, candidates, by_tone=by_tone)
+    return ranked[0] if ranked else None
+
+
+def band_agreement(a: np.ndarray, b: np.ndarray, weight: np.ndarray, *, fine: float = 1.0,
+                   coarse: float = 4.0) -> float:
+    """Correlation, weighted by ``weight`` ((S, S) float >= 0), of the middle bands (finer than
+    ``coarse`` and coarser than ``fine`` pixels) of two crops ((S, S, 3) uint8 RGB): where lip
+    lines, nostrils and an open mouth show, above the grain and below the shading. 1 is alike."""
+    bands = []
+    for crop in (a, b):
+        grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        bands.append(cv2.GaussianBlur(grey, (0, 0), fine) - cv2.GaussianBlur(grey, (0, 0), coarse))
+    w = weight.astype(np.float32) / max(float(weight.sum()), 1e-6)
+    x, y = (band - float((band * w).sum()) for band in bands)
+    return float((w * x * y).sum() / np.sqrt(float((w * x * x).sum()) * float((w * y * y).sum()) + 1e-12))
 
 
 def sharpness(crop: np.ndarray) -> float:
@@ -403,18 +424,26 @@ class References:
     """Picks each track's reference: memory first, then the given references, then an exemplar;
     the given/exemplar choice is made once per track so it cannot flicker. The reference is
     aligned to the face's visible upper part every ``realign`` frames, starting from the last fit,
-    and each new fit moves the alignment by ``follow`` of the way, so it follows the head smoothly."""
+    and each new fit moves the alignment by ``follow`` of the way, so it follows the head smoothly.
+    An exemplar is first short-listed by the upper face (``shortlist`` of them); with a locator
+    the track settles, on the first frame whose completed face shows its parts, on the one whose
+    fitted lower face agrees best with what the generator drew there (``band_agreement``), so a
+    stranger's open smile or shadowed lip is not lent to a closed, plain mouth."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
                  memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3,
-                 locator: PartsLocator | None = None) -> None:
+                 locator: PartsLocator | None = None, shortlist: int = EXEMPLAR_SHORTLIST) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
         self.realign = realign
         self.follow = follow
         self.locator = locator
+        if shortlist < 1:
+            raise ValueError(f"the exemplar shortlist must hold at least one, got {shortlist}")
+        self.shortlist = shortlist
         self._chosen: dict[int, ReferenceFace | None] = {}
+        self._unsettled: dict[int, list[ReferenceFace]] = {}
         self._guides: dict[int, tuple[Guide, int]] = {}
         self._fitted: dict[int, tuple[Guide, int]] = {}
         self._exemplar_parts: dict[int, tuple[np.ndarray | None, ReferenceFace]] = {}
@@ -443,25 +472,36 @@ class References:
         self._guides[track_id] = (guide, 1)
         return guide
 
-    def fit_parts(self, track_id: int, guide: Guide, completed: np.ndarray) -> Guide:
+    def fit_parts(self, track_id: int, guide: Guide, completed: np.ndarray, drawn: np.ndarray | None = None) -> Guide:
         """An exemplar's guide re-fitted so that its eyes, nose and mouth land on those of
-        ``completed`` ((S, S, 3) uint8 RGB: the crop with the generator's fill), so the detail it
-        lends follows the face the generator drew instead of ghosting beside it. Refitted every
-        ``realign`` frames and moved ``follow`` of the way, as ``guide`` is; ``guide`` itself
-        without a locator, for a person's own reference, or when the parts are not found."""
+        ``completed`` ((S, S, 3) uint8 RGB: the crop with the generator's fill, which covers the
+        ``drawn`` (S, S) float weights), so the detail it lends follows the face the generator drew
+        instead of ghosting beside it. Refitted every ``realign`` frames and moved ``follow`` of
+        the way, as ``guide`` is; ``guide`` itself without a locator, for a person's own reference,
+        or when the parts are not found. While the track's exemplar is not settled (see the class)
+        and ``drawn`` is given, the short-listed exemplar that agrees best is settled on here."""
         if self.locator is None or not guide.reference.exemplar:
             return guide
         size = completed.shape[0]
-        key = id(guide.reference)
-        if key not in self._exemplar_parts:
-            self._exemplar_parts[key] = self.locator.lendable(guide.reference, size)
-        target, lendable = self._exemplar_parts[key]
+        found = None
+        if drawn is not None and track_id in self._unsettled:
+            found = self.locator(completed[None])[0]
+            if found is not None:
+                candidates = self._unsettled.pop(track_id)
+                agreement = [self._agreement(c, found, completed, drawn) for c in candidates]
+                best = candidates[int(np.argmax(agreement))]
+                if best is not guide.reference:
+                    logger.info("track %d: exemplar %s agrees best with the drawn face", track_id, best.source)
+                self._chosen[track_id] = best
+                guide = Guide(best, None)
+        target, lendable = self._lendable(guide.reference, size)
         previous, age = self._fitted.get(track_id, (None, 0))
         same = previous is not None and previous.reference is lendable
         if same and age < self.realign:
             self._fitted[track_id] = (previous, age + 1)
             return previous
-        found = self.locator(completed[None])[0]
+        if found is None:
+            found = self.locator(completed[None])[0]
         matrix = None if target is None or found is None else parts_map(found, target, scale=REFERENCE_SIDE / size)
         if matrix is None:
             fitted = previous if same else Guide(lendable, guide.to_reference)
@@ -473,6 +513,21 @@ class References:
         self._fitted[track_id] = (fitted, 1)
         return fitted
 
+    def _lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
+        key = id(exemplar)
+        if key not in self._exemplar_parts:
+            self._exemplar_parts[key] = self.locator.lendable(exemplar, size)
+        return self._exemplar_parts[key]
+
+    def _agreement(self, exemplar: ReferenceFace, found: np.ndarray, completed: np.ndarray,
+                   drawn: np.ndarray) -> float:
+        size = completed.shape[0]
+        target, lendable = self._lendable(exemplar, size)
+        matrix = None if target is None else parts_map(found, target, scale=REFERENCE_SIDE / size)
+        if matrix is None:
+            return -np.inf
+        return band_agreement(Guide(lendable, matrix).in_window(size), completed, drawn)
+
     def for_track(self, track_id: int, crop: np.ndarray) -> ReferenceFace | None:
         """``crop``: the track's current face crop window (any size, uint8 RGB) to match on."""
         if self.memory is not None:
@@ -481,7 +536,12 @@ class References:
                 return remembered
         if track_id not in self._chosen:
             signature = upper_face_signature(cv2.resize(crop, (REFERENCE_SIDE, REFERENCE_SIDE)))
-            chosen = best_match(signature, self.given) or best_match(signature, self.exemplars, by_tone=12)
+            chosen = best_match(signature, self.given)
+            if chosen is None:
+                ranked = ranked_matches(signature, self.exemplars, by_tone=12)[:self.shortlist]
+                chosen = ranked[0] if ranked else None
+                if len(ranked) > 1 and self.locator is not None:
+                    self._unsettled[track_id] = ranked
             self._chosen[track_id] = chosen
             if chosen is not None:
                 logger.info("track %d: reference %s", track_id, chosen.source)
@@ -494,6 +554,7 @@ class References:
 
     def forget(self, live: set[int]) -> None:
         self._chosen = {k: v for k, v in self._chosen.items() if k in live}
+        self._unsettled = {k: v for k, v in self._unsettled.items() if k in live}
         self._guides = {k: v for k, v in self._guides.items() if k in live}
         self._fitted = {k: v for k, v in self._fitted.items() if k in live}
         if self.memory is not None:
@@ -501,6 +562,7 @@ class References:
 
     def reset(self) -> None:
         self._chosen.clear()
+        self._unsettled.clear()
         self._guides.clear()
         self._fitted.clear()
         if self.memory is not None:

@@ -386,6 +386,42 @@ def test_an_exemplar_is_fitted_to_the_completed_face_and_lends_only_its_lower_fa
     assert refs.fit_parts(8, own, completed) is own
 
 
+def test_a_track_settles_on_the_short_listed_exemplar_whose_mouth_agrees_with_the_drawn_one():
+    from stream.reference import PartsLocator
+
+    k = REFERENCE_SIDE / 128
+    rows = np.arange(128, dtype=np.float32)[:, None].repeat(128, 1)
+    lip_lines = 30 * np.sin(rows / 2.0)  # what the generator drew: horizontal lines across the mouth
+    teeth = lip_lines.T  # another mouth: vertical lines
+    mouth = np.zeros((128, 128), bool)
+    mouth[84:96, 44:84] = True
+    completed = np.full((128, 128), 90.0, np.float32)
+    completed[mouth] += lip_lines[mouth]
+    completed = completed.astype(np.uint8)[..., None].repeat(3, 2)
+    drawn = mouth.astype(np.float32)
+
+    def exemplar(lines: np.ndarray, name: str) -> ReferenceFace:
+        # Its parts sit 4 px left and 6 px up of the drawn face's (see _ParsingEngine).
+        face = np.full((128, 128), 200.0, np.float32)
+        face[78:90, 40:80] += lines[84:96, 44:84]
+        return ReferenceFace(cv2.resize(face, (REFERENCE_SIDE, REFERENCE_SIDE)).astype(np.uint8)[..., None].repeat(3, 2),
+                             name, exemplar=True)
+
+    closed, smiling = exemplar(lip_lines, "exemplar closed"), exemplar(teeth, "exemplar smiling")
+    crop = smiling.crop.copy()  # the upper faces rank the smiling one first
+    for shortlist, settled in ((1, "exemplar smiling"), (2, "exemplar closed")):
+        refs = References(given=[], exemplars=[smiling, closed], memory=None,
+                          locator=PartsLocator(_ParsingEngine()), shortlist=shortlist)
+        first = refs.for_track(7, crop)
+        assert first.source == "exemplar smiling"
+        fitted = refs.fit_parts(7, Guide(first, None), completed, drawn)
+        assert refs.for_track(7, crop).source == settled
+        np.testing.assert_allclose(fitted.to_reference, [[k, 0, -4 * k], [0, k, -6 * k]], atol=0.05)
+        # Settled once: later frames keep it whatever they show.
+        refs.fit_parts(7, Guide(refs.for_track(7, crop), None), 255 - completed, drawn)
+        assert refs.for_track(7, crop).source == settled
+
+
 def test_an_exemplar_lends_its_detail_without_being_the_generators_reference():
     from stream.inpaint import FaceInpainter
     from stream.reference import PartsLocator

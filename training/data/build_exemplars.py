@@ -54,7 +54,8 @@ def choose(records, *, per_group: int, seed: int, beardless: bool = True, min_ag
     who gets it, while lent lips and nostrils suit every face; likewise wrinkles (``max_age``)
     and teeth (``mouth_gap``: inner-lip gap over mouth width). ``min_age``: a small child's
     mouth and cheeks sit differently, and lent to an adult they look pasted on. ``exclude``:
-    file names left out (faces that carry a stock-photo watermark)."""
+    file names left out (faces that carry a stock-photo watermark), each replaced by the next face
+    its group drew, so the rest of the bank stays as it was."""
     rng = np.random.default_rng(seed)
     groups: dict[tuple[int, int, int], list] = {}
     for r in records:
@@ -62,14 +63,14 @@ def choose(records, *, per_group: int, seed: int, beardless: bool = True, min_ag
         if key is None or abs(face_turn(r.landmarks) - 0.5) > 0.06 or _mouth_open(r.landmarks) > mouth_gap:
             continue
         age = int(r.path.name.split("_")[0])
-        if (beardless and key[1] == 0 and key[0] > 0) or not min_age <= age <= max_age or r.path.name in exclude:
+        if (beardless and key[1] == 0 and key[0] > 0) or not min_age <= age <= max_age:
             continue
         groups.setdefault(key, []).append(r)
     chosen = []
     for key in sorted(groups):
         members = groups[key]
-        for i in rng.permutation(len(members))[:per_group]:
-            chosen.append(members[i])
+        drawn = [members[i] for i in rng.permutation(len(members)) if members[i].path.name not in exclude]
+        chosen += drawn[:per_group]
     return chosen
 
 

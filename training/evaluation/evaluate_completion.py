@@ -47,7 +47,7 @@ from engines.runtime import EngineError
 from stream.detect import FaceDetector
 from stream.geometry import CropWindow
 from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
-from stream.reference import EXEMPLARS, PartsLocator, References, load_exemplars, person_reference
+from stream.reference import EXEMPLAR_SHORTLIST, EXEMPLARS, PartsLocator, References, load_exemplars, person_reference
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
 from training.cli import log_to_stderr, use_cpu_threads, write_json
@@ -181,7 +181,7 @@ class PartsScore:
 
 
 def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, exemplars, crop_scale: float,
-             locator=None):
+             locator=None, shortlist: int = EXEMPLAR_SHORTLIST):
     """The pipeline's photo path on one case; None when no mask is found."""
     found = detector(case.masked)
     tracker = FaceTracker(TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1),
@@ -196,7 +196,8 @@ def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, ex
             return None
         given = [person_reference(case.reference, ref.boxes[0], crop_scale=crop_scale, source=case.name)]
     references = None if mode == "blur" else References(
-        given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None, locator=locator)
+        given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None, locator=locator,
+        shortlist=shortlist)
     return inpainter_for(references)(case.masked, tracks), found
 
 
@@ -218,6 +219,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=150, help="faces per set")
     p.add_argument("--detail-sigma", type=float, default=InpaintSettings.detail_sigma)
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
+    p.add_argument("--exemplar-shortlist", type=int, default=EXEMPLAR_SHORTLIST, help="as run_stream.py's")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"], help="as run_stream.py --eye-guard")
     p.add_argument("--exemplars", type=Path, default=EXEMPLARS, help="the exemplar bank (.npz) of the exemplar mode")
     p.add_argument("--seed", type=int, default=0)
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             outs = {}
             for mode in modes:
                 done = complete(case, mode, detector=detector, inpainter_for=inpainter_for, exemplars=exemplars,
-                                crop_scale=gen.config.crop_scale, locator=locator)
+                                crop_scale=gen.config.crop_scale, locator=locator, shortlist=args.exemplar_shortlist)
                 if done is None:
                     break
                 outs[mode] = done
