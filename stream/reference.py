@@ -36,7 +36,7 @@ REFERENCE_SIDE = 192
 DETAIL_SIDE_MAX = 384
 EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
 # Exemplars short-listed by the upper face before the drawn lower face picks one (References).
-EXEMPLAR_SHORTLIST = 6
+EXEMPLAR_SHORTLIST = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
 # the part of a masked face that is still visible, so the part references are matched on.

@@ -91,9 +91,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise", type=float, default=0.0,
                    help="non-local means strength on each crop, 0 for none (e.g. 6: UTKFace's JPEG blocks, "
                         "magnified with the face, are otherwise lent as a grid over the cheeks)")
-    p.add_argument("--exclude", nargs="*", default=list(WATERMARKED), metavar="NAME",
-                   help="UTKFace file names to leave out, each replaced by the next face of its group (default: the "
-                        "faces with a stock-photo watermark, " + " ".join(WATERMARKED) + "; none: --exclude alone)")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="NAME",
+                   help="UTKFace file names to leave out, e.g. the faces with a watermark: " + " ".join(WATERMARKED))
     p.add_argument("--seed", type=int, default=0)
     return p
 
