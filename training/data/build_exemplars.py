@@ -27,9 +27,15 @@ from training.data.synth import face_box_from_landmarks, face_turn
 logger = logging.getLogger(__name__)
 
 AGE_BUCKETS = (12, 25, 45, 65)
-# Bank faces found by eye to carry a stock photo's watermark (one was lent onto a test clip's
-# cheek); the shipped bank still holds them: a bank without them has yet to pass a ship rule.
-WATERMARKED = ("13_1_0_20170109204923296.jpg", "26_1_1_20170112213007903.jpg")
+# Faces found by eye (the whole bank looked at) to carry what a paste lends as it is over the lower
+# face: a stock photo's watermark, or hands, a painted moustache, a smear, a headset microphone, a
+# nose ring's chain. The default bank leaves them out, each replaced by the next face of its group.
+WATERMARKED = ("13_1_0_20170109204923296.jpg", "26_1_1_20170112213007903.jpg", "5_0_1_20170116030347859.jpg",
+               "7_0_1_20170114025451554.jpg", "4_0_2_20161219141105897.jpg")
+COVERED = ("9_0_0_20170110224736067.jpg", "5_1_3_20161219230446729.jpg", "19_1_0_20170116163837603.jpg",
+           "18_1_1_20170114030232014.jpg", "24_1_2_20170116174805466.jpg", "12_0_0_20170110224603045.jpg",
+           "3_1_2_20161219141400280.jpg", "26_1_2_20170116175458291.jpg", "26_1_3_20170112212035747.jpg",
+           "23_1_0_20170116221829199.jpg")
 
 
 def _labels(name: str) -> tuple[int, int, int] | None:
@@ -91,8 +97,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise", type=float, default=0.0,
                    help="non-local means strength on each crop, 0 for none (e.g. 6: UTKFace's JPEG blocks, "
                         "magnified with the face, are otherwise lent as a grid over the cheeks)")
-    p.add_argument("--exclude", nargs="*", default=[], metavar="NAME",
-                   help="UTKFace file names to leave out, e.g. the faces with a watermark: " + " ".join(WATERMARKED))
+    p.add_argument("--exclude", nargs="*", default=list(WATERMARKED + COVERED), metavar="NAME",
+                   help="UTKFace file names to leave out, each replaced by the next face of its group (default: the "
+                        "faces with a watermark or a hand, a moustache or jewellery over the lower face, WATERMARKED "
+                        "and COVERED; none: --exclude alone)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
