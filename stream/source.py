@@ -390,7 +390,9 @@ class ImageSource(Source):
                 self.corrupt_frames += 1
                 logger.warning("%s; skipped", exc)
                 continue
-            yield Frame(index=index, image=image, file=path.name)
+            # Photos are unrelated to each other: nothing a photo's faces left behind (tracks,
+            # reconstructions, references) may be carried onto the next one.
+            yield Frame(index=index, image=image, file=path.name, scene_cut=True)
 
 
 _WEBCAM_PATH = re.compile(r"^/dev/video\d+$")

@@ -265,6 +265,56 @@ def test_photo_directory_in_photo_directory_out(tmp_path, tiny_weights):
     assert cv2.imread(str(single)).shape == (60, 80, 3)
 
 
+class _FaceOnFirstPhoto:
+    """A detector that finds a masked face on the first photo only."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, image: np.ndarray):
+        from stream.records import Detections
+
+        self.calls += 1
+        h, w = image.shape[:2]
+        if self.calls > 1:
+            return Detections(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+                              masks=np.zeros((0, h, w), bool))
+        masks = np.zeros((1, h, w), bool)
+        masks[0, 40:60, 10:40] = True
+        return Detections(boxes=np.array([[10, 10, 40, 60]], np.float32), scores=np.array([0.99], np.float32),
+                          masks=masks)
+
+
+class _TracksSeen(Stage):
+    name = "tracks"
+
+    def __init__(self) -> None:
+        self.seen: list[list[int]] = []
+
+    def process(self, frame: Frame) -> None:
+        self.seen.append([t.track_id for t in frame.tracks])
+
+
+def test_a_face_on_one_photo_is_never_carried_onto_the_next(tmp_path):
+    import cv2
+    from types import SimpleNamespace
+
+    from stream.source import ImageSource
+    from stream.stages import DetectSchedule, DetectStage, TrackStage
+    from stream.track import FaceTracker
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, size in (("a.jpg", (80, 60)), ("b.jpg", (200, 120))):
+        cv2.imwrite(str(photos / name), np.full((size[1], size[0], 3), 200, np.uint8))
+    tracks = _TracksSeen()
+    config = run_stream.tracker_config_for(SimpleNamespace(verifier=None), still=True)
+    stages = [DetectStage(_FaceOnFirstPhoto(), schedule=DetectSchedule()), TrackStage(FaceTracker(config)), tracks]
+    Pipeline(ImageSource(photos), stages, [_Collect()]).run()
+    # Photos are unrelated: the first photo's face is not looked for, let alone painted, on the second.
+    assert len(tracks.seen[0]) == 1 and tracks.seen[1] == []
+
+
 def _bad(tmp_path, tiny_weights, capsys, *args: str) -> str:
     code = cli(tiny_weights, *args)
     err = capsys.readouterr().err.strip().splitlines()
