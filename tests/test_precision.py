@@ -9,7 +9,13 @@ import pytest
 
 from engines.models.detector import FACE, FACE_MASK
 from tests.media import make_video
-from training.evaluation.evaluate_precision import make_mask_off_clip, mask_off_clip, unmasked_clips
+from training.evaluation.evaluate_precision import (
+    altered_outside_faces,
+    make_mask_off_clip,
+    mask_off_clip,
+    photo_folder,
+    unmasked_clips,
+)
 from training.evaluation.evaluate_temporal import iter_rgb
 from training.data.negatives import negative_files
 from training.metrics.temporal_metrics import block_luma_difference, visibly_altered
@@ -89,6 +95,33 @@ def test_unmasked_clips_run_the_pipeline_and_compare_every_frame(tiny_weights, t
     result = unmasked_clips(clips, tmp_path, 10, ["--detector-weights", str(det), "--generator-weights", str(gen)])
     # Untrained weights find no face, so nothing may change.
     assert result["frames"] == 10 and result["altered_rate"] == 0.0 and result["clips"]["talk"]["frames"] == 10
+
+
+def test_a_photo_counts_as_altered_only_off_its_own_faces():
+    source = np.full((160, 240, 3), 120, np.uint8)
+    box = [40.0, 40.0, 80.0, 90.0]  # its crop window at 1.2 is 60 px square around the box's centre
+    on_face = source.copy()
+    on_face[60:90, 45:75] = 250
+    assert not altered_outside_faces(source, on_face, [box], crop_scale=1.2)
+    elsewhere = source.copy()
+    elsewhere[20:60, 170:210] = 250  # a ghost face in the background
+    assert altered_outside_faces(source, elsewhere, [box], crop_scale=1.2)
+    assert altered_outside_faces(source, on_face, [], crop_scale=1.2)
+
+
+def test_photo_folder_runs_the_photos_as_one_folder(tiny_weights, tmp_path):
+    import cv2
+
+    photos = []
+    for i, size in enumerate(((64, 48), (100, 80))):
+        path = tmp_path / f"p{i}.png"
+        cv2.imwrite(str(path), np.random.default_rng(i).integers(0, 255, (size[1], size[0], 3), np.uint8))
+        photos.append(path)
+    det, gen = tiny_weights
+    result = photo_folder(photos, tmp_path / "work", ["--detector-weights", str(det), "--generator-weights", str(gen)],
+                          crop_scale=1.2)
+    # Untrained weights find no face, so no photo may change.
+    assert result["images"] == 2 and result["altered_outside_rate"] == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,10 @@ settings), so the numbers are what a user gets:
   of frames on which the pipeline's detect and track stages (default schedule and tracker, as
   ``run_stream.py`` runs a video) give some face a mask to fill (recall); beside it the share of
   frames on which the detect stage alone, frame by frame, reports one;
+* ``photo-folder``: the held-out real masked photos as one folder through ``run_stream.py`` (the
+  batch-photo path): share of photos visibly altered (as below) anywhere but in the crop windows
+  of their own detected faces, grown by one tile: what a photo's faces leave outside themselves,
+  or an earlier photo's faces leave on it;
 * ``unmasked-clips``: ``videos/unmasked`` through ``run_stream.py`` (``--max-frames`` frames):
   share of frames whose output differs visibly from the input (some 16x16 block with a mean
   absolute luma difference above 12; re-encoding alone stays under 9), overall and per clip;
@@ -31,6 +35,7 @@ settings), so the numbers are what a user gets:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -46,6 +51,7 @@ from engines.models.detector import load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.detect import DetectorSettings, FaceDetector, MaskVerifier
+from stream.geometry import CropWindow
 from stream.records import Frame
 from stream.source import VideoFileSource
 from stream.stages import DetectSchedule, DetectStage, TrackStage
@@ -62,11 +68,12 @@ from training.evaluation.evaluate_detector import (
 from training.evaluation.evaluate_temporal import EvaluationError, find_clips, iter_rgb, run_stream_once
 from training.data.masked_clips import clip_writer
 from training.data.negatives import masked_photo_files, negative_files
-from training.metrics.temporal_metrics import visibly_altered
+from training.metrics.temporal_metrics import block_luma_difference, visibly_altered
 
 logger = logging.getLogger(__name__)
 
-SETS = ("photos", "lfw", "masked-photos", "masked-clips", "unmasked-clips", "mask-off", "segmentation", "synthetic")
+SETS = ("photos", "lfw", "masked-photos", "photo-folder", "masked-clips", "unmasked-clips", "mask-off", "segmentation",
+        "synthetic")
 RUN_STREAM = Path(__file__).resolve().parents[2] / "run_stream.py"
 
 
@@ -152,6 +159,45 @@ def unmasked_clips(folder: Path, work: Path, max_frames: int | None, extra: list
     return {"frames": n, "altered_rate": altered / max(n, 1), "clips": per_clip}
 
 
+def altered_outside_faces(source: np.ndarray, output: np.ndarray, boxes: list[list[float]], *, crop_scale: float,
+                          block: int = 16, threshold: float = 12.0) -> bool:
+    """Does ``output`` differ visibly from ``source`` ((H, W, 3) uint8 RGB) in some ``block`` tile
+    that no face's crop window (``boxes``: xyxy frame pixels, squared and grown by ``crop_scale``
+    as the inpainter cuts them) reaches, nor a tile next to one."""
+    tiles = block_luma_difference(source, output, block=block) > threshold
+    faces = np.zeros(tiles.shape, bool)
+    for box in boxes:
+        window = CropWindow.for_face(np.asarray(box, np.float32), crop_scale)
+        x1, y1 = int(window.x1 // block) - 1, int(window.y1 // block) - 1
+        x2, y2 = int((window.x1 + window.side) // block) + 2, int((window.y1 + window.side) // block) + 2
+        faces[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
+    return bool((tiles & ~faces).any())
+
+
+def photo_folder(paths: list[Path], work: Path, extra: list[str], *, crop_scale: float) -> dict:
+    folder, out, found = work / "photo_folder", work / "photo_folder_out", work / "photo_folder.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        link = folder / path.name
+        if not link.exists():
+            link.symlink_to(path.resolve())
+    cmd = [sys.executable, str(RUN_STREAM), "--input", str(folder), "--output", str(out), "--detections", str(found),
+           "--no-progress"]
+    run_stream_once(cmd + extra, cwd=RUN_STREAM.parent, timeout=None)
+    altered, earlier = [], set()
+    for line in found.read_text().splitlines():
+        record = json.loads(line)
+        # A photo's own faces are the tracks that start on it; one carried from an earlier photo
+        # is that photo's face painted onto this one.
+        own = [f["box"] for f in record["faces"] if f["track_id"] not in earlier]
+        earlier |= {f["track_id"] for f in record["faces"]}
+        source, output = _read_rgb(folder / record["file"]), _read_rgb(out / record["file"])
+        if altered_outside_faces(source, output, own, crop_scale=crop_scale):
+            altered.append(record["file"])
+    n = len(found.read_text().splitlines())
+    return {"images": n, "altered_outside_rate": len(altered) / max(n, 1), "altered": altered}
+
+
 def make_mask_off_clip(masked: Path, gt: Path, out: Path) -> int:
     """The masked video up to the middle frame, the unmasked truth from there on. Returns the
     index of the first unmasked frame."""
@@ -214,6 +260,9 @@ def format_table(r: dict) -> str:
         row("unmasked web photos (held out): face_mask on", pct(r["photos"]["face_mask_rate"]), "<= 2 %", str(r["photos"]["images"]))
     if "lfw" in r:
         row("LFW news photos (held out): face_mask on", pct(r["lfw"]["face_mask_rate"]), "<= 2 %", str(r["lfw"]["images"]))
+    if "photo-folder" in r:
+        row("masked photos as one folder: altered off their faces", pct(r["photo-folder"]["altered_outside_rate"]),
+            "<= 2 %", str(r["photo-folder"]["images"]))
     if "unmasked-clips" in r:
         u = r["unmasked-clips"]
         row("unmasked clips: frames visibly altered", pct(u["altered_rate"]), "<= 1 %", str(u["frames"]))
@@ -305,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
                 hits, read = len(held & set(found["flagged"])), len(held & set(found["flagged"] + found["missed"]))
                 found["held_out"] = {"images": read, "face_mask_rate": hits / max(read, 1)}
                 results["masked-photos"] = found
+            if "photo-folder" in args.sets:
+                # The windows the shipped generator cuts, whose crop scale the weights carry.
+                crop_scale = load_model("generator", backend="torch", device="cpu").config.crop_scale
+                results["photo-folder"] = photo_folder(masked_photo_files(args.data, "val"), work, extra,
+                                                       crop_scale=crop_scale)
             if "masked-clips" in args.sets:
                 results["masked-clips"] = clip_mask_rate(detector, args.data / "videos" / "masked", load_clip_annotations())
             if "unmasked-clips" in args.sets:
