@@ -284,7 +284,11 @@ def align_to(crop: np.ndarray, visible: np.ndarray, reference: ReferenceFace, *,
     small = cv2.resize(reference.crop, (size, size), interpolation=cv2.INTER_AREA)
     template = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (0, 0), 1.0).astype(np.float32)
     moving = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (0, 0), 1.0).astype(np.float32)
-    warp = np.eye(2, 3, dtype=np.float32) if initial is None else (initial / scale).astype(np.float32)
+    warp = np.eye(2, 3, dtype=np.float32)
+    if initial is not None:
+        warp = initial / scale
+        warp[:, 2] -= (0.5 * scale - 0.5) / scale
+        warp = warp.astype(np.float32)
     try:
         _, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_TRANSLATION,
                                        (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4),
@@ -293,8 +297,16 @@ def align_to(crop: np.ndarray, visible: np.ndarray, reference: ReferenceFace, *,
         return None
     if not np.isfinite(warp).all() or np.abs(warp[:, 2]).max() > 0.12 * size:
         return None
-    # Crop pixels to reference pixels at the crop's size, then at the reference's.
-    return (warp * scale).astype(np.float32)
+    return _at_reference_side(warp, scale)
+
+
+def _at_reference_side(matrix: np.ndarray, scale: float) -> np.ndarray:
+    """A 2x3 map into pixels of a reference resized to the crop's size, made one into the
+    reference's own pixels, ``scale`` times smaller: pixel centres, as every crop here is cut
+    (without the half-pixel term the lent detail sat a quarter of a reference pixel off at 192/128)."""
+    out = matrix * scale
+    out[:, 2] += 0.5 * scale - 0.5
+    return out.astype(np.float32)
 
 
 # Parsing classes (engines.models.parsing.PARSING_CLASSES) whose centres pin a face's parts.
@@ -382,10 +394,11 @@ def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.nd
     in crop pixels, reference's in pixels ``scale`` times smaller than the reference's); None
     when the fit would squash, stretch or turn the face beyond what a pose change explains."""
     a = np.hstack([face, np.ones((len(face), 1), np.float32)])
-    solution, *_ = np.linalg.lstsq(a, reference * scale, rcond=None)
-    matrix = solution.T.astype(np.float32)
-    singular = np.linalg.svd(matrix[:, :2] / scale, compute_uv=False)
-    if singular.min() < 0.75 or singular.max() > 1.33 or np.linalg.det(matrix[:, :2]) <= 0:
+    solution, *_ = np.linalg.lstsq(a, reference, rcond=None)
+    at_size = solution.T.astype(np.float32)
+    singular = np.linalg.svd(at_size[:, :2], compute_uv=False)
+    matrix = _at_reference_side(at_size, scale)
+    if singular.min() < 0.75 or singular.max() > 1.33 or np.linalg.det(at_size[:, :2]) <= 0:
         return None
     return matrix
 

@@ -186,9 +186,15 @@ def test_alignment_finds_the_shift_between_a_face_and_its_reference():
     crop = cv2.resize(face, (64, 64), interpolation=cv2.INTER_AREA)
     visible = np.zeros((64, 64), bool)
     visible[8:40, 8:56] = True
-    matrix = align_to(crop, visible, ReferenceFace(shifted, "shifted"))
+    reference = ReferenceFace(shifted, "shifted")
+    matrix = align_to(crop, visible, reference)
     assert matrix is not None
-    np.testing.assert_allclose(matrix[:, 2], [-4, 6], atol=1.0)  # in reference pixels
+    # Crop pixel centre x maps to reference pixel 3 x + 1 (centres, 3 reference pixels a crop pixel), moved by the shift.
+    np.testing.assert_allclose(matrix[:, 2], [-4 + 1, 6 + 1], atol=0.15)
+    # Seen through the fit, the reference lies on the crop: no sub-pixel offset is left between them.
+    seen = cv2.cvtColor(Guide(reference, matrix).in_window(64), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    (dx, dy), _ = cv2.phaseCorrelate(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32), seen)
+    assert abs(dx) < 0.1 and abs(dy) < 0.1
     flat = np.full((64, 64, 3), 128, np.uint8)
     assert align_to(flat, visible, ReferenceFace(shifted, "shifted")) is None  # nothing to fit on
 
@@ -354,10 +360,11 @@ def test_parts_map_recovers_a_pose_and_refuses_a_squashed_face():
     angle, scale = np.deg2rad(8), 1.1
     turn = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     reference = face @ turn.T + (5.0, -3.0)
-    # Reference points at the crop's scale; the map goes to reference pixels 1.5 times larger.
+    # Reference points at the crop's scale; the map goes to reference pixels 1.5 times larger
+    # (pixel centres: a point x there is 1.5 x + 0.25 here).
     matrix = parts_map(face, reference, scale=1.5)
     np.testing.assert_allclose(matrix[:, :2], 1.5 * turn, atol=1e-4)
-    np.testing.assert_allclose(matrix[:, 2], (7.5, -4.5), atol=1e-3)
+    np.testing.assert_allclose(matrix[:, 2], (7.5 + 0.25, -4.5 + 0.25), atol=1e-3)
     squashed = face * (1.0, 0.5)
     assert parts_map(face, squashed, scale=1.0) is None
 
@@ -371,9 +378,11 @@ def test_an_exemplar_is_fitted_to_the_completed_face_and_lends_only_its_lower_fa
     refs = References(given=[], exemplars=[exemplar], memory=None, locator=PartsLocator(_ParsingEngine()))
     completed = np.full((128, 128, 3), 90, np.uint8)
     fitted = refs.fit_parts(7, Guide(exemplar, None), completed)
-    # The face's parts sit 4 px right and 6 px down of the exemplar's: a shift, in reference pixels.
+    # The face's parts sit 4 px right and 6 px down of the exemplar's: a shift, in reference pixels
+    # (pixel centres: crop pixel x is reference pixel k x + (k - 1) / 2).
     k = REFERENCE_SIDE / 128
-    np.testing.assert_allclose(fitted.to_reference, [[k, 0, -4 * k], [0, k, -6 * k]], atol=0.05)
+    c = (k - 1) / 2
+    np.testing.assert_allclose(fitted.to_reference, [[k, 0, -4 * k + c], [0, k, -6 * k + c]], atol=0.05)
     lent = fitted.reference.crop.astype(np.float32) - cv2.GaussianBlur(fitted.reference.crop.astype(np.float32),
                                                                       (0, 0), 2 * k)
     mouth = np.abs(lent[int(88 * k):int(110 * k), int(40 * k):int(88 * k)]).mean()
@@ -416,7 +425,8 @@ def test_a_track_settles_on_the_short_listed_exemplar_whose_mouth_agrees_with_th
         assert first.source == "exemplar smiling"
         fitted = refs.fit_parts(7, Guide(first, None), completed, drawn)
         assert refs.for_track(7, crop).source == settled
-        np.testing.assert_allclose(fitted.to_reference, [[k, 0, -4 * k], [0, k, -6 * k]], atol=0.05)
+        c = (k - 1) / 2
+        np.testing.assert_allclose(fitted.to_reference, [[k, 0, -4 * k + c], [0, k, -6 * k + c]], atol=0.05)
         # Settled once: later frames keep it whatever they show.
         refs.fit_parts(7, Guide(refs.for_track(7, crop), None), 255 - completed, drawn)
         assert refs.for_track(7, crop).source == settled
