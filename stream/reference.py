@@ -284,11 +284,7 @@ def align_to(crop: np.ndarray, visible: np.ndarray, reference: ReferenceFace, *,
     small = cv2.resize(reference.crop, (size, size), interpolation=cv2.INTER_AREA)
     template = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (0, 0), 1.0).astype(np.float32)
     moving = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (0, 0), 1.0).astype(np.float32)
-    warp = np.eye(2, 3, dtype=np.float32)
-    if initial is not None:
-        warp = initial / scale
-        warp[:, 2] -= (0.5 * scale - 0.5) / scale
-        warp = warp.astype(np.float32)
+    warp = np.eye(2, 3, dtype=np.float32) if initial is None else _at_crop_side(initial, scale)
     try:
         _, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_TRANSLATION,
                                        (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4),
@@ -307,6 +303,14 @@ def _at_reference_side(matrix: np.ndarray, scale: float) -> np.ndarray:
     out = matrix * scale
     out[:, 2] += 0.5 * scale - 0.5
     return out.astype(np.float32)
+
+
+def _at_crop_side(matrix: np.ndarray, scale: float) -> np.ndarray:
+    """The inverse of ``_at_reference_side``: a map into the reference's own pixels made one into
+    the pixels of the reference resized to the crop's size."""
+    out = matrix.astype(np.float64).copy()
+    out[:, 2] -= 0.5 * scale - 0.5
+    return (out / scale).astype(np.float32)
 
 
 # Parsing classes (engines.models.parsing.PARSING_CLASSES) whose centres pin a face's parts.

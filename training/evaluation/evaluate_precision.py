@@ -184,9 +184,9 @@ def photo_folder(paths: list[Path], work: Path, extra: list[str], *, crop_scale:
     cmd = [sys.executable, str(RUN_STREAM), "--input", str(folder), "--output", str(out), "--detections", str(found),
            "--no-progress"]
     run_stream_once(cmd + extra, cwd=RUN_STREAM.parent, timeout=None)
+    records = [json.loads(line) for line in found.read_text().splitlines()]
     altered, earlier = [], set()
-    for line in found.read_text().splitlines():
-        record = json.loads(line)
+    for record in records:
         # A photo's own faces are the tracks that start on it; one carried from an earlier photo
         # is that photo's face painted onto this one.
         own = [f["box"] for f in record["faces"] if f["track_id"] not in earlier]
@@ -194,8 +194,7 @@ def photo_folder(paths: list[Path], work: Path, extra: list[str], *, crop_scale:
         source, output = _read_rgb(folder / record["file"]), _read_rgb(out / record["file"])
         if altered_outside_faces(source, output, own, crop_scale=crop_scale):
             altered.append(record["file"])
-    n = len(found.read_text().splitlines())
-    return {"images": n, "altered_outside_rate": len(altered) / max(n, 1), "altered": altered}
+    return {"images": len(records), "altered_outside_rate": len(altered) / max(len(records), 1), "altered": altered}
 
 
 def make_mask_off_clip(masked: Path, gt: Path, out: Path) -> int:
