@@ -32,7 +32,7 @@ from engines.registry import LoadedModel, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
 from stream.detect import DetectorSettings, DetectorSettingsError, FaceDetector, MaskVerifier
-from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
+from stream.inpaint import EyeGuard, FaceInpainter, HandGuard, InpaintSettings
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
@@ -117,6 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces "
                         "finds them every 5 frames; off: the mask grown by a few pixels is filled, lower eyelids "
                         "included)")
+    p.add_argument("--hand-guard", default="off", choices=["on", "off"],
+                   help="keep skin-coloured hands and fingers in front of the mask (told from the mask by colour) "
+                        "out of the fill (off: the detected mask is filled, fingers over it included)")
     p.add_argument("--skip-still", default="on" if InpaintSettings.skip_still else "off", choices=["on", "off"],
                    help="a face whose visible part did not move since the last frame reuses that frame's "
                         "reconstruction, every other frame at most (the generator cannot see the mouth anyway)")
@@ -213,6 +216,7 @@ class RunConfig:
     exemplars: bool = True
     exemplar_shortlist: int = EXEMPLAR_SHORTLIST
     eye_guard: bool = True
+    hand_guard: bool = False
     live: str = "auto"
     pipeline: PipelineConfig = PipelineConfig()
     encoder: EncoderSettings = EncoderSettings()
@@ -242,7 +246,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                 skip_still=args.skip_still == "on",
                                 skip_moving=args.skip_moving == "on"),
         reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
-        exemplar_shortlist=args.exemplar_shortlist, eye_guard=args.eye_guard == "on", live=args.live,
+        exemplar_shortlist=args.exemplar_shortlist, eye_guard=args.eye_guard == "on",
+        hand_guard=args.hand_guard == "on", live=args.live,
         pipeline=PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames),
         encoder=EncoderSettings(crf=args.crf, preset=args.preset),
         reconnect=ReconnectPolicy(open_timeout=args.open_timeout, give_up_after=args.reconnect_timeout),
@@ -338,7 +343,8 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
                                    no_reference_engine=models.generator_noref.engine if models.generator_noref else None,
                                    # Photos are unrelated: a face's eyes are looked for in each one.
                                    eye_guard=EyeGuard(PartsLocator(models.eye_parsing.engine), every=1 if still else 5)
-                                   if config.eye_guard and models.eye_parsing is not None else None)),
+                                   if config.eye_guard and models.eye_parsing is not None else None,
+                                   hand_guard=HandGuard() if config.hand_guard else None)),
     ]
     logger.info("%s mode: %s", "live" if live else "file", "one-frame queues, detector in the background"
                 if live else f"queues of {config.pipeline.queue_size}, no frame dropped")

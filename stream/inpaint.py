@@ -93,6 +93,73 @@ class EyeGuard:
         return np.maximum(kept, cv2.GaussianBlur(kept, (0, 0), 1.0))
 
 
+class HandGuard:
+    """Keeps a hand in front of the mask out of the hole. The detector draws the mask with the
+    fingers that cover it (real masks are labelled so), and the fill then paints a face over them
+    (2026-12-07, webcam clip frames 150-200: both hands vanish).
+
+    The mask's colour is the median chroma (YCrCb) of the hole pixels more than ``far`` from the
+    visible face's skin; a mask whose colour is close to skin leaves fewer than ``min_mask`` of its
+    pixels that far, and then nothing is kept: a skin-coloured mask is filled as before rather than
+    left in patches. A pixel of the hole is skin when its chroma lies at least ``along`` of the way
+    from the mask's colour to the skin's (1: as far as the face's skin, or past it) and within ``near``
+    of that line: the folds of a cupped mask take on some of the hands' hue in their reflected light. Skin areas
+    are kept whole where at least ``min_area`` of the crop of them lies ``depth`` crop pixels inside
+    the detected mask; the skin at the hole's rim (cheeks and chin in the margin the hole is grown
+    by) is filled as before. The kept edge is soft on the inside, so no fabric shows beside a finger."""
+
+    def __init__(self, *, near: float = 9.0, far: float = 12.0, along: float = 1.0, min_mask: float = 0.1,
+                 depth: int = 6, min_area: float = 0.004) -> None:
+        if not 0 < near <= far or along <= 0 or not 0 <= min_mask <= 1 or depth < 0 or min_area < 0:
+            raise ValueError("HandGuard needs 0 < near <= far, along > 0, 0 <= min_mask <= 1, depth >= 0, "
+                             f"min_area >= 0 (got {near}, {far}, {along}, {min_mask}, {depth}, {min_area})")
+        self.near, self.far, self.along, self.min_mask = near, far, along, min_mask
+        self.depth, self.min_area = depth, min_area
+
+    def keep(self, crop: np.ndarray, hole: np.ndarray, skin_area: np.ndarray, dilation: int) -> np.ndarray:
+        """(S, S) float32 in [0, 1]: how much of each pixel's own value to keep (1 on the hand).
+        crop: (S, S, 3) uint8 RGB; hole: (S, S) float32; skin_area: (S, S) bool, the visible face
+        the skin colour is taken from."""
+        s = crop.shape[0]
+        kept = np.zeros((s, s), np.float32)
+        inside = hole >= 0.5
+        ycc = cv2.cvtColor(crop, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+        # Off the hole's rim (the margin may show mask fabric), and neither hair, brows nor eyes
+        # (dark) nor highlights.
+        rim = cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        skin = skin_area & ~rim
+        if skin.sum() < 50 or inside.sum() < 50:
+            return kept
+        low, high = np.percentile(ycc[..., 0][skin], [30, 95])
+        skin &= (ycc[..., 0] >= low) & (ycc[..., 0] <= high)
+        chroma = ycc[..., 1:]
+        skin_colour = np.median(chroma[skin], axis=0)
+        fabric = inside & (np.linalg.norm(chroma - skin_colour, axis=-1) > self.far)
+        if fabric.sum() < self.min_mask * inside.sum():
+            return kept
+        # Where each pixel lies on the line from the mask's colour (0) to the skin's (1), and how far
+        # off it; fingers are often more saturated than the face.
+        mask_colour = np.median(chroma[fabric], axis=0)
+        axis = skin_colour - mask_colour
+        offset = chroma - mask_colour
+        along = offset @ axis / float(axis @ axis)
+        across = np.abs(offset @ np.array([-axis[1], axis[0]])) / float(np.linalg.norm(axis))
+        hand = (inside & (along >= self.along) & (across < self.near)).astype(np.uint8)
+        hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        size = 2 * (dilation + self.depth) + 1
+        deep = cv2.erode(inside.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+        count, labels = cv2.connectedComponents(hand, connectivity=8)
+        if count < 2:
+            return kept
+        depth_of = np.bincount(labels[deep > 0], minlength=count)
+        wanted = np.nonzero(depth_of >= self.min_area * s * s)[0]
+        wanted = wanted[wanted > 0]
+        if not len(wanted):
+            return kept
+        kept[np.isin(labels, wanted)] = 1.0
+        return np.minimum(kept, cv2.GaussianBlur(kept, (0, 0), 1.0))
+
+
 @dataclass
 class _FaceState:
     """What the previous frame left for one track, in that frame's crop coordinates (S x S).
@@ -124,7 +191,7 @@ class _FaceJob:
     hole: np.ndarray
     average: np.ndarray
     previous: tuple[np.ndarray, np.ndarray] | None = None
-    keep: np.ndarray | None = None  # (S, S) float32, the share of the input kept (the eyes: EyeGuard)
+    keep: np.ndarray | None = None  # (S, S) float32, the share of the input kept (EyeGuard, HandGuard)
     reuse: bool = False  # skip the generator: previous[0] is this frame's reconstruction
 
 
@@ -212,8 +279,8 @@ class FaceInpainter:
     carried to the new crop by the face's own motion (``face_motion``), not the box's alone, so the
     blended reconstruction stays attached to the face instead of lagging behind it.
 
-    ``last_steps``: seconds per step of the last call (crop, motion, eyes, reference, generator, blend,
-    paste; only the steps that ran), for the benchmark's breakdown.
+    ``last_steps``: seconds per step of the last call (crop, motion, eyes, hands, reference, generator,
+    blend, paste; only the steps that ran), for the benchmark's breakdown.
 
     ``frames_on_device`` (default: when the generator runs on a GPU): the frame goes to the
     engine's device once, faces are cut and pasted there (``CropWindow.cut_tensor`` /
@@ -238,9 +305,11 @@ class FaceInpainter:
         frames_on_device: bool | None = None,
         no_reference_engine: Engine | None = None,
         eye_guard: EyeGuard | None = None,
+        hand_guard: HandGuard | None = None,
     ) -> None:
         self.engine = engine
         self.eye_guard = eye_guard
+        self.hand_guard = hand_guard
         self.no_reference_engine = no_reference_engine
         self.frames_on_device = engine.device.type == "cuda" if frames_on_device is None else frames_on_device
         self.references = references
@@ -364,6 +433,12 @@ class FaceInpainter:
                     job.keep = self.eye_guard.keep(eyes, job.hole, self.config.mask_dilation)
                     # The generator sees the eyes as context, not as a part to draw.
                     job.hole = np.where(job.keep >= 0.5, 0.0, job.hole).astype(np.float32)
+            if self.hand_guard is not None:
+                with steps("hands"):
+                    hands = self.hand_guard.keep(crop, job.hole, self._upper_face(job.hole), self.config.mask_dilation)
+                    if hands.any():
+                        job.keep = hands if job.keep is None else np.maximum(job.keep, hands)
+                        job.hole = np.where(hands >= 0.5, 0.0, job.hole).astype(np.float32)
             jobs.append(job)
         with steps("reference"):
             guides = [self._guide(job) for job in jobs]
