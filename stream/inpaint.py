@@ -98,66 +98,116 @@ class HandGuard:
     fingers that cover it (real masks are labelled so), and the fill then paints a face over them
     (2026-12-07, webcam clip frames 150-200: both hands vanish).
 
-    The mask's colour is the median chroma (YCrCb) of the hole pixels more than ``far`` from the
-    visible face's skin; a mask whose colour is close to skin leaves fewer than ``min_mask`` of its
-    pixels that far, and then nothing is kept: a skin-coloured mask is filled as before rather than
-    left in patches. A pixel of the hole is skin when its chroma lies at least ``along`` of the way
-    from the mask's colour to the skin's (1: as far as the face's skin, or past it) and within ``near``
-    of that line: the folds of a cupped mask take on some of the hands' hue in their reflected light. Skin areas
-    are kept whole where at least ``min_area`` of the crop of them lies ``depth`` crop pixels inside
-    the detected mask; the skin at the hole's rim (cheeks and chin in the margin the hole is grown
-    by) is filled as before. The kept edge is soft on the inside, so no fabric shows beside a finger."""
+    Hands are told from the mask by colour, and only on a mask the track has seen bare: colour
+    alone cannot tell a beige or brown cloth mask from skin. Per crop, the mask's colour is the
+    median chroma (YCrCb) of the hole pixels more than ``far`` from the visible face's skin, and a
+    hole pixel looks like skin when its chroma lies at least ``along`` of the way from the mask's
+    colour to the skin's (1: as far as the face's skin, or past it: fingers are often more
+    saturated than a face) and within ``near`` of that line, within ``max_turn`` degrees of the
+    skin's hue and at most ``max_strength`` times as saturated (orange plastic, red print). The
+    folds of a cupped white mask take on some of the hands' hue in their reflected light; an
+    ``along`` of 0.8 kept them.
+
+    A track is armed once ``arm_after`` of its crops in a row had at most ``bare_share`` of their
+    mask (the hole ``depth`` crop pixels inside the detected mask's edge) looking like skin; before that nothing is kept, so a mask in a skin tone (the share is
+    high from its first frame) and photos (one look) are filled as before. Armed, the skin-like
+    areas are kept whole where at least ``min_area`` of the crop of them lies ``depth`` crop pixels
+    inside the detected mask (the skin at the hole's rim, in the margin the hole is grown by, is
+    filled as before), unless more than ``max_share`` of the mask looks like skin. The kept edge is
+    soft on the inside, so no fabric shows beside a finger.
+
+    Nothing is kept where colour cannot tell: a mask within ``far`` of skin on all but ``min_mask``
+    of its pixels, or visible skin with no distinct hue (chroma within ``min_hue`` of grey: a face
+    under coloured stage light, a grey photo, a fringe over the forehead; across UTKFace's groups
+    the skin's chroma is about 30 units from grey, and under 14 are mostly grey or tinted photos)."""
 
     def __init__(self, *, near: float = 9.0, far: float = 12.0, along: float = 1.0, min_mask: float = 0.1,
-                 depth: int = 6, min_area: float = 0.004) -> None:
-        if not 0 < near <= far or along <= 0 or not 0 <= min_mask <= 1 or depth < 0 or min_area < 0:
-            raise ValueError("HandGuard needs 0 < near <= far, along > 0, 0 <= min_mask <= 1, depth >= 0, "
-                             f"min_area >= 0 (got {near}, {far}, {along}, {min_mask}, {depth}, {min_area})")
-        self.near, self.far, self.along, self.min_mask = near, far, along, min_mask
+                 min_hue: float = 14.0, max_turn: float = 25.0, max_strength: float = 1.8, max_share: float = 0.9,
+                 arm_after: int = 8, bare_share: float = 0.02, depth: int = 6, min_area: float = 0.004) -> None:
+        if not (0 < near <= far and along > 0 and 0 <= min_mask <= 1 and min_hue >= 0 and 0 < max_turn <= 90
+                and max_strength >= 1 and 0 < max_share <= 1 and arm_after >= 1 and 0 <= bare_share < max_share
+                and depth >= 0 and min_area >= 0):
+            raise ValueError("HandGuard needs 0 < near <= far, along > 0, 0 <= min_mask <= 1, min_hue >= 0, "
+                             "0 < max_turn <= 90, max_strength >= 1, 0 <= bare_share < max_share <= 1, "
+                             "arm_after >= 1, depth >= 0, min_area >= 0")
+        self.near, self.far, self.along, self.min_mask, self.min_hue = near, far, along, min_mask, min_hue
+        self.max_turn, self.max_strength, self.max_share = max_turn, max_strength, max_share
+        self.arm_after, self.bare_share = arm_after, bare_share
         self.depth, self.min_area = depth, min_area
+        self._bare: dict[int, int] = {}  # crops in a row with a bare mask, per track; arm_after: armed
 
-    def keep(self, crop: np.ndarray, hole: np.ndarray, skin_area: np.ndarray, dilation: int) -> np.ndarray:
+    def reset(self) -> None:
+        self._bare.clear()
+
+    def forget(self, live: set[int]) -> None:
+        self._bare = {k: v for k, v in self._bare.items() if k in live}
+
+    def keep(self, track_id: int, crop: np.ndarray, hole: np.ndarray, skin_area: np.ndarray,
+             dilation: int) -> np.ndarray:
         """(S, S) float32 in [0, 1]: how much of each pixel's own value to keep (1 on the hand).
         crop: (S, S, 3) uint8 RGB; hole: (S, S) float32; skin_area: (S, S) bool, the visible face
         the skin colour is taken from."""
         s = crop.shape[0]
         kept = np.zeros((s, s), np.float32)
         inside = hole >= 0.5
-        ycc = cv2.cvtColor(crop, cv2.COLOR_RGB2YCrCb).astype(np.float32)
-        # Off the hole's rim (the margin may show mask fabric), and neither hair, brows nor eyes
-        # (dark) nor highlights.
-        rim = cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        skin = skin_area & ~rim
-        if skin.sum() < 50 or inside.sum() < 50:
+        skin = self.skin_in_hole(crop, inside, skin_area)
+        if skin is None:
             return kept
-        low, high = np.percentile(ycc[..., 0][skin], [30, 95])
-        skin &= (ycc[..., 0] >= low) & (ycc[..., 0] <= high)
-        chroma = ycc[..., 1:]
-        skin_colour = np.median(chroma[skin], axis=0)
-        fabric = inside & (np.linalg.norm(chroma - skin_colour, axis=-1) > self.far)
-        if fabric.sum() < self.min_mask * inside.sum():
-            return kept
-        # Where each pixel lies on the line from the mask's colour (0) to the skin's (1), and how far
-        # off it; fingers are often more saturated than the face.
-        mask_colour = np.median(chroma[fabric], axis=0)
-        axis = skin_colour - mask_colour
-        offset = chroma - mask_colour
-        along = offset @ axis / float(axis @ axis)
-        across = np.abs(offset @ np.array([-axis[1], axis[0]])) / float(np.linalg.norm(axis))
-        hand = (inside & (along >= self.along) & (across < self.near)).astype(np.uint8)
-        hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        # Measured inside the detected mask: the margin the hole is grown by is mostly skin.
         size = 2 * (dilation + self.depth) + 1
-        deep = cv2.erode(inside.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
-        count, labels = cv2.connectedComponents(hand, connectivity=8)
-        if count < 2:
+        deep = cv2.erode(inside.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
+        if not deep.any():
             return kept
-        depth_of = np.bincount(labels[deep > 0], minlength=count)
+        share = float((skin & deep).sum()) / float(deep.sum())
+        bare = self._bare.get(track_id, 0)
+        if bare < self.arm_after:
+            self._bare[track_id] = bare + 1 if share <= self.bare_share else 0
+            return kept
+        if share > self.max_share:
+            # Most of the mask looks like skin: the light changed, or hands cover nearly all of it.
+            return kept
+        hand = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        count, labels = cv2.connectedComponents(hand, connectivity=8)
+        depth_of = np.bincount(labels[deep], minlength=count)
         wanted = np.nonzero(depth_of >= self.min_area * s * s)[0]
         wanted = wanted[wanted > 0]
         if not len(wanted):
             return kept
         kept[np.isin(labels, wanted)] = 1.0
         return np.minimum(kept, cv2.GaussianBlur(kept, (0, 0), 1.0))
+
+    def skin_in_hole(self, crop: np.ndarray, inside: np.ndarray, skin_area: np.ndarray) -> np.ndarray | None:
+        """(S, S) bool: the hole pixels that look like the face's skin and not like the mask;
+        None where colour cannot tell."""
+        ycc = cv2.cvtColor(crop, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+        # Off the hole's rim (the margin may show mask fabric), and neither hair, brows nor eyes
+        # (dark) nor highlights.
+        rim = cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        skin = skin_area & ~rim
+        if skin.sum() < 50 or inside.sum() < 50:
+            return None
+        low, high = np.percentile(ycc[..., 0][skin], [30, 95])
+        skin &= (ycc[..., 0] >= low) & (ycc[..., 0] <= high)
+        chroma = ycc[..., 1:]
+        skin_colour = np.median(chroma[skin], axis=0)
+        skin_hue = skin_colour - 128.0
+        skin_strength = float(np.linalg.norm(skin_hue))
+        if skin_strength < self.min_hue:
+            return None
+        fabric = inside & (np.linalg.norm(chroma - skin_colour, axis=-1) > self.far)
+        if fabric.sum() < self.min_mask * inside.sum():
+            return None
+        mask_colour = np.median(chroma[fabric], axis=0)
+        axis = skin_colour - mask_colour
+        offset = chroma - mask_colour
+        along = offset @ axis / float(axis @ axis)
+        across = np.abs(offset @ np.array([-axis[1], axis[0]])) / float(np.linalg.norm(axis))
+        hue = chroma - 128.0
+        strength = np.linalg.norm(hue, axis=-1)
+        towards = hue @ skin_hue / skin_strength
+        return (inside & (along >= self.along) & (across < self.near)
+                & (towards >= np.cos(np.radians(self.max_turn)) * strength)
+                & (strength <= self.max_strength * skin_strength))
 
 
 @dataclass
@@ -331,6 +381,8 @@ class FaceInpainter:
             self.references.reset()
         if self.eye_guard is not None:
             self.eye_guard.reset()
+        if self.hand_guard is not None:
+            self.hand_guard.reset()
 
     def prepare(self, image: np.ndarray, track: Track, *,
                 frame: torch.Tensor | None = None) -> tuple[CropWindow, np.ndarray, np.ndarray]:
@@ -405,6 +457,9 @@ class FaceInpainter:
             self._states = {k: v for k, v in self._states.items() if k in live}
         if self.eye_guard is not None:
             self.eye_guard.forget(live)
+        if self.hand_guard is not None:
+            # A track that lost its mask for a frame (hands over all of it) stays armed.
+            self.hand_guard.forget({t.track_id for t in tracks})
         if not todo:
             return image
         steps = _StepClock()
@@ -435,7 +490,8 @@ class FaceInpainter:
                     job.hole = np.where(job.keep >= 0.5, 0.0, job.hole).astype(np.float32)
             if self.hand_guard is not None:
                 with steps("hands"):
-                    hands = self.hand_guard.keep(crop, job.hole, self._upper_face(job.hole), self.config.mask_dilation)
+                    hands = self.hand_guard.keep(track.track_id, crop, job.hole, self._upper_face(job.hole),
+                                                 self.config.mask_dilation)
                     if hands.any():
                         job.keep = hands if job.keep is None else np.maximum(job.keep, hands)
                         job.hole = np.where(hands >= 0.5, 0.0, job.hole).astype(np.float32)

@@ -773,38 +773,48 @@ def test_eye_guard_keeps_the_fill_off_the_eyes_above_the_mask():
     assert locator.calls == 2
 
 
-def _masked_face_with_a_finger(mask_colour):
+def _masked_face(mask_colour, *, finger: bool):
     image = np.zeros((120, 160, 3), np.uint8)
     image[:] = (200, 150, 120)  # skin
     image[60:95, 50:90] = mask_colour
-    image[68:110, 66:73] = (215, 160, 130)  # a finger from below, a little ruddier than the face
+    if finger:
+        image[68:110, 66:73] = (215, 160, 130)  # a finger from below, a little ruddier than the face
     mask = np.zeros((120, 160), bool)
     mask[60:95, 50:90] = True  # the detector's mask takes the finger in
     return image, Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
 
 
-def test_hand_guard_keeps_a_finger_in_front_of_the_mask():
+def _guarded(arm_after=3):
     from stream.inpaint import HandGuard
 
     config = GeneratorConfig(size=64, width=4, mask_dilation=2)
-    image, track = _masked_face_with_a_finger((60, 90, 200))
+    return FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
+                         hand_guard=HandGuard(arm_after=arm_after))
+
+
+def test_hand_guard_keeps_a_finger_in_front_of_a_mask_seen_bare():
+    config = GeneratorConfig(size=64, width=4, mask_dilation=2)
+    image, track = _masked_face((60, 90, 200), finger=True)
     plain = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False))(image, [track])
     assert (plain[72:92, 68:71] > 240).all()  # without the guard the finger is painted over
-    guarded = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
-                            hand_guard=HandGuard())
-    out = guarded(image, [track])
+    inpainter = _guarded(arm_after=3)
+    assert (inpainter(image, [track])[72:92, 68:71] > 240).all()  # a hand from the first frame: not armed
+    bare, _ = _masked_face((60, 90, 200), finger=False)
+    for _ in range(3):
+        inpainter(bare, [track])
+    out = inpainter(image, [track])
     assert np.abs(out[72:92, 68:71].astype(int) - image[72:92, 68:71]).max() <= 3
     assert (out[64:92, 53:62] > 240).all() and (out[64:92, 77:87] > 240).all()  # the fabric is still filled
+    inpainter.reset()  # a scene cut disarms it
+    assert (inpainter(image, [track])[72:92, 68:71] > 240).all()
 
 
-def test_hand_guard_fills_a_skin_coloured_mask_whole():
-    from stream.inpaint import HandGuard
-
-    config = GeneratorConfig(size=64, width=4, mask_dilation=2)
-    image, track = _masked_face_with_a_finger((190, 150, 125))
-    out = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
-                        hand_guard=HandGuard())(image, [track])
-    assert (out[64:92, 53:87] > 240).all()  # too close to skin to tell a finger from fabric
+def test_hand_guard_never_arms_on_a_skin_coloured_mask():
+    inpainter = _guarded(arm_after=3)
+    image, track = _masked_face((215, 160, 130), finger=False)  # a mask in the finger's own colour
+    for _ in range(6):
+        out = inpainter(image, [track])
+    assert (out[64:92, 53:87] > 240).all()
 
 
 def test_hand_guard_checks_its_settings():
@@ -812,3 +822,5 @@ def test_hand_guard_checks_its_settings():
 
     with pytest.raises(ValueError):
         HandGuard(near=20.0, far=10.0)
+    with pytest.raises(ValueError):
+        HandGuard(arm_after=0)
