@@ -113,8 +113,10 @@ class HandGuard:
     high from its first frame) and photos (one look) are filled as before. Armed, the skin-like
     areas are kept whole where at least ``min_area`` of the crop of them lies ``depth`` crop pixels
     inside the detected mask (the skin at the hole's rim, in the margin the hole is grown by, is
-    filled as before), unless more than ``max_share`` of the mask looks like skin. The kept edge is
-    soft on the inside, so no fabric shows beside a finger.
+    filled as before), unless more than ``max_share`` of the mask looks like skin, and only once they
+    have been found on ``persist`` crops in a row: a hand stays a while, skin seen for a frame through a
+    see-through mesh does not (2026-12-07, mesh clip: single frames kept a pale patch on the nose).
+    The kept edge is soft on the inside, so no fabric shows beside a finger.
 
     Nothing is kept where colour cannot tell: a mask within ``far`` of skin on all but ``min_mask``
     of its pixels, or visible skin with no distinct hue (chroma within ``min_hue`` of grey: a face
@@ -123,24 +125,28 @@ class HandGuard:
 
     def __init__(self, *, near: float = 9.0, far: float = 12.0, along: float = 1.0, min_mask: float = 0.1,
                  min_hue: float = 14.0, max_turn: float = 25.0, max_strength: float = 1.8, max_share: float = 0.9,
-                 arm_after: int = 8, bare_share: float = 0.02, depth: int = 6, min_area: float = 0.004) -> None:
+                 arm_after: int = 8, bare_share: float = 0.02, persist: int = 3, depth: int = 6,
+                 min_area: float = 0.004) -> None:
         if not (0 < near <= far and along > 0 and 0 <= min_mask <= 1 and min_hue >= 0 and 0 < max_turn <= 90
                 and max_strength >= 1 and 0 < max_share <= 1 and arm_after >= 1 and 0 <= bare_share < max_share
-                and depth >= 0 and min_area >= 0):
+                and persist >= 1 and depth >= 0 and min_area >= 0):
             raise ValueError("HandGuard needs 0 < near <= far, along > 0, 0 <= min_mask <= 1, min_hue >= 0, "
                              "0 < max_turn <= 90, max_strength >= 1, 0 <= bare_share < max_share <= 1, "
-                             "arm_after >= 1, depth >= 0, min_area >= 0")
+                             "arm_after >= 1, persist >= 1, depth >= 0, min_area >= 0")
         self.near, self.far, self.along, self.min_mask, self.min_hue = near, far, along, min_mask, min_hue
         self.max_turn, self.max_strength, self.max_share = max_turn, max_strength, max_share
-        self.arm_after, self.bare_share = arm_after, bare_share
+        self.arm_after, self.bare_share, self.persist = arm_after, bare_share, persist
         self.depth, self.min_area = depth, min_area
         self._bare: dict[int, int] = {}  # crops in a row with a bare mask, per track; arm_after: armed
+        self._held: dict[int, int] = {}  # crops in a row with a hand found, per armed track
 
     def reset(self) -> None:
         self._bare.clear()
+        self._held.clear()
 
     def forget(self, live: set[int]) -> None:
         self._bare = {k: v for k, v in self._bare.items() if k in live}
+        self._held = {k: v for k, v in self._held.items() if k in live}
 
     def keep(self, track_id: int, crop: np.ndarray, hole: np.ndarray, skin_area: np.ndarray,
              dilation: int) -> np.ndarray:
@@ -163,18 +169,28 @@ class HandGuard:
         if bare < self.arm_after:
             self._bare[track_id] = bare + 1 if share <= self.bare_share else 0
             return kept
+        hand = self._hand(skin, deep, share)
+        held = self._held.get(track_id, 0)
+        self._held[track_id] = held + 1 if hand.any() else 0
+        if hand.any() and held + 1 == self.persist:
+            logger.info("track %d: a hand over its mask is kept out of the fill", track_id)
+        elif not hand.any() and held >= self.persist:
+            logger.info("track %d: the hand left its mask after %d frames", track_id, held)
+        if held + 1 < self.persist or not hand.any():
+            return kept
+        kept[hand] = 1.0
+        return np.minimum(kept, cv2.GaussianBlur(kept, (0, 0), 1.0))
+
+    def _hand(self, skin: np.ndarray, deep: np.ndarray, share: float) -> np.ndarray:
+        """(S, S) bool: the skin-like areas that reach deep into the mask."""
         if share > self.max_share:
             # Most of the mask looks like skin: the light changed, or hands cover nearly all of it.
-            return kept
+            return np.zeros_like(skin)
         hand = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
         count, labels = cv2.connectedComponents(hand, connectivity=8)
         depth_of = np.bincount(labels[deep], minlength=count)
-        wanted = np.nonzero(depth_of >= self.min_area * s * s)[0]
-        wanted = wanted[wanted > 0]
-        if not len(wanted):
-            return kept
-        kept[np.isin(labels, wanted)] = 1.0
-        return np.minimum(kept, cv2.GaussianBlur(kept, (0, 0), 1.0))
+        wanted = np.nonzero(depth_of >= self.min_area * skin.size)[0]
+        return np.isin(labels, wanted[wanted > 0])
 
     def skin_in_hole(self, crop: np.ndarray, inside: np.ndarray, skin_area: np.ndarray) -> np.ndarray | None:
         """(S, S) bool: the hole pixels that look like the face's skin and not like the mask;

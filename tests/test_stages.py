@@ -802,6 +802,8 @@ def test_hand_guard_keeps_a_finger_in_front_of_a_mask_seen_bare():
     bare, _ = _masked_face((60, 90, 200), finger=False)
     for _ in range(3):
         inpainter(bare, [track])
+    for _ in range(2):  # a hand is kept once it has stayed three frames
+        assert (inpainter(image, [track])[72:92, 68:71] > 240).all()
     out = inpainter(image, [track])
     assert np.abs(out[72:92, 68:71].astype(int) - image[72:92, 68:71]).max() <= 3
     assert (out[64:92, 53:62] > 240).all() and (out[64:92, 77:87] > 240).all()  # the fabric is still filled
@@ -824,3 +826,5 @@ def test_hand_guard_checks_its_settings():
         HandGuard(near=20.0, far=10.0)
     with pytest.raises(ValueError):
         HandGuard(arm_after=0)
+    with pytest.raises(ValueError):
+        HandGuard(persist=0)
