@@ -117,9 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces "
                         "finds them every 5 frames; off: the mask grown by a few pixels is filled, lower eyelids "
                         "included)")
-    p.add_argument("--hand-guard", default="off", choices=["on", "off"],
-                   help="keep skin-coloured hands and fingers in front of the mask (told from the mask by colour) "
-                        "out of the fill (off: the detected mask is filled, fingers over it included)")
+    p.add_argument("--hand-guard", default="on", choices=["on", "off"],
+                   help="keep a hand that comes over a mask out of the fill (told from the mask by colour, once the "
+                        "track has seen its mask bare; off: the detected mask is filled, fingers over it included)")
     p.add_argument("--skip-still", default="on" if InpaintSettings.skip_still else "off", choices=["on", "off"],
                    help="a face whose visible part did not move since the last frame reuses that frame's "
                         "reconstruction, every other frame at most (the generator cannot see the mouth anyway)")
@@ -216,7 +216,7 @@ class RunConfig:
     exemplars: bool = True
     exemplar_shortlist: int = EXEMPLAR_SHORTLIST
     eye_guard: bool = True
-    hand_guard: bool = False
+    hand_guard: bool = True
     live: str = "auto"
     pipeline: PipelineConfig = PipelineConfig()
     encoder: EncoderSettings = EncoderSettings()
