@@ -210,20 +210,24 @@ class HandGuard:
         skin_strength = float(np.linalg.norm(skin_hue))
         if skin_strength < self.min_hue:
             return None
-        fabric = inside & (np.linalg.norm(chroma - skin_colour, axis=-1) > self.far)
-        if fabric.sum() < self.min_mask * inside.sum():
+        # Worked out on the hole's pixels alone: a third of the crop, and most of the guard's time.
+        held = chroma[inside]
+        fabric = np.linalg.norm(held - skin_colour, axis=-1) > self.far
+        if fabric.sum() < self.min_mask * len(held):
             return None
-        mask_colour = np.median(chroma[fabric], axis=0)
+        mask_colour = np.median(held[fabric], axis=0)
         axis = skin_colour - mask_colour
-        offset = chroma - mask_colour
+        offset = held - mask_colour
         along = offset @ axis / float(axis @ axis)
         across = np.abs(offset @ np.array([-axis[1], axis[0]])) / float(np.linalg.norm(axis))
-        hue = chroma - 128.0
+        hue = held - 128.0
         strength = np.linalg.norm(hue, axis=-1)
         towards = hue @ skin_hue / skin_strength
-        return (inside & (along >= self.along) & (across < self.near)
-                & (towards >= np.cos(np.radians(self.max_turn)) * strength)
-                & (strength <= self.max_strength * skin_strength))
+        looks = np.zeros(inside.shape, bool)
+        looks[inside] = ((along >= self.along) & (across < self.near)
+                         & (towards >= np.cos(np.radians(self.max_turn)) * strength)
+                         & (strength <= self.max_strength * skin_strength))
+        return looks
 
 
 @dataclass
