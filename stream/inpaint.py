@@ -55,14 +55,20 @@ class EyeGuard:
     ``grow``, are taken out of the hole and the seam, except deep inside the detected mask
     (``depth`` crop pixels past its grown edge), where an "eye" would be fabric.
 
+    Where both eyes it finds lie deep inside the mask (``covers``), the detector has put the mask
+    on the eyes, and the face is not filled on that frame.
+
     Between runs the eyes are reused in crop coordinates: the crop window follows the face box,
     so they move with the head. A face whose eyes the net does not find is filled as before."""
 
-    def __init__(self, locator: PartsLocator, *, every: int = 5, grow: int = 1, depth: int = 2) -> None:
-        if every < 1 or grow < 0 or depth < 0:
-            raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0 (got {every}, {grow}, {depth})")
+    def __init__(self, locator: PartsLocator, *, every: int = 5, grow: int = 1, depth: int = 2,
+                 covered: float = 0.3, min_eye: int = 10) -> None:
+        if every < 1 or grow < 0 or depth < 0 or not 0 < covered <= 1 or min_eye < 1:
+            raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0, 0 < covered <= 1, min_eye >= 1 "
+                             f"(got {every}, {grow}, {depth}, {covered}, {min_eye})")
         self.locator = locator
         self.every = every
+        self.covered, self.min_eye = covered, min_eye
         self._grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         self.depth = depth
         self._eyes: dict[int, tuple[int, np.ndarray]] = {}
@@ -82,15 +88,32 @@ class EyeGuard:
             self._eyes[track_id] = seen
         return seen[1]
 
+    def covers(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> bool:
+        """Whether the detected mask lies on the eyes: a pair of them (two areas side by side, at
+        the same height, each of at least ``min_eye`` pixels) with at least ``covered`` of each deep
+        inside it. The detector then placed the face box too high (the mesh-mask clip, 2026-12-07:
+        the box on forehead and eyes, the "mask" on the eyes), and a face drawn there would paint a
+        nose and mouth over them. One "eye" alone deep inside a mask is more likely its fabric."""
+        count, labels, stats, centres = cv2.connectedComponentsWithStats(eyes.astype(np.uint8), connectivity=8)
+        deep = self._deep(hole, dilation)
+        inside = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= self.min_eye
+                  and (deep & (labels == i)).sum() >= self.covered * stats[i, cv2.CC_STAT_AREA]]
+        side = eyes.shape[0]
+        return any(abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side
+                   for k, a in enumerate(inside) for b in inside[k + 1:])
+
     def keep(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> np.ndarray:
         """(S, S) float32 in [0, 1]: how much of each pixel's own value to keep (1 on the eyes,
         with a one-pixel soft edge); the eyes deep inside the mask are not kept."""
-        size = 2 * (dilation + self.depth) + 1
-        deep = cv2.erode((hole >= 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
-        kept = (eyes & (deep == 0)).astype(np.float32)
+        kept = (eyes & ~self._deep(hole, dilation)).astype(np.float32)
         if not kept.any():
             return kept
         return np.maximum(kept, cv2.GaussianBlur(kept, (0, 0), 1.0))
+
+    def _deep(self, hole: np.ndarray, dilation: int) -> np.ndarray:
+        """(S, S) bool: the hole more than ``depth`` crop pixels inside the detected mask."""
+        size = 2 * (dilation + self.depth) + 1
+        return cv2.erode((hole >= 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
 
 
 class HandGuard:
@@ -505,6 +528,11 @@ class FaceInpainter:
             if self.eye_guard is not None:
                 with steps("eyes"):
                     eyes = self.eye_guard.eyes(track.track_id, crop, self._calls)
+                    if self.eye_guard.covers(eyes, job.hole, self.config.mask_dilation):
+                        # The face is shown as it is; its next fill starts afresh.
+                        logger.debug("track %d: the mask lies on the eyes, not filled", track.track_id)
+                        self._states.pop(track.track_id, None)
+                        continue
                     job.keep = self.eye_guard.keep(eyes, job.hole, self.config.mask_dilation)
                     # The generator sees the eyes as context, not as a part to draw.
                     job.hole = np.where(job.keep >= 0.5, 0.0, job.hole).astype(np.float32)

@@ -773,6 +773,23 @@ def test_eye_guard_keeps_the_fill_off_the_eyes_above_the_mask():
     assert locator.calls == 2
 
 
+def test_eye_guard_leaves_a_face_unfilled_where_the_mask_lies_on_its_eyes():
+    from stream.inpaint import EyeGuard
+
+    image = np.full((120, 160, 3), 100, np.uint8)
+    image[70:75, 56:64] = 30  # both eyes deep inside the detected mask: a face box placed too high
+    image[70:75, 76:84] = 30
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config = GeneratorConfig(size=64, width=4, mask_dilation=2)
+    guarded = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
+                            eye_guard=EyeGuard(_DarkEyes(), every=1))
+    assert np.array_equal(guarded(image, [track]), image)
+    image[70:75, 76:84] = 100  # one dark spot alone is taken for the mask's own pattern: filled
+    assert (guarded(image, [track])[64:93, 52:88] > 240).all()
+
+
 def _masked_face(mask_colour, *, finger: bool):
     image = np.zeros((120, 160, 3), np.uint8)
     image[:] = (200, 150, 120)  # skin
