@@ -62,22 +62,25 @@ class EyeGuard:
     so they move with the head. A face whose eyes the net does not find is filled as before."""
 
     def __init__(self, locator: PartsLocator, *, every: int = 5, grow: int = 1, depth: int = 2,
-                 covered: float = 0.3, min_eye: int = 10) -> None:
-        if every < 1 or grow < 0 or depth < 0 or not 0 < covered <= 1 or min_eye < 1:
-            raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0, 0 < covered <= 1, min_eye >= 1 "
-                             f"(got {every}, {grow}, {depth}, {covered}, {min_eye})")
+                 covered: float = 0.3, min_eye: int = 10, persist: int = 2) -> None:
+        if every < 1 or grow < 0 or depth < 0 or not 0 < covered <= 1 or min_eye < 1 or persist < 1:
+            raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0, 0 < covered <= 1, min_eye >= 1, "
+                             f"persist >= 1 (got {every}, {grow}, {depth}, {covered}, {min_eye}, {persist})")
         self.locator = locator
         self.every = every
-        self.covered, self.min_eye = covered, min_eye
+        self.covered, self.min_eye, self.persist = covered, min_eye, persist
+        self._covered: dict[int, int] = {}  # frames in a row with the mask on the eyes, per track
         self._grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         self.depth = depth
         self._eyes: dict[int, tuple[int, np.ndarray]] = {}
 
     def reset(self) -> None:
         self._eyes.clear()
+        self._covered.clear()
 
     def forget(self, live: set[int]) -> None:
         self._eyes = {k: v for k, v in self._eyes.items() if k in live}
+        self._covered = {k: v for k, v in self._covered.items() if k in live}
 
     def eyes(self, track_id: int, crop: np.ndarray, call: int) -> np.ndarray:
         """(S, S) bool: the eyes of one face's input crop ((S, S, 3) uint8 RGB), grown."""
@@ -88,19 +91,23 @@ class EyeGuard:
             self._eyes[track_id] = seen
         return seen[1]
 
-    def covers(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> bool:
+    def covers(self, track_id: int, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> bool:
         """Whether the detected mask lies on the eyes: a pair of them (two areas side by side, at
         the same height, each of at least ``min_eye`` pixels) with at least ``covered`` of each deep
-        inside it. The detector then placed the face box too high (the mesh-mask clip, 2026-12-07:
-        the box on forehead and eyes, the "mask" on the eyes), and a face drawn there would paint a
-        nose and mouth over them. One "eye" alone deep inside a mask is more likely its fabric."""
+        inside it, on ``persist`` frames in a row. The detector then placed the face box too high
+        (the mesh-mask clip, 2026-12-07: the box on forehead and eyes, the "mask" on the eyes), and a
+        face drawn there would paint a nose and mouth over them. One "eye" alone deep inside a mask
+        is more likely its fabric, and so is a pair seen on one frame only (a surgical mask's pleats,
+        once in 7 synthetic clips: a frame of unfilled mask would flash)."""
         count, labels, stats, centres = cv2.connectedComponentsWithStats(eyes.astype(np.uint8), connectivity=8)
         deep = self._deep(hole, dilation)
         inside = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= self.min_eye
                   and (deep & (labels == i)).sum() >= self.covered * stats[i, cv2.CC_STAT_AREA]]
         side = eyes.shape[0]
-        return any(abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side
+        pair = any(abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side
                    for k, a in enumerate(inside) for b in inside[k + 1:])
+        self._covered[track_id] = self._covered.get(track_id, 0) + 1 if pair else 0
+        return self._covered[track_id] >= self.persist
 
     def keep(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> np.ndarray:
         """(S, S) float32 in [0, 1]: how much of each pixel's own value to keep (1 on the eyes,
@@ -528,7 +535,7 @@ class FaceInpainter:
             if self.eye_guard is not None:
                 with steps("eyes"):
                     eyes = self.eye_guard.eyes(track.track_id, crop, self._calls)
-                    if self.eye_guard.covers(eyes, job.hole, self.config.mask_dilation):
+                    if self.eye_guard.covers(track.track_id, eyes, job.hole, self.config.mask_dilation):
                         # The face is shown as it is; its next fill starts afresh.
                         logger.debug("track %d: the mask lies on the eyes, not filled", track.track_id)
                         self._states.pop(track.track_id, None)

@@ -784,7 +784,8 @@ def test_eye_guard_leaves_a_face_unfilled_where_the_mask_lies_on_its_eyes():
     track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
     config = GeneratorConfig(size=64, width=4, mask_dilation=2)
     guarded = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
-                            eye_guard=EyeGuard(_DarkEyes(), every=1))
+                            eye_guard=EyeGuard(_DarkEyes(), every=1, persist=2))
+    assert (guarded(image, [track])[64:68, 52:88] > 240).all()  # one frame of it may be a mask's pleats
     assert np.array_equal(guarded(image, [track]), image)
     image[70:75, 76:84] = 100  # one dark spot alone is taken for the mask's own pattern: filled
     assert (guarded(image, [track])[64:93, 52:88] > 240).all()
