@@ -341,10 +341,8 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
         InpaintStage(FaceInpainter(models.generator.engine, models.generator.config, temporal=temporal,
                                    settings=config.inpaint, references=references,
                                    no_reference_engine=models.generator_noref.engine if models.generator_noref else None,
-                                   # Photos are unrelated: a face's eyes are looked for in each one, and
-                                   # judged on that one look.
-                                   eye_guard=EyeGuard(PartsLocator(models.eye_parsing.engine), every=1 if still else 5,
-                                                      persist=1 if still else 2)
+                                   # Photos are unrelated: a face's eyes are looked for in each one.
+                                   eye_guard=EyeGuard(PartsLocator(models.eye_parsing.engine), every=1 if still else 5)
                                    if config.eye_guard and models.eye_parsing is not None else None,
                                    hand_guard=HandGuard() if config.hand_guard else None)),
     ]

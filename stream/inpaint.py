@@ -55,59 +55,66 @@ class EyeGuard:
     ``grow``, are taken out of the hole and the seam, except deep inside the detected mask
     (``depth`` crop pixels past its grown edge), where an "eye" would be fabric.
 
-    Where both eyes it finds lie deep inside the mask (``covers``), the detector has put the mask
+    Where both eyes it finds lie deep inside the mask (``judge``), the detector has put the mask
     on the eyes, and the face is not filled on that frame.
 
     Between runs the eyes are reused in crop coordinates: the crop window follows the face box,
     so they move with the head. A face whose eyes the net does not find is filled as before."""
 
     def __init__(self, locator: PartsLocator, *, every: int = 5, grow: int = 1, depth: int = 2,
-                 covered: float = 0.3, min_eye: int = 10, persist: int = 2) -> None:
-        if every < 1 or grow < 0 or depth < 0 or not 0 < covered <= 1 or min_eye < 1 or persist < 1:
-            raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0, 0 < covered <= 1, min_eye >= 1, "
-                             f"persist >= 1 (got {every}, {grow}, {depth}, {covered}, {min_eye}, {persist})")
+                 covered: float = 0.3, min_eye: int = 10) -> None:
+        if every < 1 or grow < 0 or depth < 0 or not 0 < covered <= 1 or min_eye < 1:
+            raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0, 0 < covered <= 1, min_eye >= 1 "
+                             f"(got {every}, {grow}, {depth}, {covered}, {min_eye})")
         self.locator = locator
         self.every = every
-        self.covered, self.min_eye, self.persist = covered, min_eye, persist
-        self._covered: dict[int, int] = {}  # frames in a row with the mask on the eyes, per track
+        self.covered, self.min_eye = covered, min_eye
         self._grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         self.depth = depth
         self._eyes: dict[int, tuple[int, np.ndarray]] = {}
 
     def reset(self) -> None:
         self._eyes.clear()
-        self._covered.clear()
 
     def forget(self, live: set[int]) -> None:
         self._eyes = {k: v for k, v in self._eyes.items() if k in live}
-        self._covered = {k: v for k, v in self._covered.items() if k in live}
 
-    def eyes(self, track_id: int, crop: np.ndarray, call: int) -> np.ndarray:
-        """(S, S) bool: the eyes of one face's input crop ((S, S, 3) uint8 RGB), grown."""
+    def eyes(self, track_id: int, crop: np.ndarray, call: int, *, fresh: bool = False) -> np.ndarray:
+        """(S, S) bool: the eyes of one face's input crop ((S, S, 3) uint8 RGB), grown; looked for
+        again when ``fresh``."""
         seen = self._eyes.get(track_id)
-        if seen is None or call - seen[0] >= self.every or seen[1].shape != crop.shape[:2]:
+        if fresh or seen is None or call - seen[0] >= self.every or seen[1].shape != crop.shape[:2]:
             found = self.locator.eyes(crop[None])[0]
             seen = (call, cv2.dilate(found.astype(np.uint8), self._grow) > 0)
             self._eyes[track_id] = seen
         return seen[1]
 
-    def covers(self, track_id: int, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> bool:
-        """Whether the detected mask lies on the eyes: a pair of them (two areas side by side, at
-        the same height, each of at least ``min_eye`` pixels) with at least ``covered`` of each deep
-        inside it, on ``persist`` frames in a row. The detector then placed the face box too high
-        (the mesh-mask clip, 2026-12-07: the box on forehead and eyes, the "mask" on the eyes), and a
-        face drawn there would paint a nose and mouth over them. One "eye" alone deep inside a mask
-        is more likely its fabric, and so is a pair seen on one frame only (a surgical mask's pleats,
-        once in 7 synthetic clips: a frame of unfilled mask would flash)."""
+    def judge(self, track_id: int, crop: np.ndarray, call: int, hole: np.ndarray,
+              dilation: int) -> tuple[np.ndarray, bool]:
+        """(the eyes, as ``eyes``; whether the detected mask lies on them). The detector then placed
+        the face box too high (the mesh-mask clip, 2026-12-07: the box on forehead and eyes, the
+        "mask" on the eyes), and a face drawn there would paint a nose and mouth over them. Eyes found
+        on an earlier frame may have slid into the mask as the crop moved with the head (a synthetic
+        clip, 2026-12-07: a frame of unfilled mask flashed), so a verdict on them is checked on a
+        fresh look at this crop."""
+        eyes = self.eyes(track_id, crop, call)
+        if not self._pair_inside(eyes, hole, dilation):
+            return eyes, False
+        if self._eyes[track_id][0] != call:
+            eyes = self.eyes(track_id, crop, call, fresh=True)
+        return eyes, self._pair_inside(eyes, hole, dilation)
+
+    def _pair_inside(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> bool:
+        """A pair of eyes (two areas side by side, at the same height, each of at least ``min_eye``
+        pixels) with at least ``covered`` of each deep inside the mask. One "eye" alone deep inside
+        a mask is more likely its fabric."""
         count, labels, stats, centres = cv2.connectedComponentsWithStats(eyes.astype(np.uint8), connectivity=8)
         deep = self._deep(hole, dilation)
         inside = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= self.min_eye
                   and (deep & (labels == i)).sum() >= self.covered * stats[i, cv2.CC_STAT_AREA]]
         side = eyes.shape[0]
-        pair = any(abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side
+        return any(abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side
                    for k, a in enumerate(inside) for b in inside[k + 1:])
-        self._covered[track_id] = self._covered.get(track_id, 0) + 1 if pair else 0
-        return self._covered[track_id] >= self.persist
 
     def keep(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> np.ndarray:
         """(S, S) float32 in [0, 1]: how much of each pixel's own value to keep (1 on the eyes,
@@ -534,8 +541,9 @@ class FaceInpainter:
                     job.reuse = skip and not state.reused
             if self.eye_guard is not None:
                 with steps("eyes"):
-                    eyes = self.eye_guard.eyes(track.track_id, crop, self._calls)
-                    if self.eye_guard.covers(track.track_id, eyes, job.hole, self.config.mask_dilation):
+                    eyes, covered = self.eye_guard.judge(track.track_id, crop, self._calls, job.hole,
+                                                         self.config.mask_dilation)
+                    if covered:
                         # The face is shown as it is; its next fill starts afresh.
                         logger.debug("track %d: the mask lies on the eyes, not filled", track.track_id)
                         self._states.pop(track.track_id, None)

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
                              references=references,
                              # A guard per inpainter: it remembers eyes per track id, and every case is track 1.
-                             eye_guard=EyeGuard(eye_locator, every=1, persist=1) if eye_locator is not None else None,
+                             eye_guard=EyeGuard(eye_locator, every=1) if eye_locator is not None else None,
                              hand_guard=HandGuard() if args.hand_guard == "on" else None)
 
     exemplars = load_exemplars(args.exemplars)
