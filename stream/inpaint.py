@@ -46,6 +46,13 @@ class InpaintSettings:
     skip_moving: bool = True
 
 
+def _inside_mask(hole: np.ndarray, dilation: int, depth: int) -> np.ndarray:
+    """(S, S) bool: the hole more than ``depth`` crop pixels inside the detected mask (the hole is
+    the mask grown by ``dilation``)."""
+    size = 2 * (dilation + depth) + 1
+    return cv2.erode((hole >= 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
+
+
 class EyeGuard:
     """Keeps the fill off the eyes above a worn mask. The hole is the mask grown by a few crop
     pixels and a seam, so that a mask edge the detector drew a little tight does not show; a mask
@@ -125,9 +132,7 @@ class EyeGuard:
         return np.maximum(kept, cv2.GaussianBlur(kept, (0, 0), 1.0))
 
     def _deep(self, hole: np.ndarray, dilation: int) -> np.ndarray:
-        """(S, S) bool: the hole more than ``depth`` crop pixels inside the detected mask."""
-        size = 2 * (dilation + self.depth) + 1
-        return cv2.erode((hole >= 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
+        return _inside_mask(hole, dilation, self.depth)
 
 
 class HandGuard:
@@ -146,13 +151,14 @@ class HandGuard:
     ``along`` of 0.8 kept them.
 
     A track is armed once ``arm_after`` of its crops in a row had at most ``bare_share`` of their
-    mask (the hole ``depth`` crop pixels inside the detected mask's edge) looking like skin; before that nothing is kept, so a mask in a skin tone (the share is
-    high from its first frame) and photos (one look) are filled as before. Armed, the skin-like
+    mask (the hole ``depth`` crop pixels inside the detected mask's edge) looking like skin; before
+    that nothing is kept, so a mask in a skin tone (the share is high from its first frame) and
+    photos (one look) are filled as before. Armed, the skin-like
     areas are kept whole where at least ``min_area`` of the crop of them lies ``depth`` crop pixels
     inside the detected mask (the skin at the hole's rim, in the margin the hole is grown by, is
-    filled as before), unless more than ``max_share`` of the mask looks like skin, and only once they
-    have been found on ``persist`` crops in a row: a hand stays a while, skin seen for a frame through a
-    see-through mesh does not (2026-12-07, mesh clip: single frames kept a pale patch on the nose).
+    filled as before), unless more than ``max_share`` of the mask looks like skin, and only once
+    they have been found on ``persist`` crops in a row: a hand stays a while, skin seen for a frame
+    through a see-through mesh does not (2026-12-07, mesh clip: single frames kept a pale patch).
     The kept edge is soft on the inside, so no fabric shows beside a finger.
 
     Nothing is kept where colour cannot tell: a mask within ``far`` of skin on all but ``min_mask``
@@ -193,12 +199,11 @@ class HandGuard:
         s = crop.shape[0]
         kept = np.zeros((s, s), np.float32)
         inside = hole >= 0.5
-        skin = self.skin_in_hole(crop, inside, skin_area)
+        skin = self._skin_in_hole(crop, inside, skin_area)
         if skin is None:
             return kept
         # Measured inside the detected mask: the margin the hole is grown by is mostly skin.
-        size = 2 * (dilation + self.depth) + 1
-        deep = cv2.erode(inside.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
+        deep = _inside_mask(hole, dilation, self.depth)
         if not deep.any():
             return kept
         share = float((skin & deep).sum()) / float(deep.sum())
@@ -229,7 +234,7 @@ class HandGuard:
         wanted = np.nonzero(depth_of >= self.min_area * skin.size)[0]
         return np.isin(labels, wanted[wanted > 0])
 
-    def skin_in_hole(self, crop: np.ndarray, inside: np.ndarray, skin_area: np.ndarray) -> np.ndarray | None:
+    def _skin_in_hole(self, crop: np.ndarray, inside: np.ndarray, skin_area: np.ndarray) -> np.ndarray | None:
         """(S, S) bool: the hole pixels that look like the face's skin and not like the mask;
         None where colour cannot tell."""
         ycc = cv2.cvtColor(crop, cv2.COLOR_RGB2YCrCb).astype(np.float32)
@@ -248,16 +253,16 @@ class HandGuard:
         if skin_strength < self.min_hue:
             return None
         # Worked out on the hole's pixels alone: a third of the crop, and most of the guard's time.
-        held = chroma[inside]
-        fabric = np.linalg.norm(held - skin_colour, axis=-1) > self.far
-        if fabric.sum() < self.min_mask * len(held):
+        pixels = chroma[inside]
+        fabric = np.linalg.norm(pixels - skin_colour, axis=-1) > self.far
+        if fabric.sum() < self.min_mask * len(pixels):
             return None
-        mask_colour = np.median(held[fabric], axis=0)
+        mask_colour = np.median(pixels[fabric], axis=0)
         axis = skin_colour - mask_colour
-        offset = held - mask_colour
+        offset = pixels - mask_colour
         along = offset @ axis / float(axis @ axis)
         across = np.abs(offset @ np.array([-axis[1], axis[0]])) / float(np.linalg.norm(axis))
-        hue = held - 128.0
+        hue = pixels - 128.0
         strength = np.linalg.norm(hue, axis=-1)
         towards = hue @ skin_hue / skin_strength
         looks = np.zeros(inside.shape, bool)
