@@ -46,7 +46,7 @@ from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.detect import FaceDetector
 from stream.geometry import CropWindow
-from stream.inpaint import EyeGuard, FaceInpainter, HandGuard, InpaintSettings
+from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
 from stream.reference import EXEMPLAR_SHORTLIST, EXEMPLARS, PartsLocator, References, load_exemplars, person_reference
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
@@ -221,7 +221,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
     p.add_argument("--exemplar-shortlist", type=int, default=EXEMPLAR_SHORTLIST, help="as run_stream.py's")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"], help="as run_stream.py --eye-guard")
-    p.add_argument("--hand-guard", default="on", choices=["on", "off"], help="as run_stream.py --hand-guard")
     p.add_argument("--exemplars", type=Path, default=EXEMPLARS, help="the exemplar bank (.npz) of the exemplar mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
@@ -256,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
                              references=references,
                              # A guard per inpainter: it remembers eyes per track id, and every case is track 1.
-                             eye_guard=EyeGuard(eye_locator, every=1) if eye_locator is not None else None,
-                             hand_guard=HandGuard() if args.hand_guard == "on" else None)
+                             # No hand guard: it arms only on a mask seen bare for frames, never on one photo.
+                             eye_guard=EyeGuard(eye_locator, every=1) if eye_locator is not None else None)
 
     exemplars = load_exemplars(args.exemplars)
     synth = MaskSynthesizer(templates_root=args.data / "mask_templates",
