@@ -160,7 +160,7 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, 3).astype(np.float32)
 
 
-def _skin_colour(rng: np.random.Generator) -> np.ndarray:
+def skin_colour(rng: np.random.Generator) -> np.ndarray:
     # Skin tones from dark to light in RGB, with some jitter.
     t = rng.uniform(0, 1)
     dark, light = np.array([90, 55, 35], np.float32), np.array([245, 205, 180], np.float32)
@@ -440,7 +440,7 @@ class DetectorSceneDataset(Dataset):
         cx = rng.uniform(x0, x1)
         cy = rng.uniform(y0 + 0.4 * fh, y1 + 0.2 * fh)
         blob = _blob_mask(h, w, cx, cy, rng.uniform(0.15, 0.35) * fw, rng.uniform(0.15, 0.35) * fh, rng)
-        colour = _skin_colour(rng)
+        colour = skin_colour(rng)
         shade = _smooth_noise(h, w, rng, 4)[..., :1] / 255.0 * 0.4 + 0.8
         soft = cv2.GaussianBlur(blob.astype(np.float32), (0, 0), 1.0)[..., None]
         canvas = canvas * (1 - soft) + colour * shade * soft
@@ -493,7 +493,7 @@ class DetectorSceneDataset(Dataset):
             if rng.random() < 0.5:  # the hand holding it
                 hand = _blob_mask(h, w, cx + rng.normal(0, side / 3), cy + rng.normal(0, side / 3),
                                   side * 0.3, side * 0.2, rng) & ~taken
-                canvas[hand] = _skin_colour(rng)
+                canvas[hand] = skin_colour(rng)
             break
         return canvas
 
@@ -510,7 +510,7 @@ class DetectorSceneDataset(Dataset):
             mx, my = inst.mouth + rng.normal(0, 0.08 * fw, 2)
             cover = np.zeros((h, w), np.uint8)
             kind = int(rng.integers(6))
-            colour = _skin_colour(rng) if kind < 2 else _random_colour(rng) * rng.uniform(0.2, 1.0)
+            colour = skin_colour(rng) if kind < 2 else _random_colour(rng) * rng.uniform(0.2, 1.0)
             if kind == 0:  # a hand over or beside the mouth
                 cover |= _blob_mask(h, w, mx, my + 0.1 * fw, 0.3 * fw, 0.22 * fw, rng)
             elif kind == 1:  # fingers across the lips or the chin
