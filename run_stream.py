@@ -31,7 +31,7 @@ from engines.artifacts import file_sha256
 from engines.registry import LoadedModel, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
-from stream.detect import DetectorSettings, DetectorSettingsError, FaceDetector, MaskVerifier
+from stream.detect import DetectorSettings, DetectorSettingsError, FaceDetector, CropVerifier
 from stream.inpaint import EyeGuard, FaceInpainter, HandGuard, InpaintSettings
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
@@ -136,6 +136,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--verifier", default="off", choices=["on", "off"],
                    help="a second opinion per face (the mask verifier network) before a mask is filled: "
                         "far fewer unmasked faces touched, but it also refuses some real masks (its model card)")
+    p.add_argument("--face-verifier", default="off", choices=["on", "off"],
+                   help="ask the face verifier network whether each detected masked face is a face at all: fewer "
+                        "faces painted on hands, arms or shiny clothes the detector took for one, but it also "
+                        "refuses some real masked faces (its model card)")
     p.add_argument("--face-score", type=float, default=DetectorSettings.face_score,
                    help="minimum face confidence, between the detector's own cut-off (0.3 for the shipped "
                         "model; lower is an error) and 1")
@@ -176,7 +180,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 @dataclass(frozen=True)
 class ModelChoice:
     """Which weights run on what: ``--backend``, ``--device``, ``--threads``, ``--int8``,
-    ``--cuda-graphs``, the ``--*-weights`` files (None: the shipped ones) and ``--verifier``."""
+    ``--cuda-graphs``, the ``--*-weights`` files (None: the shipped ones), ``--verifier`` and
+    ``--face-verifier``."""
 
     backend: str = "auto"
     device: str = "auto"
@@ -187,6 +192,7 @@ class ModelChoice:
     generator_weights: Path | None = None
     verifier: bool = False
     verifier_weights: Path | None = None
+    face_verifier: bool = False
     parsing: bool = True  # the face-parsing net: fits exemplars to faces
     eye_parsing: bool = True  # its form trained on masked faces: finds the eyes above a mask (EyeGuard)
 
@@ -234,6 +240,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                            cuda_graphs=args.cuda_graphs,
                            detector_weights=args.detector_weights, generator_weights=args.generator_weights,
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights,
+                           face_verifier=args.face_verifier == "on",
                            parsing=args.exemplars == "on", eye_parsing=args.eye_guard == "on"),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
                                   still_mask_score=args.photo_mask_score,
@@ -260,6 +267,7 @@ class Models:
     detector: LoadedModel
     generator: LoadedModel
     verifier: LoadedModel | None = None
+    face_verifier: LoadedModel | None = None
     generator_noref: LoadedModel | None = None  # a reference-conditioned generator's form without one
     parsing: LoadedModel | None = None
     eye_parsing: LoadedModel | None = None
@@ -268,7 +276,7 @@ class Models:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
-            for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.parsing,
+            for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.face_verifier, self.parsing,
                       self.eye_parsing)
             if m is not None
         }
@@ -283,6 +291,7 @@ def load_models(choice: ModelChoice) -> Models:
         detector=load_model("detector", weights=choice.detector_weights, **kwargs),
         generator=generator,
         verifier=load_model("verifier", weights=choice.verifier_weights, **kwargs) if choice.verifier else None,
+        face_verifier=load_model("face_verifier", **kwargs) if choice.face_verifier else None,
         generator_noref=load_model("generator_noref", weights=choice.generator_weights, cuda_graphs=choice.cuda_graphs,
                                    **kwargs) if generator.config.reference else None,
         # No int8 variant: it runs once every few frames per face.
@@ -292,10 +301,11 @@ def load_models(choice: ModelChoice) -> Models:
 
 
 def _detector(models: Models, settings: DetectorSettings) -> FaceDetector:
-    verifier = models.verifier
+    verifier, face_verifier = models.verifier, models.face_verifier
     return FaceDetector(
         models.detector.engine, models.detector.config, settings=settings,
-        verifier=MaskVerifier(verifier.engine, verifier.config) if verifier is not None else None,
+        verifier=CropVerifier(verifier.engine, verifier.config) if verifier is not None else None,
+        face_verifier=CropVerifier(face_verifier.engine, face_verifier.config) if face_verifier is not None else None,
     )
 
 

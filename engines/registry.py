@@ -135,6 +135,9 @@ MODELS: dict[str, ModelSpec] = {
     "generator_noref": ModelSpec("generator_noref", "generator_128.pt", _load_generator_without_reference,
                                  _generator_specs, "dynamo"),
     "verifier": ModelSpec("verifier", "mask_verifier.pt", _load_verifier, _verifier_specs, "dynamo"),
+    # The same architecture asked whether a detected masked face is a face at all (not a hand, an
+    # arm or shiny clothes).
+    "face_verifier": ModelSpec("face_verifier", "face_verifier.pt", _load_verifier, _verifier_specs, "dynamo"),
     # Where an exemplar's eyes, nose and mouth are, and those of the face it lends detail to.
     "parsing": ModelSpec("parsing", "face_parsing.pt", _load_parsing, _parsing_specs, "dynamo"),
     # The same net fine-tuned on faces wearing drawn masks: where the eyes are above a worn mask (EyeGuard).

@@ -29,6 +29,7 @@ from training.evaluation.evaluate_detector import (
     by_area,
     evaluate_clips,
     load_clip_annotations,
+    load_clip_people,
     mask_scores,
     score_masks,
 )
@@ -247,7 +248,7 @@ def test_clip_detection_rate_counts_only_annotated_frames(tmp_path):
 
 def test_every_shared_masked_clip_is_annotated(shared_data):
     stems = {p.stem for p in (shared_data / "videos" / "masked").glob("*.mp4")}
-    assert stems and stems <= set(load_clip_annotations())
+    assert stems and stems <= set(load_clip_annotations()) and stems <= set(load_clip_people())
 
 
 def test_landmark_cache_reads_without_dlib(tmp_path):

@@ -235,7 +235,8 @@ def _as_if_trained(model: torch.nn.Module) -> None:
                 m.running_var.uniform_(0.5, 2.0)
 
 
-def test_verifier_exports_with_parity(tmp_path):
+@pytest.mark.parametrize("name", ["verifier", "face_verifier"])
+def test_verifier_exports_with_parity(tmp_path, name):
     from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 
     config = VerifierConfig(size=32, width=8, threshold=0.3)
@@ -244,9 +245,9 @@ def test_verifier_exports_with_parity(tmp_path):
     _as_if_trained(model)
     weights = tmp_path / "verifier.pt"
     save_verifier(model, config, weights)
-    export_onnx("verifier", weights=weights, artifacts=tmp_path)
-    ref = load_model("verifier", backend="torch", device="cpu", weights=weights)
-    ort = load_model("verifier", backend="onnxruntime", device="cpu", weights=weights, artifacts=tmp_path)
+    export_onnx(name, weights=weights, artifacts=tmp_path)
+    ref = load_model(name, backend="torch", device="cpu", weights=weights)
+    ort = load_model(name, backend="onnxruntime", device="cpu", weights=weights, artifacts=tmp_path)
     assert ref.config.threshold == 0.3
     feeds = {"image": torch.rand(3, 3, 32, 32)}
     want, got = ref.engine.run(feeds)["logit"], ort.engine.run(feeds)["logit"]

@@ -11,6 +11,7 @@ from engines.models.detector import FACE, FACE_MASK
 from tests.media import make_video
 from training.evaluation.evaluate_precision import (
     altered_outside_faces,
+    clip_mask_rate,
     make_mask_off_clip,
     mask_off_clip,
     photo_folder,
@@ -95,6 +96,40 @@ def test_unmasked_clips_run_the_pipeline_and_compare_every_frame(tiny_weights, t
     result = unmasked_clips(clips, tmp_path, 10, ["--detector-weights", str(det), "--generator-weights", str(gen)])
     # Untrained weights find no face, so nothing may change.
     assert result["frames"] == 10 and result["altered_rate"] == 0.0 and result["clips"]["talk"]["frames"] == 10
+
+
+class _TwoMaskedFaces:
+    """A detect stage stand-in: a masked face at the left from frame 0, a second masked "face" at
+    the right on frames 6-11."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, image):
+        from stream.records import Detections
+
+        h, w = image.shape[:2]
+        second = 6 <= self.calls < 12
+        self.calls += 1
+        boxes = [[4, 4, 36, 44]] + ([[56, 4, 88, 44]] if second else [])
+        masks = np.zeros((len(boxes), h, w), bool)
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            masks[k, 26:44, x1:x2] = True
+        n = len(boxes)
+        return Detections(np.array(boxes, np.float32), np.full(n, 0.95, np.float32), masks,
+                          mask_scores=np.full(n, 0.9, np.float32), mask_score=0.4)
+
+    def worn(self, detections):
+        return detections.confident_masks()
+
+
+def test_masked_clips_count_frames_with_more_faces_filled_than_people(tmp_path):
+    make_video(tmp_path / "one.mp4", frames=16, audio=False)
+    alone = clip_mask_rate(_TwoMaskedFaces(), tmp_path, {"one": 0}, {"one": 1})
+    # The tracker fills the second "face" once two detections in a row saw its mask.
+    assert 3 <= alone["clips"]["one"]["off_face_frames"] <= 6 and alone["off_face_frames"] == alone["clips"]["one"]["off_face_frames"]
+    assert alone["filled_rate"] > 0.8
+    assert clip_mask_rate(_TwoMaskedFaces(), tmp_path, {"one": 0}, {"one": 2})["off_face_frames"] == 0
 
 
 def test_a_photo_counts_as_altered_only_off_its_own_faces():

@@ -81,3 +81,15 @@ def test_verifier_on_keeps_the_sample_clips_mask_and_says_it_ran(tmp_path):
     models = json.loads(report.read_text())["models"]
     # The shipped generator takes a reference, so its form without one runs the faces that have none.
     assert "verifier" in models and "generator_noref" in models
+
+
+def test_face_verifier_on_keeps_the_sample_clips_face_and_says_it_ran(tmp_path):
+    faces = tmp_path / "faces.jsonl"
+    report = tmp_path / "report.json"
+    code = run_stream.main(["--input", str(SAMPLE), "--output", str(tmp_path / "out.mp4"), "--detections", str(faces),
+                            "--report", str(report), "--face-verifier", "on", "--max-frames", "8", "--no-progress",
+                            "--log-level", "WARNING"])
+    assert code == 0
+    records = [json.loads(line) for line in faces.read_text().splitlines()]
+    assert sum(any(_area(f["mask_rle"]) > 500 for f in r["faces"]) for r in records) >= 7
+    assert "face_verifier" in json.loads(report.read_text())["models"]

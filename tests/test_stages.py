@@ -621,7 +621,7 @@ class _SideVerifierEngine(Engine):
 def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
     from engines.models.detector import DetectorConfig
     from engines.models.verifier import VerifierConfig
-    from stream.detect import FaceDetector, MaskVerifier
+    from stream.detect import FaceDetector, CropVerifier
 
     masks = np.zeros((4, 1, 64, 64), np.float32)
     masks[1, 0, 22:34, 11:29] = 0.9
@@ -634,7 +634,7 @@ def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
     image[:, :32] = 255  # the verifier stand-in says "masked" on bright crops
     verifier = _SideVerifierEngine()
     checked = FaceDetector(engine, DetectorConfig(input_size=(64, 64)),
-                           verifier=MaskVerifier(verifier, VerifierConfig(size=32, threshold=0.9)))
+                           verifier=CropVerifier(verifier, VerifierConfig(size=32, threshold=0.9)))
     found = checked(image)
     # The detector's masks stay; the verifier's verdicts ride along, and decide a single image.
     assert found.masks[0].any() and found.masks[1].any()
@@ -643,6 +643,29 @@ def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
     assert verifier.seen == 2
     plain = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))
     assert plain(image).mask_probs is None and plain.worn(plain(image)).tolist() == [True, True]
+
+
+def test_face_verifier_drops_masked_faces_it_does_not_take_for_faces():
+    from engines.models.detector import DetectorConfig
+    from engines.models.verifier import VerifierConfig
+    from stream.detect import FaceDetector, CropVerifier
+
+    masks = np.zeros((5, 1, 64, 64), np.float32)
+    masks[1, 0, 22:34, 11:29] = 0.9
+    masks[3, 0, 22:34, 41:59] = 0.9
+    engine = _FixedDetectorEngine(
+        boxes=[[10, 5, 30, 35], [11, 22, 29, 34], [40, 5, 60, 35], [41, 22, 59, 34], [40, 40, 60, 62]],
+        labels=[1, 2, 1, 2, 1], scores=[0.95, 0.9, 0.95, 0.9, 0.95], masks=masks,
+    )
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = 255  # the stand-in says "a face" on bright crops only
+    checker = _SideVerifierEngine()
+    found = FaceDetector(engine, DetectorConfig(input_size=(64, 64)),
+                         face_verifier=CropVerifier(checker, VerifierConfig(size=32, threshold=0.5)))(image)
+    # The dark masked "face" is dropped, box and mask; the dark face without a mask is not asked.
+    assert found.boxes[:, 0].round().tolist() == [10, 40] and found.boxes[1, 1] == 40
+    assert found.masks[0].any() and not found.masks[1].any()
+    assert checker.seen == 2
 
 
 def _verified(probs, config):

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from engines.registry import load_model
     from engines.runtime import EngineError
-    from stream.detect import FaceDetector, MaskVerifier
+    from stream.detect import FaceDetector, CropVerifier
     from training.cli import log_to_stderr, use_cpu_threads
 
     log_to_stderr()
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         logger.error("%s", exc)
         return 2
-    detector = FaceDetector(det.engine, det.config, verifier=MaskVerifier(ver.engine, ver.config))
+    detector = FaceDetector(det.engine, det.config, verifier=CropVerifier(ver.engine, ver.config))
     labels = build_pseudo_labels(detector, paths, args.data, min_prob=args.min_prob)
     save_pseudo_labels(labels, args.out)
     logger.info("%d of %d images labelled, %d masked faces -> %s", len(labels.files), len(paths), len(labels.image),

@@ -272,6 +272,11 @@ def load_clip_annotations(path: Path = CLIP_ANNOTATIONS) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["masked_from"].items()}
 
 
+def load_clip_people(path: Path = CLIP_ANNOTATIONS) -> dict[str, int]:
+    """Clip stem -> how many people the clip shows at most."""
+    return {k: int(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["people"].items()}
+
+
 def evaluate_clips(predictor, folder: Path, score: float, masked_from: dict[str, int]) -> dict:
     """``predictor``: image -> dict with ``labels`` and ``scores`` arrays, like ``Predictor``."""
     paths = sorted(folder.glob("*.mp4"))

@@ -16,7 +16,9 @@ settings), so the numbers are what a user gets:
 * ``masked-clips``: the real masked clips, every frame from the annotated first masked one: share
   of frames on which the pipeline's detect and track stages (default schedule and tracker, as
   ``run_stream.py`` runs a video) give some face a mask to fill (recall); beside it the share of
-  frames on which the detect stage alone, frame by frame, reports one;
+  frames on which the detect stage alone, frame by frame, reports one; and, over every frame, the
+  frames on which more faces are given a mask than the clip shows people (annotated): a face would
+  be painted on a hand, an arm or clothes (harm);
 * ``photo-folder``: the held-out real masked photos as one folder through ``run_stream.py`` (the
   batch-photo path): share of photos visibly altered (as below) anywhere but in the crop windows
   of their own detected faces, grown by one tile: what a photo's faces leave outside themselves,
@@ -50,7 +52,7 @@ from tqdm import tqdm
 from engines.models.detector import load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
-from stream.detect import DetectorSettings, FaceDetector, MaskVerifier
+from stream.detect import DetectorSettings, FaceDetector, CropVerifier
 from stream.geometry import CropWindow
 from stream.records import Frame
 from stream.source import VideoFileSource
@@ -64,6 +66,7 @@ from training.evaluation.evaluate_detector import (
     evaluate_segmentation,
     evaluate_synthetic,
     load_clip_annotations,
+    load_clip_people,
 )
 from training.evaluation.evaluate_temporal import EvaluationError, find_clips, iter_rgb, run_stream_once
 from training.data.masked_clips import clip_writer
@@ -100,13 +103,15 @@ def mask_rate(detector: FaceDetector, paths: list[Path], desc: str) -> dict:
     return {"images": n, "face_mask_rate": found / max(n, 1), "flagged": flagged, "missed": missed}
 
 
-def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, int]) -> dict:
+def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, int], people: dict[str, int]) -> dict:
     paths = sorted(folder.glob("*.mp4"))
     if not paths:
         raise DataUnavailableError(f"no clips in {folder}")
-    per_clip, filled, alone, n = {}, 0, 0, 0
+    per_clip, filled, alone, n, off_face, seen = {}, 0, 0, 0, 0, 0
     for path in paths:
         first = masked_from.get(path.stem, 0)
+        most = people.get(path.stem)
+        extra = []
         # run_stream.py's default schedule for a video (--detect-every auto).
         detect = DetectStage(detector, schedule=DetectSchedule(auto=True))
         track = TrackStage(FaceTracker(TrackerConfig()))
@@ -115,6 +120,8 @@ def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, 
             frame = Frame(index=i, image=rgb)
             detect.process(frame)
             track.process(frame)
+            if most is not None:
+                extra.append(sum(t.mask.any() for t in frame.tracks) > most)
             if i < first:
                 continue
             fills.append(any(t.mask.any() for t in frame.tracks))
@@ -122,9 +129,13 @@ def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, 
             found = frame.detections if frame.detected_index == i else detector(rgb)
             hits.append(bool(detector.worn(found).any()))
         per_clip[path.stem] = {"frames": len(fills), "filled_rate": float(np.mean(fills)) if fills else 0.0,
-                               "face_mask_rate": float(np.mean(hits)) if hits else 0.0}
+                               "face_mask_rate": float(np.mean(hits)) if hits else 0.0,
+                               "off_face_frames": int(sum(extra)) if most is not None else None}
         filled, alone, n = filled + sum(fills), alone + sum(hits), n + len(fills)
-    return {"frames": n, "filled_rate": filled / max(n, 1), "face_mask_rate": alone / max(n, 1), "clips": per_clip}
+        off_face, seen = off_face + sum(extra), seen + len(extra)
+    return {"frames": n, "filled_rate": filled / max(n, 1), "face_mask_rate": alone / max(n, 1),
+            "off_face_frames": int(off_face), "off_face_rate": off_face / max(seen, 1), "frames_all": seen,
+            "clips": per_clip}
 
 
 def altered_flags(source: Path, output: Path, limit: int | None) -> list[bool]:
@@ -283,6 +294,10 @@ def format_table(r: dict) -> str:
         for name, v in c["clips"].items():
             row(f"  {name}", pct(v["filled_rate"]), "", str(v["frames"]))
         row("  frame by frame, detect stage alone", pct(c["face_mask_rate"]), "", str(c["frames"]))
+        row("real masked clips: more faces filled than people", pct(c["off_face_rate"]), "0 %", str(c["frames_all"]))
+        for name, v in c["clips"].items():
+            if v["off_face_frames"] is not None:
+                row(f"  {name}", str(v["off_face_frames"]), "", "")
     if "segmentation" in r:
         row("IWM/CWM held out: face_mask mIoU", f"{r['segmentation']['face_mask_mIoU']:.3f}", ">= 0.95",
             str(r["segmentation"]["images"]))
@@ -302,6 +317,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--verifier-weights", type=Path, default=Path("engines/weights/mask_verifier.pt"),
                    help="the mask verifier that vetoes masks face by face")
     p.add_argument("--verifier", default="off", choices=["on", "off"], help="as run_stream.py --verifier")
+    p.add_argument("--face-verifier", default="off", choices=["on", "off"], help="as run_stream.py --face-verifier")
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     p.add_argument("--max-frames", type=int, default=150, help="frames per unmasked clip")
     p.add_argument("--synthetic", type=int, default=200, help="synthetic validation scenes")
@@ -317,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     log_to_stderr()
     use_cpu_threads(args.threads)
-    extra = ["--detector-weights", str(args.detector_weights.resolve()), "--verifier", args.verifier]
+    extra = ["--detector-weights", str(args.detector_weights.resolve()), "--verifier", args.verifier,
+             "--face-verifier", args.face_verifier]
     if args.verifier == "on":
         extra += ["--verifier-weights", str(args.verifier_weights.resolve())]
     extra += args.stream_args.split()
@@ -328,13 +345,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.verifier == "on":
             checker = load_model("verifier", backend="torch", device="cpu", weights=args.verifier_weights,
                                  threads=args.threads)
-            verifier = MaskVerifier(checker.engine, checker.config)
+            verifier = CropVerifier(checker.engine, checker.config)
+        face_verifier = None
+        if args.face_verifier == "on":
+            checker = load_model("face_verifier", backend="torch", device="cpu", threads=args.threads)
+            face_verifier = CropVerifier(checker.engine, checker.config)
     except EngineError as exc:
         logger.error("%s", exc)
         return 2
-    detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier)
+    detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier, face_verifier=face_verifier)
     # Photos are judged as run_stream.py judges them (DetectorSettings.for_stills).
-    photo_detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier,
+    photo_detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier, face_verifier=face_verifier,
                                   settings=DetectorSettings().for_stills())
     results: dict = {"weights": str(args.detector_weights), "meta": load_detector_meta(args.detector_weights),
                      "verifier": str(args.verifier_weights) if args.verifier == "on" else None}
@@ -359,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["photo-folder"] = photo_folder(masked_photo_files(args.data, "val"), work, extra,
                                                        crop_scale=crop_scale)
             if "masked-clips" in args.sets:
-                results["masked-clips"] = clip_mask_rate(detector, args.data / "videos" / "masked", load_clip_annotations())
+                results["masked-clips"] = clip_mask_rate(detector, args.data / "videos" / "masked",
+                                                         load_clip_annotations(), load_clip_people())
             if "unmasked-clips" in args.sets:
                 results["unmasked-clips"] = unmasked_clips(args.data / "videos" / "unmasked", work, args.max_frames, extra)
             if "mask-off" in args.sets:
