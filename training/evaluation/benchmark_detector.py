@@ -5,6 +5,9 @@
 Reports the median and 90th percentile over ``--runs`` timed runs after ``--warmup`` runs,
 for PyTorch eager and, with ``--onnx``, for ONNX Runtime on the exported graph. The frame is
 a real masked photo when ``--image`` is given (so the heads see detections), else noise.
+``--int8 A`` also times the fp32 and int8 exports that ``build_engines.py --int8 --artifacts A``
+wrote, in turn for ``--rounds`` rounds (the median of each round's median), so that a busy
+machine slows both alike.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime")
+    p.add_argument("--int8", type=Path, metavar="ARTIFACTS",
+                   help="also time the fp32 and int8 exports in this artifacts folder, in turn")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --int8's alternation")
     return p
 
 
@@ -95,6 +101,30 @@ def main(argv: list[str] | None = None) -> int:
             results["onnxruntime"] = _time(
                 lambda: len(session.run(None, {"image": prep().numpy()})[0]), args.runs, args.warmup
             )
+    if args.int8 is not None:
+        import onnxruntime as ort
+
+        from engines.artifacts import onnx_path
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        opts.inter_op_num_threads = 1
+        sessions = {}
+        for precision in ("fp32", "int8"):
+            path = onnx_path("detector", args.int8, precision=precision)
+            if not path.is_file():
+                logger.error("%s not found: run build_engines.py --models detector --int8 --artifacts %s first",
+                             path, args.int8)
+                return 2
+            sessions[precision] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        rounds: dict[str, list[float]] = {"fp32": [], "int8": []}
+        for _ in range(args.rounds):
+            for precision, session in sessions.items():
+                timed = _time(lambda s=session: len(s.run(None, {"image": prep().numpy()})[0]), args.runs, args.warmup)
+                rounds[precision].append(timed["median_ms"])
+        fp32, int8 = float(np.median(rounds["fp32"])), float(np.median(rounds["int8"]))
+        results["artifacts"] = {"fp32_median_ms": fp32, "int8_median_ms": int8, "int8_saving": 1.0 - int8 / fp32,
+                                "rounds": rounds}
     print(json.dumps(results, indent=1))
     return 0
 
