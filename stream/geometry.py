@@ -175,9 +175,17 @@ class CropWindow:
             # sub-pixel shift attenuates by up to half.
             d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_CUBIC,
                                borderMode=cv2.BORDER_REPLICATE)
-            p = lowpass(p, sigma) + detail_gain * (d - lowpass(d, sigma))
+            if detail_gain != 1.0:
+                d *= detail_gain
+            # lowpass(p) + (d - lowpass(d)) with one blur, not two: lowpass is linear.
+            p -= d
+            p = lowpass(p, sigma)
+            p += d
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
-        frame[fy1:fy2, fx1:fx2] = np.clip(a * p + (1 - a) * region + 0.5, 0, 255).astype(np.uint8)
+        p -= region
+        p *= a
+        p += region + 0.5
+        frame[fy1:fy2, fx1:fx2] = np.clip(p, 0, 255, out=p).astype(np.uint8)
 
     def cut_tensor(self, frame: torch.Tensor, size: int) -> torch.Tensor:
         """``cut`` (bilinear) of a (C, H, W) float tensor on any device: (C, size, size)."""
@@ -216,10 +224,10 @@ class CropWindow:
         p = warp_tensor(patch, _invert(to_frame), size, border="replicate")
         a = warp_tensor(alpha[None], _invert(to_frame), size, border="zeros")
         if with_detail:
-            d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate", mode="bicubic")
-            p = lowpass_tensor(p, sigma) + detail_gain * (d - lowpass_tensor(d, sigma))
+            d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate", mode="bicubic") * detail_gain
+            p = lowpass_tensor(p - d, sigma) + d
         region = frame[:, fy1:fy2, fx1:fx2]
-        region.copy_((a * p + (1 - a) * region).clamp_(0, 255))
+        region.copy_((region + a * (p - region)).clamp_(0, 255))
 
 
 def _support(nonzero: np.ndarray) -> tuple[int, int, int, int] | None:
