@@ -46,7 +46,7 @@ from stream.geometry import CropWindow, box_iou, box_overlap
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset, skin_colour
 from training.data.negatives import masked_photo_files, negative_files
-from training.train.train_verifier import _augment
+from training.train.train_verifier import augment, held_out_probs, train_step, verdict_rates
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=Path, default=Path("cache/negative_faces.npz"),
                    help="face cache of the unmasked photos' training split (python -m training.data.negatives)")
     p.add_argument("--detector-weights", type=Path, default=Path("engines/weights/detector_mobilenet_v3.pt"))
-    p.add_argument("--lfw-every", type=int, default=3, help="use every N-th LFW training photo")
+    p.add_argument("--lfw-every", type=int, default=4, help="use every N-th LFW training photo")
     p.add_argument("--width", type=int, default=16, help="channels of the first layer")
     p.add_argument("--out", type=Path, default=Path("runs/face_verifier"))
     p.add_argument("--scenes", type=int, default=3000)
@@ -309,25 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         # As many faces as windows without one per batch.
         idx = torch.cat([pos[torch.randint(len(pos), (half,), generator=gen)],
                          neg[torch.randint(len(neg), (args.batch_size - half,), generator=gen)]])
-        batch = _blur(_augment(x[idx].float().div(255.0), gen), gen)
-        loss = F.binary_cross_entropy_with_logits(model(batch), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 250 == 0:
-            logger.info("step %d loss %.4f", step, loss.item())
+        batch = _blur(augment(x[idx].float().div(255.0), gen), gen)
+        train_step(opt, sched, F.binary_cross_entropy_with_logits(model(batch), y[idx]), step)
 
-    model.eval()
-    with torch.no_grad():
-        vx = torch.from_numpy(val_crops).permute(0, 3, 1, 2).float().div(255.0)
-        probs = torch.sigmoid(torch.cat([model(vx[i:i + 256]) for i in range(0, len(vx), 256)])).numpy()
+    probs = held_out_probs(model, val_crops)
     threshold = choose_threshold(probs, val_labels, min_recall=args.min_recall)
-    said = probs >= threshold
     report = {
-        "held_out": int(len(val_labels)), "faces": int(val_labels.sum()), "threshold": threshold,
-        "recall": float(said[val_labels == 1].mean()), "false_positive_rate": float(said[val_labels == 0].mean()),
-        "accuracy_at_0.5": float(((probs >= 0.5) == val_labels).mean()),
+        "held_out": int(len(val_labels)), "faces": int(val_labels.sum()), **verdict_rates(probs, val_labels, threshold),
         "train_crops": int(len(labels)), "detector_false_faces": false_faces, "steps": args.steps,
         "seconds": round(time.time() - t0),
     }

@@ -114,11 +114,37 @@ def photo_faces(detector_weights: Path, data_root: Path, *, size: int, crop_scal
     return np.stack(crops), np.array(labels, np.uint8)
 
 
-def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(batch.shape[0], generator=generator) < 0.5
     batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
     gain = 1.0 + 0.2 * (torch.rand(batch.shape[0], 3, 1, 1, generator=generator) - 0.5)
     return (batch * gain).clamp(0, 1)
+
+
+def train_step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor, step: int) -> None:
+    """One optimiser and schedule step on ``loss``, logged every 250 steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if step % 250 == 0:
+        logger.info("step %d loss %.4f", step, loss.item())
+
+
+def held_out_probs(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
+    """(N,) probabilities of ``model`` (put in eval mode) on (N, S, S, 3) uint8 RGB crops."""
+    model.eval()
+    with torch.no_grad():
+        vx = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255.0)
+        return torch.sigmoid(torch.cat([model(vx[i:i + 256]) for i in range(0, len(vx), 256)])).numpy()
+
+
+def verdict_rates(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Recall on ``labels == 1``, false positives on ``labels == 0`` at ``threshold``, accuracy at 0.5."""
+    said = probs >= threshold
+    return {"threshold": threshold, "recall": float(said[labels == 1].mean()),
+            "false_positive_rate": float(said[labels == 0].mean()),
+            "accuracy_at_0.5": float(((probs >= 0.5) == labels).mean())}
 
 
 def choose_threshold(probs: np.ndarray, labels: np.ndarray, *, max_fpr: float) -> float:
@@ -193,25 +219,14 @@ def main(argv: list[str] | None = None) -> int:
                               neg[torch.randint(len(neg), (quarter,), generator=gen)]])
             images = torch.cat([images[2 * quarter:], photo_x[pidx]])
             targets = torch.cat([targets[2 * quarter:], photo_y[pidx]])
-        batch = _augment(images.float().div(255.0), gen)
-        loss = F.binary_cross_entropy_with_logits(model(batch), targets, pos_weight=pos_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 250 == 0:
-            logger.info("step %d loss %.4f", step, loss.item())
+        batch = augment(images.float().div(255.0), gen)
+        train_step(opt, sched, F.binary_cross_entropy_with_logits(model(batch), targets, pos_weight=pos_weight), step)
 
-    model.eval()
-    with torch.no_grad():
-        vx = torch.from_numpy(val_crops).permute(0, 3, 1, 2).float().div(255.0)
-        probs = torch.sigmoid(torch.cat([model(vx[i:i + 256]) for i in range(0, len(vx), 256)])).numpy()
+    probs = held_out_probs(model, val_crops)
     threshold = choose_threshold(probs, val_labels, max_fpr=args.max_fpr)
-    said = probs >= threshold
     report = {
-        "held_out_faces": int(len(val_labels)), "masked": int(val_labels.sum()), "threshold": threshold,
-        "recall": float(said[val_labels == 1].mean()), "false_positive_rate": float(said[val_labels == 0].mean()),
-        "accuracy_at_0.5": float(((probs >= 0.5) == val_labels).mean()),
+        "held_out_faces": int(len(val_labels)), "masked": int(val_labels.sum()),
+        **verdict_rates(probs, val_labels, threshold),
         "train_faces": int(len(labels)) + (len(photo_y) if photo_y is not None else 0),
         "photo_faces": len(photo_y) if photo_y is not None else 0, "steps": args.steps,
         "seconds": round(time.time() - t0),

@@ -1,0 +1,40 @@
+"""The face verifier's training data: windows without faces, drawn hands, the recall threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.geometry import CropWindow, box_overlap
+from training.train.train_face_verifier import choose_threshold, free_windows, synthetic_hand
+
+
+def test_free_windows_keep_their_crop_windows_off_the_faces():
+    rng = np.random.default_rng(0)
+    faces = np.array([[100, 40, 160, 110], [300, 60, 350, 120]], np.float32)
+    boxes = free_windows((480, 640), faces, rng, 30, 1.2, max_face_share=0.0)
+    assert len(boxes) >= 20
+    for box in boxes:
+        window = CropWindow.for_face(box, 1.2)
+        outer = np.array([[window.x1, window.y1, window.x1 + window.side, window.y1 + window.side]], np.float32)
+        assert box_overlap(faces, outer).max() == 0.0
+    # Most lie below the faces, where bodies, arms and hands are.
+    assert np.mean([(b[1] + b[3]) / 2 > 110 for b in boxes]) > 0.6
+
+
+def test_synthetic_hand_is_drawn_inside_its_box():
+    rng = np.random.default_rng(1)
+    background = np.full((96, 96, 3), 30, np.uint8)
+    for _ in range(10):
+        image, box = synthetic_hand(background, rng)
+        x1, y1, x2, y2 = box.astype(int)
+        assert image.shape == background.shape and 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+        inside = np.abs(image[y1:y2, x1:x2].astype(int) - 30).max(axis=2) > 25
+        assert inside.mean() > 0.3  # skin over the dark background
+
+
+def test_threshold_keeps_the_asked_share_of_faces():
+    probs = np.concatenate([np.linspace(0.0, 1.0, 200), np.linspace(0.0, 0.2, 100)])
+    labels = np.concatenate([np.ones(200, np.uint8), np.zeros(100, np.uint8)])
+    threshold = choose_threshold(probs, labels, min_recall=0.99)
+    assert (probs[labels == 1] >= threshold).mean() >= 0.99
+    assert choose_threshold(np.full(4, 0.9), np.ones(4, np.uint8), min_recall=0.5) == 0.5  # capped
