@@ -31,7 +31,7 @@ from engines.artifacts import file_sha256
 from engines.registry import LoadedModel, load_model
 from engines.runtime import EngineError
 from stream.benchmark import BenchmarkResult, format_table, run_benchmark, write_outputs
-from stream.detect import DetectorSettings, DetectorSettingsError, FaceDetector, CropVerifier
+from stream.detect import CropVerifier, DetectorSettings, DetectorSettingsError, FaceDetector
 from stream.inpaint import EyeGuard, FaceInpainter, HandGuard, InpaintSettings
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
@@ -276,8 +276,8 @@ class Models:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
-            for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.face_verifier, self.parsing,
-                      self.eye_parsing)
+            for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.face_verifier,
+                      self.parsing, self.eye_parsing)
             if m is not None
         }
 

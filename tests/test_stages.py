@@ -621,7 +621,7 @@ class _SideVerifierEngine(Engine):
 def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
     from engines.models.detector import DetectorConfig
     from engines.models.verifier import VerifierConfig
-    from stream.detect import FaceDetector, CropVerifier
+    from stream.detect import CropVerifier, FaceDetector
 
     masks = np.zeros((4, 1, 64, 64), np.float32)
     masks[1, 0, 22:34, 11:29] = 0.9
@@ -648,7 +648,7 @@ def test_verifier_vetoes_masks_on_faces_it_does_not_see_masked():
 def test_face_verifier_drops_masked_faces_it_does_not_take_for_faces():
     from engines.models.detector import DetectorConfig
     from engines.models.verifier import VerifierConfig
-    from stream.detect import FaceDetector, CropVerifier
+    from stream.detect import CropVerifier, FaceDetector
 
     masks = np.zeros((5, 1, 64, 64), np.float32)
     masks[1, 0, 22:34, 11:29] = 0.9

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from engines.registry import load_model
     from engines.runtime import EngineError
-    from stream.detect import FaceDetector, CropVerifier
+    from stream.detect import CropVerifier, FaceDetector
     from training.cli import log_to_stderr, use_cpu_threads
 
     log_to_stderr()

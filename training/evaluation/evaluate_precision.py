@@ -52,7 +52,7 @@ from tqdm import tqdm
 from engines.models.detector import load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
-from stream.detect import DetectorSettings, FaceDetector, CropVerifier
+from stream.detect import CropVerifier, DetectorSettings, FaceDetector
 from stream.geometry import CropWindow
 from stream.records import Frame
 from stream.source import VideoFileSource

@@ -135,10 +135,12 @@ def synthetic_hand(background: np.ndarray, rng: np.random.Generator) -> tuple[np
         cv2.circle(hand, tuple(map(int, tip)), max(1, int(width * 0.42)), 1, -1)
         if fist and k:
             edge = base - across * width * 0.47
-            cv2.line(creases, tuple(map(int, edge)), tuple(map(int, edge + along * reach)), 1, max(1, int(width * 0.12)))
+            cv2.line(creases, tuple(map(int, edge)), tuple(map(int, edge + along * reach)), 1,
+                     max(1, int(width * 0.12)))
     if rng.random() < 0.5:  # the thumb
         root = np.array([cx, cy]) - across * r * 0.8
-        cv2.line(hand, tuple(map(int, root)), tuple(map(int, root + (along - across) * r * 0.7)), 1, max(2, int(width * 0.8)))
+        tip = root + (along - across) * r * 0.7
+        cv2.line(hand, tuple(map(int, root)), tuple(map(int, tip)), 1, max(2, int(width * 0.8)))
     if rng.random() < 0.5:  # a sleeve on the wrist
         wrist = np.array([cx, cy]) - along * r * 1.1
         arm = np.zeros((s, s), np.uint8)
@@ -160,7 +162,8 @@ def synthetic_hand(background: np.ndarray, rng: np.random.Generator) -> tuple[np
         k = int(rng.integers(3, max(4, s // 8)))
         kernel = np.zeros((k, k), np.float32)
         kernel[k // 2] = 1.0 / k
-        kernel = cv2.warpAffine(kernel, cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0), (k, k))
+        turn = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
+        kernel = cv2.warpAffine(kernel, turn, (k, k))
         image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 2.0))
     y, x = np.nonzero(mask)
