@@ -120,11 +120,12 @@ def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, 
             frame = Frame(index=i, image=rgb)
             detect.process(frame)
             track.process(frame)
+            given = sum(t.mask.any() for t in frame.tracks)
             if most is not None:
-                extra.append(sum(t.mask.any() for t in frame.tracks) > most)
+                extra.append(given > most)
             if i < first:
                 continue
-            fills.append(any(t.mask.any() for t in frame.tracks))
+            fills.append(given > 0)
             # The per-frame count runs the detector on every frame, whatever the schedule skipped.
             found = frame.detections if frame.detected_index == i else detector(rgb)
             hits.append(bool(detector.worn(found).any()))
@@ -358,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     photo_detector = FaceDetector(loaded.engine, loaded.config, verifier=verifier, face_verifier=face_verifier,
                                   settings=DetectorSettings().for_stills())
     results: dict = {"weights": str(args.detector_weights), "meta": load_detector_meta(args.detector_weights),
-                     "verifier": str(args.verifier_weights) if args.verifier == "on" else None}
+                     "verifier": str(args.verifier_weights) if args.verifier == "on" else None,
+                     "face_verifier": args.face_verifier == "on"}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
