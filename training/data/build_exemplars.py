@@ -80,6 +80,14 @@ def choose(records, *, per_group: int, seed: int, beardless: bool = True, min_ag
     return chosen
 
 
+def deblock(image: np.ndarray, strength: float) -> np.ndarray:
+    """(H, W, 3) uint8 RGB photo cleaned by non-local means. Done on the photo as stored, where its JPEG
+    blocks sit on their own 8-pixel grid, before the crop resamples them: the paste lends the exemplar's
+    finest band at frame resolution, and there the blocks showed as a dotted grain over the cheeks."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV's colour denoiser works in Lab from BGR
+    return cv2.cvtColor(cv2.fastNlMeansDenoisingColored(bgr, None, strength, strength, 5, 15), cv2.COLOR_BGR2RGB)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Build the exemplar bank from the generator's training faces.")
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -95,8 +103,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="widest inner-lip gap over mouth width (closed mouths: no lent teeth)")
     p.add_argument("--crop-scale", type=float, default=1.2, help="the generator's crop_scale")
     p.add_argument("--denoise", type=float, default=0.0,
-                   help="non-local means strength on each crop, 0 for none (e.g. 6: UTKFace's JPEG blocks, "
-                        "magnified with the face, are otherwise lent as a grid over the cheeks)")
+                   help="non-local means strength on each source photo before it is cut, 0 for none (e.g. 3: "
+                        "UTKFace's JPEG blocks, magnified with the face, are otherwise lent as a grid over the cheeks)")
     p.add_argument("--exclude", nargs="*", default=list(WATERMARKED + COVERED), metavar="NAME",
                    help="UTKFace file names to leave out, each replaced by the next face of its group (default: the "
                         "faces with a watermark or a hand, a moustache or jewellery over the lower face, WATERMARKED "
@@ -118,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     crops, names = [], []
     for r in chosen:
         image = read_rgb(r.path)
-        crop = cut_face(image, face_box_from_landmarks(r.landmarks, image.shape), crop_scale=args.crop_scale)
         if args.denoise > 0:
-            crop = cv2.fastNlMeansDenoisingColored(crop, None, args.denoise, args.denoise, 5, 15)
+            image = deblock(image, args.denoise)
+        crop = cut_face(image, face_box_from_landmarks(r.landmarks, image.shape), crop_scale=args.crop_scale)
         crops.append(crop)
         names.append(r.path.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
