@@ -117,10 +117,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces "
                         "finds them every 5 frames; off: the mask grown by a few pixels is filled, lower eyelids "
                         "included)")
-    p.add_argument("--face-outline", default="on" if InpaintSettings.outline else "off", choices=["on", "off"],
-                   help="where the mask stands out past the jaw, fill that part from the background around it "
-                        "instead of the generated face (the eye guard's parsing net draws the jaw under the "
-                        "mask; needs --eye-guard on)")
     p.add_argument("--hand-guard", default="on", choices=["on", "off"],
                    help="keep a hand that comes over a mask out of the fill (told from the mask by colour, once the "
                         "track has seen its mask bare; off: the detected mask is filled, fingers over it included)")
@@ -255,7 +251,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                 mask_momentum=args.mask_momentum, min_cutoff=args.box_cutoff),
         inpaint=InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain,
                                 skip_still=args.skip_still == "on",
-                                skip_moving=args.skip_moving == "on", outline=args.face_outline == "on"),
+                                skip_moving=args.skip_moving == "on"),
         reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
         exemplar_shortlist=args.exemplar_shortlist, eye_guard=args.eye_guard == "on",
         hand_guard=args.hand_guard == "on", live=args.live,
@@ -521,10 +517,7 @@ def benchmark(config: RunConfig, directory: Path) -> BenchmarkResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    if args.face_outline == "on" and args.eye_guard == "off":
-        parser.error("--face-outline on needs --eye-guard on (its parsing net draws the jaw under the mask)")
+    args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -16,7 +16,7 @@ from engines.models.generator import GeneratorConfig
 from engines.runtime import DeviceStream, Engine
 from stream.geometry import CropWindow
 from stream.records import Track
-from stream.reference import EYE_CLASSES, Guide, PartsLocator, References
+from stream.reference import Guide, PartsLocator, References
 from stream.smoothing import TemporalConfig
 
 logger = logging.getLogger(__name__)
@@ -44,20 +44,6 @@ class InpaintSettings:
     # The same for a face that moved, where the visible face's motion was measured (point
     # tracking): that motion carries the last reconstruction as well as a new run would place it.
     skip_moving: bool = True
-    # Where the worn mask stands out past the jaw, the hole holds background, not face: the
-    # generator paints skin there all the same. With ``outline`` (it needs the eye guard's parsing
-    # net, which draws the jaw under a mask), the hole outside the parsed face grown by
-    # ``outline_grow`` crop pixels is filled from the visible pixels around it (their average,
-    # weighted by distance) instead; only where the parsed face covers at least ``outline_min_face``
-    # of the hole, since a net that did not find the face under the mask would cut into it.
-    outline: bool = False
-    outline_grow: int = 2
-    outline_min_face: float = 0.6
-
-    def __post_init__(self) -> None:
-        if self.outline_grow < 0 or not 0 < self.outline_min_face <= 1:
-            raise ValueError(f"InpaintSettings needs outline_grow >= 0 and 0 < outline_min_face <= 1 "
-                             f"(got {self.outline_grow}, {self.outline_min_face})")
 
 
 def _inside_mask(hole: np.ndarray, dilation: int, depth: int) -> np.ndarray:
@@ -92,8 +78,7 @@ class EyeGuard:
         self.covered, self.min_eye = covered, min_eye
         self._grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         self.depth = depth
-        # Per track: (call of the last look, the eyes grown, the whole face as parsed, mask or not).
-        self._eyes: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._eyes: dict[int, tuple[int, np.ndarray]] = {}
 
     def reset(self) -> None:
         self._eyes.clear()
@@ -106,17 +91,10 @@ class EyeGuard:
         again when ``fresh``."""
         seen = self._eyes.get(track_id)
         if fresh or seen is None or call - seen[0] >= self.every or seen[1].shape != crop.shape[:2]:
-            labels = self.locator.labels(crop[None])[0]
-            found = np.isin(labels, EYE_CLASSES)
-            seen = (call, cv2.dilate(found.astype(np.uint8), self._grow) > 0, labels > 0)
+            found = self.locator.eyes(crop[None])[0]
+            seen = (call, cv2.dilate(found.astype(np.uint8), self._grow) > 0)
             self._eyes[track_id] = seen
         return seen[1]
-
-    def face(self, track_id: int) -> np.ndarray | None:
-        """(S, S) bool: the face as the net parsed it at its last look for the eyes, under the mask
-        too (it was trained to draw the jaw a mask hides); None before any look."""
-        seen = self._eyes.get(track_id)
-        return None if seen is None else seen[2]
 
     def judge(self, track_id: int, crop: np.ndarray, call: int, hole: np.ndarray,
               dilation: int) -> tuple[np.ndarray, bool]:
@@ -414,7 +392,7 @@ class FaceInpainter:
     blended reconstruction stays attached to the face instead of lagging behind it.
 
     ``last_steps``: seconds per step of the last call (crop, motion, eyes, hands, reference, generator,
-    outline, blend, paste; only the steps that ran), for the benchmark's breakdown.
+    blend, paste; only the steps that ran), for the benchmark's breakdown.
 
     ``frames_on_device`` (default: when the generator runs on a GPU): the frame goes to the
     engine's device once, faces are cut and pasted there (``CropWindow.cut_tensor`` /
@@ -594,10 +572,6 @@ class FaceInpainter:
             with steps("generator"):
                 for i, generated in zip(fresh, self._generate([jobs[i] for i in fresh], [guides[i] for i in fresh])):
                     predicted[i] = generated
-            if self.settings.outline and self.eye_guard is not None:
-                with steps("outline"):
-                    for i in fresh:
-                        predicted[i] = self._within_outline(jobs[i], predicted[i])
         out = image.copy() if frame is None else None
         for job, guide, generated in zip(jobs, guides, predicted):
             with steps("paste"):
@@ -700,29 +674,6 @@ class FaceInpainter:
                 if not track.mask.any():
                     memory.observe(image, track.track_id, track.box, track.score, self._calls)
         self.references.forget({t.track_id for t in tracks})
-
-    def _within_outline(self, job: _FaceJob, generated: np.ndarray) -> np.ndarray:
-        """``generated`` ((S, S, 3) float32) with the hole outside the parsed face replaced by the
-        visible surroundings (``InpaintSettings.outline``)."""
-        face = self.eye_guard.face(job.track_id)
-        inside = job.hole >= 0.5
-        if face is None or face.shape != inside.shape:
-            return generated
-        grow = self.settings.outline_grow
-        if grow:
-            face = cv2.dilate(face.astype(np.uint8), cv2.getStructuringElement(
-                cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))) > 0
-        outside = inside & ~face
-        if not outside.any() or (inside & face).sum() < self.settings.outline_min_face * inside.sum():
-            return generated
-        # Normalised convolution: the visible pixels' average, nearer ones weighing more. A strip
-        # past the jaw is a few crop pixels wide, so background at this scale is a smooth colour.
-        sigma = 0.05 * self.config.size
-        known = (~inside).astype(np.float32)
-        weight = cv2.GaussianBlur(known, (0, 0), sigma)
-        around = cv2.GaussianBlur(job.crop * known[..., None], (0, 0), sigma) / np.maximum(weight, 1e-3)[..., None]
-        alpha = cv2.GaussianBlur(outside.astype(np.float32), (0, 0), 1.0)[..., None]
-        return generated + alpha * (around - generated)
 
     def _seam(self, hole: np.ndarray) -> np.ndarray:
         """Paste alpha (S, S) float32: a smooth ramp ``feather`` wide centred on the hole's edge."""

@@ -315,7 +315,6 @@ def _at_crop_side(matrix: np.ndarray, scale: float) -> np.ndarray:
 
 # Parsing classes (engines.models.parsing.PARSING_CLASSES) whose centres pin a face's parts.
 _EYE_LEFT, _EYE_RIGHT, _NOSE, _MOUTH = 4, 5, 6, (7, 8, 9)
-EYE_CLASSES = (_EYE_LEFT, _EYE_RIGHT)
 
 
 def part_points(labels: np.ndarray) -> np.ndarray | None:
@@ -359,6 +358,10 @@ class PartsLocator:
         if side != size:
             labels = np.stack([cv2.resize(one, (size, size), interpolation=cv2.INTER_NEAREST) for one in labels])
         return labels
+
+    def eyes(self, crops: np.ndarray) -> np.ndarray:
+        """crops: (N, S, S, 3) uint8 RGB -> (N, S, S) bool, the pixels of either eye."""
+        return np.isin(self.labels(crops), (_EYE_LEFT, _EYE_RIGHT))
 
     def __call__(self, crops: np.ndarray) -> list[np.ndarray | None]:
         """crops: (N, S, S, 3) uint8 RGB. Per crop, ``part_points`` in its pixels."""

@@ -761,14 +761,14 @@ def test_detector_reports_weak_masks_with_their_scores():
 
 
 class _DarkEyes:
-    """Stands in for the parsing net: every pixel darker than 50 is an eye, the rest is skin."""
+    """Stands in for the parsing net: every pixel darker than 50 is an eye."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def labels(self, crops):
+    def eyes(self, crops):
         self.calls += 1
-        return np.where(crops.max(axis=-1) < 50, 4, 1).astype(np.uint8)
+        return crops.max(axis=-1) < 50
 
 
 def test_eye_guard_keeps_the_fill_off_the_eyes_above_the_mask():
@@ -848,51 +848,6 @@ def _guarded(arm_after=3):
     config = GeneratorConfig(size=64, width=4, mask_dilation=2)
     return FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
                          hand_guard=HandGuard(arm_after=arm_after))
-
-
-class _FaceLeftOf:
-    """Stands in for the parsing net: the face is the crop left of column ``edge``, no eyes."""
-
-    def __init__(self, edge: int) -> None:
-        self.edge = edge
-
-    def labels(self, crops):
-        labels = np.zeros(crops.shape[:3], np.uint8)
-        labels[:, :, :self.edge] = 1
-        return labels
-
-
-@pytest.mark.parametrize("edge, trimmed", [(40, True), (10, False)])
-def test_face_outline_fills_the_mask_past_the_jaw_from_the_background(edge, trimmed):
-    from stream.inpaint import EyeGuard
-
-    image = np.full((120, 160, 3), 100, np.uint8)
-    mask = np.zeros((120, 160), bool)
-    mask[60:95, 50:90] = True
-    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
-    config = GeneratorConfig(size=64, width=4, mask_dilation=2)
-    # The crop window is 96 px from x = 22, so crop column 40 is frame column 82: the mask's last
-    # 8 columns lie past the parsed face.
-    inpainter = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
-                              settings=InpaintSettings(outline=True), eye_guard=EyeGuard(_FaceLeftOf(edge), every=1))
-    out = inpainter(image, [track]).astype(int)
-    assert (out[64:92, 52:78] > 240).all()  # the face keeps what the generator drew
-    past_jaw = out[64:92, 87:90]
-    if trimmed:
-        assert (np.abs(past_jaw - 100) < 30).all()  # the background around, not the generated face
-        assert "outline" in inpainter.last_steps
-    else:
-        # A parsed face covering under 60 % of the hole is not trusted to draw the jaw.
-        assert (past_jaw > 240).all()
-
-
-def test_face_outline_needs_the_eye_guard():
-    from run_stream import main
-
-    with pytest.raises(SystemExit):
-        main(["--input", "x.mp4", "--face-outline", "on", "--eye-guard", "off"])
-    with pytest.raises(ValueError):
-        InpaintSettings(outline_min_face=0.0)
 
 
 def test_hand_guard_keeps_a_finger_in_front_of_a_mask_seen_bare():

@@ -221,8 +221,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
     p.add_argument("--exemplar-shortlist", type=int, default=EXEMPLAR_SHORTLIST, help="as run_stream.py's")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"], help="as run_stream.py --eye-guard")
-    p.add_argument("--face-outline", default="on" if InpaintSettings.outline else "off", choices=["on", "off"],
-                   help="as run_stream.py --face-outline (needs --eye-guard on)")
     p.add_argument("--exemplars", type=Path, default=EXEMPLARS, help="the exemplar bank (.npz) of the exemplar mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
@@ -247,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     detector = FaceDetector(det.engine, det.config)
-    settings = InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain,
-                               outline=args.face_outline == "on")
+    settings = InpaintSettings(detail_sigma=args.detail_sigma, exemplar_gain=args.exemplar_gain)
     locator = PartsLocator(load_model("parsing", backend="torch", device="cpu", threads=args.threads).engine)
     # As run_stream.py: the eyes above the mask are found by the net trained on masked faces.
     eye_locator = PartsLocator(load_model("parsing_masked", backend="torch", device="cpu", threads=args.threads).engine
