@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from stream.geometry import CropWindow, box_overlap
-from training.train.train_face_verifier import choose_threshold, free_windows, synthetic_hand
+from training.data.detector_data import draw_hand
+from training.train.train_face_verifier import choose_threshold, free_windows
 
 
 def test_free_windows_keep_their_crop_windows_off_the_faces():
@@ -21,15 +22,18 @@ def test_free_windows_keep_their_crop_windows_off_the_faces():
     assert np.mean([(b[1] + b[3]) / 2 > 110 for b in boxes]) > 0.6
 
 
-def test_synthetic_hand_is_drawn_inside_its_box():
+def test_drawn_hand_lies_inside_its_box_and_mask():
     rng = np.random.default_rng(1)
     background = np.full((96, 96, 3), 30, np.uint8)
     for _ in range(10):
-        image, box = synthetic_hand(background, rng)
+        image, matte, box = draw_hand(background, rng)
         x1, y1, x2, y2 = box.astype(int)
         assert image.shape == background.shape and 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
         inside = np.abs(image[y1:y2, x1:x2].astype(int) - 30).max(axis=2) > 25
         assert inside.mean() > 0.3  # skin over the dark background
+        # The matte covers every pixel the hand changed, so the hand can be cut out and laid elsewhere.
+        changed = np.abs(image.astype(int) - 30).max(axis=2) > 2
+        assert (matte[changed] > 0.01).all() and matte[y1:y2, x1:x2].max() > 0.99
 
 
 def test_threshold_keeps_the_asked_share_of_faces():

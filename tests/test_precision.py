@@ -209,6 +209,30 @@ def test_hard_negative_scenes_label_faces_and_never_a_face_mask(shared_data, utk
                              config=DetectorDataConfig(negative_fraction=0.5))
 
 
+def test_drawn_hands_and_mesh_sleeves_are_unlabelled_and_leave_the_faces_alone(shared_data, utk_landmarks):
+    from training.data.detector_data import DetectorDataConfig, DetectorSceneDataset
+
+    def scenes(**extra):
+        dataset = DetectorSceneDataset(data_root=shared_data, landmarks=utk_landmarks, seed=3,
+                                       config=DetectorDataConfig(real_fraction=0.0, p_unmasked=1.0, **extra))
+        # The synthetic scene alone: the photometric changes after it draw from the same generator.
+        return [dataset._synthetic(240, 320, np.random.default_rng(i)) for i in range(6)]
+
+    plain, drawn = scenes(), scenes(p_hand=1.0, p_sheer_limb=1.0)
+    changed = 0
+    for (image, instances), (with_negatives, negatives_instances) in zip(plain, drawn):
+        assert [i.worn for i in negatives_instances] == [None] * len(negatives_instances)
+        assert len(negatives_instances) == len(instances)
+        faces = np.zeros(image.shape[:2], bool)
+        for inst in instances:
+            x1, y1, x2, y2 = inst.face_box.astype(int)
+            faces[y1:y2, x1:x2] = True
+        moved = np.abs(with_negatives.astype(int) - image.astype(int)).max(axis=2) > 20
+        changed += int(moved.sum() > 200)
+        assert not (moved & faces).any()  # drawn away from the faces
+    assert changed >= 4
+
+
 class _FixedDetector:
     """Stands in for stream.detect.FaceDetector: returns the same detections for any image."""
 

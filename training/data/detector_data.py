@@ -39,7 +39,7 @@ from engines.models.detector import FACE, FACE_MASK
 from training.data.landmarks import load_landmark_cache
 from training.data.negatives import load_face_cache
 from training.data.pseudo_masks import load_pseudo_labels
-from training.data.synth import MaskSynthesizer, face_box_from_landmarks
+from training.data.synth import MaskSynthesizer, face_box_from_landmarks, sheer_layer
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class DetectorDataConfig:
     p_mouth_object: float = 0.0  # per unmasked face: hand, fingers, microphone, phone, cup or scarf at the mouth
     p_loose_mask: float = 0.0  # per synthetic scene: a mask not worn (under the chin, in a hand, lying about)
     pseudo_fraction: float = 0.0  # real masked photos labelled by the shipped models (training.data.pseudo_masks)
+    # Per synthetic scene, away from the faces and unlabelled: a real clip's fist with rings, and her arm
+    # and clothes in see-through mesh, were taken for masked faces (2026-12-07, the mesh-mask dancer).
+    p_hand: float = 0.0  # a drawn fist or open hand (draw_hand)
+    p_sheer_limb: float = 0.0  # an arm or a torso in see-through mesh fabric (synth.sheer_layer)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -165,6 +169,77 @@ def skin_colour(rng: np.random.Generator) -> np.ndarray:
     t = rng.uniform(0, 1)
     dark, light = np.array([90, 55, 35], np.float32), np.array([245, 205, 180], np.float32)
     return np.clip(dark + t * (light - dark) + rng.normal(0, 12, 3), 0, 255).astype(np.float32)
+
+
+def draw_hand(background: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A hand drawn over ``background`` ((S, S, 3) uint8 RGB): (image, matte, the hand's box xyxy); the
+    matte ((S, S) float32 in [0, 1]) is the hand and its sleeve blurred as the image was: where it is 0
+    the image is the background (blurred with it), so the hand can be cut out along it. A fist
+    (a palm and a row of curled fingers with dark creases between them) or an open hand (a palm and
+    spread fingers), in one skin tone shaded across, sometimes with rings or dark nails and a sleeve,
+    turned at random and blurred as by motion or focus."""
+    s = background.shape[0]
+    image = background.astype(np.float32)
+    hand = np.zeros((s, s), np.uint8)
+    creases = np.zeros((s, s), np.uint8)
+    drawn = np.zeros((s, s), np.float32)
+    cx, cy, r = s / 2, s / 2, s * rng.uniform(0.22, 0.32)
+    angle = rng.uniform(0, 180)
+    cv2.ellipse(hand, (int(cx), int(cy)), (int(r), int(r * rng.uniform(0.8, 1.1))), angle, 0, 360, 1, -1)
+    fingers = int(rng.integers(3, 5))
+    fist = rng.random() < 0.6
+    t = np.radians(angle)
+    along, across = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
+    width = 2 * r / fingers
+    for k in range(fingers):
+        base = np.array([cx, cy]) + across * (k - (fingers - 1) / 2) * width * 0.95
+        reach = r * (rng.uniform(0.7, 1.0) if fist else rng.uniform(1.4, 2.0))
+        tip = base + along * reach
+        cv2.line(hand, tuple(map(int, base)), tuple(map(int, tip)), 1, max(2, int(width * 0.85)))
+        cv2.circle(hand, tuple(map(int, tip)), max(1, int(width * 0.42)), 1, -1)
+        if fist and k:
+            edge = base - across * width * 0.47
+            cv2.line(creases, tuple(map(int, edge)), tuple(map(int, edge + along * reach)), 1,
+                     max(1, int(width * 0.12)))
+    if rng.random() < 0.5:  # the thumb
+        root = np.array([cx, cy]) - across * r * 0.8
+        tip = root + (along - across) * r * 0.7
+        cv2.line(hand, tuple(map(int, root)), tuple(map(int, tip)), 1, max(2, int(width * 0.8)))
+    if rng.random() < 0.5:  # a sleeve on the wrist
+        wrist = np.array([cx, cy]) - along * r * 1.1
+        arm = np.zeros((s, s), np.uint8)
+        cv2.line(arm, tuple(map(int, wrist)), tuple(map(int, wrist - along * s)), 1, int(r * rng.uniform(1.2, 1.8)))
+        sleeve = arm.astype(bool) & ~hand.astype(bool)
+        drawn[sleeve] = 1.0
+        image[sleeve] = rng.uniform(0, 80, 3) if rng.random() < 0.7 else rng.uniform(0, 255, 3)
+    skin = skin_colour(rng)
+    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+    shade = 1.0 + rng.uniform(0.1, 0.35) * (((xs - cx) * np.cos(t + 1) + (ys - cy) * np.sin(t + 1)) / r).clip(-1, 1)
+    painted = skin[None, None] * shade[..., None] + rng.normal(0, 4, (s, s, 3))
+    mask = hand.astype(bool)
+    image[mask] = painted[mask]
+    image[creases.astype(bool) & mask] *= rng.uniform(0.45, 0.7)
+    for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.5 else 0):  # rings, nails, glints
+        y, x = np.argwhere(mask)[rng.integers(mask.sum())]
+        metal = rng.uniform(150, 255) if rng.random() < 0.6 else rng.uniform(10, 60)
+        radius = max(1, int(width * rng.uniform(0.15, 0.35)))
+        cv2.circle(image, (int(x), int(y)), radius, (metal,) * 3, -1)
+        cv2.circle(drawn, (int(x), int(y)), radius, 1.0, -1)
+    drawn = np.maximum(drawn, mask)
+    if rng.random() < 0.5:  # motion blur along one direction
+        k = int(rng.integers(3, max(4, s // 8)))
+        kernel = np.zeros((k, k), np.float32)
+        kernel[k // 2] = 1.0 / k
+        turn = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
+        kernel = cv2.warpAffine(kernel, turn, (k, k))
+        image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
+        drawn = cv2.filter2D(drawn, -1, kernel / max(kernel.sum(), 1e-6))
+    sigma = rng.uniform(0.3, 2.0)
+    image = cv2.GaussianBlur(image, (0, 0), sigma)
+    matte = cv2.GaussianBlur(drawn, (0, 0), sigma)
+    y, x = np.nonzero(mask)
+    box = np.array([x.min(), y.min(), x.max() + 1, y.max() + 1], np.float32)
+    return image.clip(0, 255).astype(np.uint8), matte.clip(0, 1), box
 
 
 def _smooth_noise(h: int, w: int, rng: np.random.Generator, cells: int) -> np.ndarray:
@@ -428,8 +503,59 @@ class DetectorSceneDataset(Dataset):
             canvas = self._distractor(canvas, taken, rng)
         if cfg.p_loose_mask > 0 and rng.random() < cfg.p_loose_mask:
             canvas = self._loose_mask(canvas, taken, rng)
+        if cfg.p_hand > 0 and rng.random() < cfg.p_hand:
+            canvas = self._hand(canvas, taken, rng)
+        if cfg.p_sheer_limb > 0 and rng.random() < cfg.p_sheer_limb:
+            canvas = self._sheer_limb(canvas, taken, rng)
         canvas = self._mouth_objects(canvas, instances, rng)
         return np.clip(canvas, 0, 255).astype(np.uint8), instances
+
+    def _hand(self, canvas: np.ndarray, taken: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A fist or an open hand (``draw_hand``) away from the faces: skin, knuckles and rings
+        alone must not make a masked face."""
+        h, w = canvas.shape[:2]
+        side = int(math.exp(rng.uniform(math.log(24), math.log(max(25.0, 0.6 * min(h, w))))))
+        for _ in range(6):
+            x, y = int(rng.integers(0, max(1, w - side))), int(rng.integers(0, max(1, h - side)))
+            region = np.s_[y:y + side, x:x + side]
+            if canvas[region].shape[:2] != (side, side) or taken[region].any():
+                continue
+            image, matte, _ = draw_hand(np.clip(canvas[region], 0, 255).astype(np.uint8), rng)
+            # Twice the matte: its soft rim is already mixed with the background in the image.
+            a = np.minimum(1.0, 2.0 * matte)[..., None]
+            canvas[region] = canvas[region] * (1 - a) + image.astype(np.float32) * a
+            break
+        return canvas
+
+    def _sheer_limb(self, canvas: np.ndarray, taken: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A bare arm (a long band) or a torso (a broad blob) in see-through mesh away from the faces:
+        the mesh over skin, without a face, must not make a masked face."""
+        h, w = canvas.shape[:2]
+        for _ in range(6):
+            limb = np.zeros((h, w), np.uint8)
+            if rng.random() < 0.6:
+                width = rng.uniform(0.04, 0.12) * min(h, w)
+                start = rng.uniform((0, 0), (w, h))
+                turn = rng.uniform(0, np.pi)
+                end = start + rng.uniform(2, 6) * width * np.array([np.cos(turn), np.sin(turn)])
+                cv2.line(limb, tuple(map(int, start)), tuple(map(int, end)), 1, max(2, int(width)))
+            else:
+                r = rng.uniform(0.1, 0.3) * min(h, w)
+                limb = _blob_mask(h, w, rng.uniform(0, w), rng.uniform(0, h), r * rng.uniform(0.6, 1.0), r, rng)
+                limb = limb.astype(np.uint8)
+            footprint = cv2.GaussianBlur(limb.astype(np.float32), (0, 0), 1.0)
+            if (taken & (footprint > 0.05)).any() or footprint.max() <= 0:
+                continue
+            skin = skin_colour(rng) * (_smooth_noise(h, w, rng, 3)[..., :1] / 255.0 * 0.4 + 0.8)
+            canvas = canvas * (1 - footprint[..., None]) + skin * footprint[..., None]
+            ys, xs = np.nonzero(limb)
+            band = float(min(np.ptp(xs), np.ptp(ys)) + 1)
+            patch = np.dstack([np.broadcast_to(_random_colour(rng) / 255.0, (h, w, 3)) * footprint[..., None],
+                               footprint]).astype(np.float32)
+            rgb, alpha = sheer_layer(patch, period=max(2.0, band / (4.0 + 20.0 * rng.random())), u=rng.random(4))
+            canvas = canvas * (1 - alpha[..., None]) + rgb * 255.0
+            break
+        return canvas
 
     def _occlude(self, canvas: np.ndarray, instances: list[_Instance], rng: np.random.Generator) -> np.ndarray:
         """Skin-coloured blob (a hand, say) over part of a face's lower half."""

@@ -108,6 +108,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per unmasked face: a hand, fingers, microphone, phone, cup or scarf at the mouth")
     p.add_argument("--p-loose-mask", type=float, default=0.0,
                    help="per synthetic scene: a mask nobody wears (under a chin, in a hand, lying about)")
+    p.add_argument("--p-hand", type=float, default=0.0,
+                   help="per synthetic scene: a drawn fist or open hand away from the faces (unlabelled)")
+    p.add_argument("--p-sheer-limb", type=float, default=0.0,
+                   help="per synthetic scene: an arm or a torso in see-through mesh away from the faces (unlabelled)")
     p.add_argument("--pseudo", type=Path, default=Path("cache/masked_pseudo.npz"),
                    help="labels of the masked photos' training split (python -m training.data.pseudo_masks)")
     p.add_argument("--pseudo-fraction", type=float, default=0.0,
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     data_config = DetectorDataConfig(
         input_size=config.input_size, real_fraction=args.real_fraction, p_sheer=args.p_sheer,
         negative_fraction=args.negative_fraction, p_mouth_object=args.p_mouth_object, p_loose_mask=args.p_loose_mask,
-        pseudo_fraction=args.pseudo_fraction,
+        pseudo_fraction=args.pseudo_fraction, p_hand=args.p_hand, p_sheer_limb=args.p_sheer_limb,
     )
     try:
         dataset = DetectorSceneDataset(

@@ -16,7 +16,7 @@ a tracker's so a box set a little high or low still counts.
 Not faces (label 0): windows of face size in the same real photos and scenes that hold no face
 box (a little of a face may show at their edge): most below and beside the faces, where shoulders,
 arms, hands and clothes are, the rest anywhere; the detector's own boxes in the training scenes that
-match no face there (its false faces); and drawn hands (``synthetic_hand``: fists and open hands in
+match no face there (its false faces); and drawn hands (``detector_data.draw_hand``: fists and open hands in
 skin tones, with rings and sleeves, blurred as in a moving video) on windows of the same photos. No
 real photo of a hand alone is in the shared data, and a blurred fist is what the detector took for
 a masked face most often.
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 from stream.geometry import CropWindow, box_iou, box_overlap
 from training.cli import log_to_stderr, use_cpu_threads
-from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset, skin_colour
+from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset, draw_hand
 from training.data.negatives import masked_photo_files, negative_files
 from training.train.train_verifier import augment, held_out_probs, train_step, verdict_rates
 
@@ -110,67 +110,6 @@ def free_windows(shape: tuple[int, int], faces: np.ndarray, rng: np.random.Gener
     return found
 
 
-def synthetic_hand(background: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A hand drawn over ``background`` ((S, S, 3) uint8 RGB): (image, the hand's box xyxy). A fist
-    (a palm and a row of curled fingers with dark creases between them) or an open hand (a palm and
-    spread fingers), in one skin tone shaded across, sometimes with rings or dark nails and a sleeve,
-    turned at random and blurred as by motion or focus."""
-    s = background.shape[0]
-    image = background.astype(np.float32)
-    hand = np.zeros((s, s), np.uint8)
-    creases = np.zeros((s, s), np.uint8)
-    cx, cy, r = s / 2, s / 2, s * rng.uniform(0.22, 0.32)
-    angle = rng.uniform(0, 180)
-    cv2.ellipse(hand, (int(cx), int(cy)), (int(r), int(r * rng.uniform(0.8, 1.1))), angle, 0, 360, 1, -1)
-    fingers = int(rng.integers(3, 5))
-    fist = rng.random() < 0.6
-    t = np.radians(angle)
-    along, across = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
-    width = 2 * r / fingers
-    for k in range(fingers):
-        base = np.array([cx, cy]) + across * (k - (fingers - 1) / 2) * width * 0.95
-        reach = r * (rng.uniform(0.7, 1.0) if fist else rng.uniform(1.4, 2.0))
-        tip = base + along * reach
-        cv2.line(hand, tuple(map(int, base)), tuple(map(int, tip)), 1, max(2, int(width * 0.85)))
-        cv2.circle(hand, tuple(map(int, tip)), max(1, int(width * 0.42)), 1, -1)
-        if fist and k:
-            edge = base - across * width * 0.47
-            cv2.line(creases, tuple(map(int, edge)), tuple(map(int, edge + along * reach)), 1,
-                     max(1, int(width * 0.12)))
-    if rng.random() < 0.5:  # the thumb
-        root = np.array([cx, cy]) - across * r * 0.8
-        tip = root + (along - across) * r * 0.7
-        cv2.line(hand, tuple(map(int, root)), tuple(map(int, tip)), 1, max(2, int(width * 0.8)))
-    if rng.random() < 0.5:  # a sleeve on the wrist
-        wrist = np.array([cx, cy]) - along * r * 1.1
-        arm = np.zeros((s, s), np.uint8)
-        cv2.line(arm, tuple(map(int, wrist)), tuple(map(int, wrist - along * s)), 1, int(r * rng.uniform(1.2, 1.8)))
-        sleeve = arm.astype(bool) & ~hand.astype(bool)
-        image[sleeve] = rng.uniform(0, 80, 3) if rng.random() < 0.7 else rng.uniform(0, 255, 3)
-    skin = skin_colour(rng)
-    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
-    shade = 1.0 + rng.uniform(0.1, 0.35) * (((xs - cx) * np.cos(t + 1) + (ys - cy) * np.sin(t + 1)) / r).clip(-1, 1)
-    painted = skin[None, None] * shade[..., None] + rng.normal(0, 4, (s, s, 3))
-    mask = hand.astype(bool)
-    image[mask] = painted[mask]
-    image[creases.astype(bool) & mask] *= rng.uniform(0.45, 0.7)
-    for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.5 else 0):  # rings, nails, glints
-        y, x = np.argwhere(mask)[rng.integers(mask.sum())]
-        metal = rng.uniform(150, 255) if rng.random() < 0.6 else rng.uniform(10, 60)
-        cv2.circle(image, (int(x), int(y)), max(1, int(width * rng.uniform(0.15, 0.35))), (metal,) * 3, -1)
-    if rng.random() < 0.5:  # motion blur along one direction
-        k = int(rng.integers(3, max(4, s // 8)))
-        kernel = np.zeros((k, k), np.float32)
-        kernel[k // 2] = 1.0 / k
-        turn = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
-        kernel = cv2.warpAffine(kernel, turn, (k, k))
-        image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
-    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 2.0))
-    y, x = np.nonzero(mask)
-    box = np.array([x.min(), y.min(), x.max() + 1, y.max() + 1], np.float32)
-    return image.clip(0, 255).astype(np.uint8), box
-
-
 class Collector:
     """Crops (size px, uint8 RGB) and labels, kept apart for training and held out."""
 
@@ -208,7 +147,7 @@ def collect_photos(out: Collector, detector, every_face, paths: list[Path], rng:
         for box in free_windows(image.shape[:2], avoid, rng, hands, out.crop_scale, max_face_share=0.0):
             side = int(max(box[2] - box[0], box[3] - box[1]) * 1.6)
             window = CropWindow.for_face(box, 1.6).cut(image, max(side, 32))
-            drawn, hand_box = synthetic_hand(window, rng)
+            drawn, _, hand_box = draw_hand(window, rng)
             out.add(drawn, _jitter(hand_box, rng, 0.08), 0, held)
 
 
