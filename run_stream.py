@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from engines.artifacts import file_sha256
 from engines.registry import LoadedModel, load_model
@@ -521,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+        # NumPy's BLAS too: its worker threads woke for small products in the inpaint stage and
+        # fought the other stages for the cores (2026-12-07: a 3x3 inverse took milliseconds
+        # while a second process held one core).
+        threadpool_limits(args.threads, user_api="blas")
     torch.set_flush_denormal(True)
     if __name__ == "__main__":
         signal.signal(signal.SIGINT, signal.default_int_handler)

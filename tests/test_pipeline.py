@@ -496,6 +496,17 @@ def test_queue_size_zero_is_refused(capsys):
         PipelineConfig(queue_size=0)
 
 
+def test_threads_cap_numpy_blas_as_well_as_the_models(tmp_path, capsys):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(2, user_api="blas"):
+        # Fails at the input, after the process-wide settings are made.
+        assert run_stream.main(["--input", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o.mp4"),
+                                "--threads", "1"]) == 1
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and set(blas) == {1}
+
+
 def test_paced_source_plays_at_its_rate_and_loops(tmp_path):
     src = make_video(tmp_path / "in.mp4", frames=10, audio=False)
     paced = PacedSource(lambda: VideoFileSource(src), loop=True)
