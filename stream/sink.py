@@ -166,9 +166,7 @@ class VideoSink(Sink):
 
     def write(self, frame: Frame) -> None:
         image = frame.output if frame.output is not None else frame.image
-        # Not copied: the encoder converts it to its own pixel format before encode() returns.
-        # (from_ndarray copied it row by row holding the GIL, which the other stages waited for.)
-        vf = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(image), format="rgb24")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         if frame.pts is not None and frame.time_base == self._time_base:
             # Live frames are stamped by the wall clock in milliseconds; two decoded in the same
             # millisecond (a burst after a stall) would share a stamp, which the muxer refuses.
