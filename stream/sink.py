@@ -166,8 +166,8 @@ class VideoSink(Sink):
 
     def write(self, frame: Frame) -> None:
         image = frame.output if frame.output is not None else frame.image
-        # A copy: a frame over the array itself (from_numpy_buffer) was still read after encode()
-        # returned, and under load the output took pixels of later frames (2026-12-07).
+        # A copy, though it holds the GIL: a frame over the array itself (from_numpy_buffer) is only
+        # safe if nothing reads it after encode() returns, which was not settled (2026-12-07).
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         if frame.pts is not None and frame.time_base == self._time_base:
             # Live frames are stamped by the wall clock in milliseconds; two decoded in the same
