@@ -212,7 +212,12 @@ class FaceTracker:
             box = np.clip(self._smooth(track_id, raw), 0, [w, h, w, h]).astype(np.float32)
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 continue
-            mask = warp_mask(worn.mask, worn.box, box) if worn is not None else np.zeros((h, w), bool)
+            if worn is None:
+                mask = np.zeros((h, w), bool)
+            else:
+                # The mask where the face is as well as where the smoothed box puts it: the box filter
+                # lags a moving face by a few pixels, which alone would uncover the mask's leading edge.
+                mask = warp_mask(worn.mask, worn.box, raw) | warp_mask(worn.mask, worn.box, box)
             tracks.append(Track(track_id, box, seen.score, mask))
         alive = {obj.id + self._id_offset for obj in objects if obj.id is not None}
         self._filters = {k: v for k, v in self._filters.items() if k in alive}

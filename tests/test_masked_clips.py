@@ -125,11 +125,14 @@ def test_measure_output_on_a_synthetic_clip(tmp_path):
     assert same.psnr_region == evaluate_temporal.PSNR_CAP
     assert same.id_switches == 1 and same.matched == 1.0 and same.extra_tracks == 0.0
     assert same.mask_iou == pytest.approx((1.0 + half) / 2)
+    below = sum(masks.region(t)[gt.shape[1] // 2:].sum() for t in range(1, len(gt), 2))
+    assert same.mask_missed == pytest.approx(below / sum(masks.region(t).sum() for t in range(len(gt))))
 
     frozen = np.repeat(gt[:1], len(gt), 0)  # an output that ignores the motion
     _write_video(tmp_path / "frozen.mp4", frozen, masks.pts)
     stuck = evaluate_temporal.measure_output(tmp_path / "frozen.mp4", tmp_path / "gt.mp4", masks, max_frames=4)
     assert stuck.frames == 4 and stuck.id_switches is None and stuck.matched is None and stuck.mask_iou is None
+    assert stuck.mask_missed is None
     assert stuck.temporal_error > 1.0 and stuck.psnr_frame < 40.0
     # The still reference scores that frozen output without encoding it (coding noise aside).
     still = evaluate_temporal.still_reference(tmp_path / "gt.mp4", masks, max_frames=4)

@@ -83,6 +83,20 @@ def test_warp_mask_follows_box():
     assert np.abs(got - [50, 89, 10, 49]).max() <= 1  # nearest-neighbour rounding at the edges
 
 
+def test_the_written_mask_covers_the_detected_mask_of_a_face_that_moves():
+    # The smoothed box lags a face moving steadily up; a mask moved with it alone would leave the
+    # detected mask's top edge (a worn mask's hem) outside the fill.
+    tracker = FaceTracker(TrackerConfig(initialization_delay=0), temporal=TemporalConfig(enabled=True))
+    lags = []
+    for t in range(20):
+        dets = _detections([[50, 60 - 2 * t, 110, 110 - 2 * t]])
+        track = tracker.update(dets, frame_hw=(120, 160))[0]
+        lags.append(float(track.box[1]) - (60 - 2 * t))
+        if t >= 2:
+            assert not (dets.masks[0] & ~track.mask).any()
+    assert max(lags) > 2  # the box does lag: the test moves the face fast enough to show it
+
+
 def test_letterbox_maps_back():
     box = Letterbox.fit((480, 640), (320, 320))
     assert (box.width, box.height, box.scale) == (320, 240, 0.5)

@@ -17,7 +17,9 @@ for mode ``on`` and ``off`` and compares each output with the ground truth:
 - CLEAR-MOT identity switches of the written tracks against the clip's face boxes;
 - mask IoU: the union of the written tracks' masks against the union of the drawn masks, per
   frame (the masks are exact labels on real video frames, so with smoothing off and the detector
-  on every frame it scores the detector itself).
+  on every frame it scores the detector itself);
+- mask missed: the share of the drawn masks' pixels, over the clip, that the written masks leave out
+  (with smoothing on, a mask that trails its face leaves its leading edge out).
 
 The masked input itself is scored too (``input``, column "TE in"): a still mask over the
 moving face is a temporally calm but wrong output, a reference point for the temporal error.
@@ -161,14 +163,20 @@ def read_tracks(path: Path) -> dict[int, list[WrittenTrack]]:
     return tracks
 
 
+def written_mask(tracks: Sequence[WrittenTrack], shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the union of the tracks' masks."""
+    found = np.zeros(shape, bool)
+    for track in tracks:
+        if tuple(track.mask_rle["size"]) != tuple(shape):
+            raise EvaluationError(f"track mask is {track.mask_rle['size']}, the frame {list(shape)}")
+        found |= mask_utils.decode(track.mask_rle).astype(bool)
+    return found
+
+
 def mask_iou(tracks: Sequence[WrittenTrack], region: np.ndarray) -> float | None:
     """IoU of the union of the tracks' masks with ``region`` ((H, W) bool); None when both are
     empty (nothing to find and nothing found)."""
-    found = np.zeros(region.shape, bool)
-    for track in tracks:
-        if tuple(track.mask_rle["size"]) != region.shape:
-            raise EvaluationError(f"track mask is {track.mask_rle['size']}, the frame {list(region.shape)}")
-        found |= mask_utils.decode(track.mask_rle).astype(bool)
+    found = written_mask(tracks, region.shape)
     union = np.count_nonzero(found | region)
     return None if union == 0 else np.count_nonzero(found & region) / union
 
@@ -184,7 +192,9 @@ class OutputMetrics:
     None without detections); mask_iou: mean per-frame IoU of the written masks with the drawn
     ones (None without detections); sharpness: mean gradient magnitude inside the mask region of
     the output over that of the ground truth (1: as detailed as the real face; a blur is well
-    below; frames without a region are skipped)."""
+    below; frames without a region are skipped); mask_missed: share of the drawn masks' pixels,
+    over the clip, outside the written masks (None without detections): mask left unfilled,
+    unless the inpainting stage's own margin covers it."""
 
     frames: int
     temporal_error: float
@@ -196,6 +206,7 @@ class OutputMetrics:
     extra_tracks: float | None
     mask_iou: float | None
     sharpness: float = float("nan")
+    mask_missed: float | None = None
 
 
 def measure_output(
@@ -209,6 +220,7 @@ def measure_output(
     tracks = read_tracks(detections) if detections is not None else None
     counter = IdSwitchCounter(iou=iou)
     ious: list[float] = []
+    missed = drawn = 0
     grad_out, grad_gt = 0.0, 0.0
     limit = len(masks.pts) if max_frames is None else min(max_frames, len(masks.pts))
     t = 0
@@ -233,6 +245,8 @@ def measure_output(
             overlap = mask_iou(written, region)
             if overlap is not None:
                 ious.append(overlap)
+            missed += np.count_nonzero(region & ~written_mask(written, region.shape))
+            drawn += np.count_nonzero(region)
         t += 1
     if t == 0:
         raise EvaluationError(f"no frames to compare in {output}")
@@ -247,6 +261,7 @@ def measure_output(
         extra_tracks=None if tracks is None else (counter.track_count - counter.matched_count) / t,
         mask_iou=None if tracks is None else float(np.mean(ious)) if ious else float("nan"),
         sharpness=grad_out / grad_gt if grad_gt > 0 else float("nan"),
+        mask_missed=None if tracks is None else missed / drawn if drawn else float("nan"),
     )
 
 
@@ -318,7 +333,7 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
             f"{'TE still':>8s} {'TE enc':>6s} | "
             f"{'PSNRr on':>8s} {'off':>6s} {'diff':>6s} | {'PSNRf on':>8s} {'off':>6s} {'diff':>6s} | "
             f"{'IDsw on':>7s} {'off':>4s} | {'match on':>8s} {'off':>5s} | {'extra on':>8s} {'off':>5s} | "
-            f"{'mIoU on':>7s} {'off':>5s} | {'sharp on':>8s} {'off':>5s}")
+            f"{'mIoU on':>7s} {'off':>5s} | {'missed on':>9s} {'off':>5s} | {'sharp on':>8s} {'off':>5s}")
     lines = [head, "-" * len(head)]
 
     def ids(m: OutputMetrics) -> str:
@@ -333,6 +348,9 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
     def iou(m: OutputMetrics) -> str:
         return "-" if m.mask_iou is None else f"{m.mask_iou:.3f}"
 
+    def missed(m: OutputMetrics) -> str:
+        return "-" if m.mask_missed is None else f"{m.mask_missed:.3f}"
+
     for name, r in results.items():
         on, off = r["on"], r["off"]
         c = compare(on, off)
@@ -343,7 +361,7 @@ def format_table(results: dict[str, dict[str, OutputMetrics]], references: dict[
             f"{on.psnr_region:8.2f} {off.psnr_region:6.2f} "
             f"{c['psnr_region_diff']:+6.2f} | {on.psnr_frame:8.2f} {off.psnr_frame:6.2f} "
             f"{c['psnr_frame_diff']:+6.2f} | {ids(on):>7s} {ids(off):>4s} | {matched(on):>8s} {matched(off):>5s} | "
-            f"{extra(on):>8s} {extra(off):>5s} | {iou(on):>7s} {iou(off):>5s} | "
+            f"{extra(on):>8s} {extra(off):>5s} | {iou(on):>7s} {iou(off):>5s} | {missed(on):>9s} {missed(off):>5s} | "
             f"{on.sharpness:8.2f} {off.sharpness:5.2f}"
         )
     return "\n".join(lines)
