@@ -57,6 +57,10 @@ class DetectorSettings:
         mouth; a blob confined to the chin, or a mask hanging under it, is not worn: 1.0 turns
         this off);
     mask_inside: share of the mask's pixels that must lie inside the face box.
+    print_share: a face whose upper-face band holds at least this share of paper-white pixels
+        (every channel >= 230) and as much of ink-black ones (every channel <= 25) is print, a
+        letter or a logo, not skin: its mask is dropped (the letter "s" of a banner was filled,
+        2026-12-07). A dark scene has no paper and an overexposed face no ink. 1.0 turns this off.
     """
 
     face_score: float = 0.7
@@ -71,10 +75,12 @@ class DetectorSettings:
     mask_centre: float = 0.5
     mask_top: float = 0.65
     mask_inside: float = 0.6
+    print_share: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("face_score", "mask_score", "keep_score", "masked_face_score", "still_mask_score",
-                     "mask_overlap", "nested_face", "upper_face", "upper_covered", "mask_centre", "mask_top", "mask_inside"):
+                     "mask_overlap", "nested_face", "upper_face", "upper_covered", "mask_centre", "mask_top", "mask_inside",
+                     "print_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DetectorSettingsError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.keep_score > self.mask_score:
@@ -108,6 +114,19 @@ def worn_on_face(mask: np.ndarray, box: np.ndarray, settings: DetectorSettings) 
     top, bottom, left, right = int(max(y1, 0)), int(np.ceil(band_bottom)), int(max(x1, 0)), int(np.ceil(x2))
     band = mask[top:bottom, left:right]
     return not (band.size and band.mean() > settings.upper_covered)
+
+
+def looks_printed(image: np.ndarray, box: np.ndarray, settings: DetectorSettings) -> bool:
+    """Whether the upper-face band of ``box`` ((4,) xyxy) in ``image`` ((H, W, 3) uint8) is two-tone
+    print rather than a face (see ``DetectorSettings.print_share``)."""
+    x1, y1, x2, y2 = box
+    top, left = int(max(y1, 0)), int(max(x1, 0))
+    band = image[top:int(np.ceil(y1 + settings.upper_face * (y2 - y1))), left:int(np.ceil(x2))]
+    if band.size == 0:
+        return False
+    paper = float((band.min(axis=2) >= 230).mean())
+    ink = float((band.max(axis=2) <= 25).mean())
+    return min(paper, ink) >= settings.print_share
 
 
 class CropVerifier:
@@ -196,7 +215,9 @@ class FaceDetector:
                 if mask_scores[owner] >= self.settings.mask_score > scores[i]:
                     continue  # a weak one only stands in for a mask that is not confidently seen
                 full = box.map_to_frame(probs[k], (h, w)) > 0.5
-                if worn_on_face(full, face_boxes[owner], self.settings):
+                if looks_printed(image, face_boxes[owner], self.settings):
+                    logger.debug("face_mask %d dropped: its face is print, not skin", k)
+                elif worn_on_face(full, face_boxes[owner], self.settings):
                     masks[owner] |= full
                     mask_scores[owner] = max(mask_scores[owner], scores[i])
                 else:

@@ -463,6 +463,26 @@ def test_detector_drops_a_face_mask_over_the_upper_face():
     assert not found.masks[0].any() and found.masks[1].any()
 
 
+def test_detector_drops_the_mask_of_a_face_that_is_print():
+    from engines.models.detector import DetectorConfig
+    from stream.detect import DetectorSettings, FaceDetector
+
+    masks = np.zeros((2, 1, 64, 64), np.float32)
+    masks[1, 0, 22:34, 11:29] = 0.9  # a worn mask on the lower face
+    engine = _FixedDetectorEngine(boxes=[[10, 5, 30, 35], [11, 22, 29, 34]], labels=[1, 2], scores=[0.95, 0.9],
+                                  masks=masks)
+    detector = FaceDetector(engine, DetectorConfig(input_size=(64, 64)))
+    letter = np.full((64, 64, 3), 245, np.uint8)  # a black glyph on white paper, where the eyes would be
+    letter[5:14, 10:20] = 10
+    skin = np.full((64, 64, 3), (200, 150, 120), np.uint8)
+    dark = np.full((64, 64, 3), 12, np.uint8)  # a dark scene: ink but no paper
+    assert not detector(letter).masks.any()
+    assert detector(skin).masks.any() and detector(dark).masks.any()
+    # A gate at 1.0 is off.
+    off = FaceDetector(engine, DetectorConfig(input_size=(64, 64)), settings=DetectorSettings(print_share=1.0))
+    assert off(letter).masks.any()
+
+
 def test_detector_reports_a_weak_mask_only_where_no_confident_one_is_seen():
     from engines.models.detector import DetectorConfig
     from stream.detect import FaceDetector
