@@ -12,8 +12,10 @@ from tests.media import make_video
 from training.evaluation.evaluate_precision import (
     altered_outside_faces,
     clip_mask_rate,
+    load_nonfaces,
     make_mask_off_clip,
     mask_off_clip,
+    nonface_fills,
     photo_folder,
     unmasked_clips,
 )
@@ -131,6 +133,15 @@ def test_masked_clips_count_frames_with_more_faces_filled_than_people(tmp_path):
     assert 3 <= frames <= 6 and alone["off_face_frames"] == frames
     assert alone["filled_rate"] > 0.8
     assert clip_mask_rate(_TwoMaskedFaces(), tmp_path, {"one": 0}, {"one": 2})["off_face_frames"] == 0
+
+
+def test_labelled_non_faces_count_where_a_worn_mask_box_of_their_photo_covers_them():
+    nonfaces = [("a.jpg", np.array([10, 10, 50, 50], np.float32)), ("b.jpg", np.array([0, 0, 20, 20], np.float32))]
+    worn = {"a.jpg": [[100, 100, 140, 140], [12, 11, 50, 52]], "c.jpg": [[0, 0, 20, 20]]}
+    assert nonface_fills(worn, nonfaces) == [0]
+    assert nonface_fills({"a.jpg": [[30, 30, 70, 70]]}, nonfaces) == []  # IoU 0.14
+    labelled = load_nonfaces()
+    assert len(labelled) >= 10 and all(box.shape == (4,) and box[2] > box[0] for _, box in labelled)
 
 
 def test_a_photo_counts_as_altered_only_off_its_own_faces():

@@ -12,7 +12,9 @@ settings), so the numbers are what a user gets:
   with the settings ``run_stream.py`` gives photos (``DetectorSettings.for_stills``);
 * ``masked-photos``: ``photos/masked``: share of images with a face_mask (recall), on the held-out
   fifth (``training.data.negatives.masked_photo_files``; the rest may train the mask verifier) and on all,
-  with the photo settings as well;
+  with the photo settings as well; and how many of the things labelled by eye as not faces
+  (``annotations/masked_photo_nonfaces.json``: cars, logos, signs, hands, found there with a worn mask
+  on 2026-12-07) would still be filled (harm);
 * ``masked-clips``: the real masked clips, every frame from the annotated first masked one: share
   of frames on which the pipeline's detect and track stages (default schedule and tracker, as
   ``run_stream.py`` runs a video) give some face a mask to fill (recall); beside it the share of
@@ -53,7 +55,7 @@ from engines.models.detector import load_detector_meta
 from engines.registry import load_model
 from engines.runtime import EngineError
 from stream.detect import CropVerifier, DetectorSettings, FaceDetector
-from stream.geometry import CropWindow
+from stream.geometry import CropWindow, box_iou
 from stream.records import Frame
 from stream.source import VideoFileSource
 from stream.stages import DetectSchedule, DetectStage, TrackStage
@@ -75,6 +77,8 @@ from training.metrics.temporal_metrics import block_luma_difference, visibly_alt
 
 logger = logging.getLogger(__name__)
 
+# Faces found with a worn mask in photos/masked that are not faces, labelled by eye (cars, logos, signs, hands).
+NONFACE_ANNOTATIONS = Path(__file__).with_name("annotations") / "masked_photo_nonfaces.json"
 SETS = ("photos", "lfw", "masked-photos", "photo-folder", "masked-clips", "unmasked-clips", "mask-off", "segmentation",
         "synthetic")
 RUN_STREAM = Path(__file__).resolve().parents[2] / "run_stream.py"
@@ -86,21 +90,42 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 
 
 def mask_rate(detector: FaceDetector, paths: list[Path], desc: str) -> dict:
-    """Share of images in which the detect stage reports a face_mask on some face."""
+    """Share of images in which the detect stage reports a face_mask on some face; ``worn_boxes``:
+    per flagged image, the (xyxy) boxes of the faces it would fill."""
     if not paths:
         raise DataUnavailableError(f"no images for {desc}")
-    found, n, flagged, missed = 0, 0, [], []
+    found, n, flagged, missed, worn_boxes = 0, 0, [], [], {}
     for p in tqdm(paths, desc=desc, unit="img", mininterval=5):
         image = _read_rgb(p)
         if image is None:
             continue
         n += 1
-        if detector.worn(detector(image)).any():
+        detections = detector(image)
+        worn = detector.worn(detections)
+        if worn.any():
             found += 1
             flagged.append(p.name)
+            worn_boxes[p.name] = detections.boxes[worn].round(1).tolist()
         else:
             missed.append(p.name)
-    return {"images": n, "face_mask_rate": found / max(n, 1), "flagged": flagged, "missed": missed}
+    return {"images": n, "face_mask_rate": found / max(n, 1), "flagged": flagged, "missed": missed,
+            "worn_boxes": worn_boxes}
+
+
+def load_nonfaces(path: Path = NONFACE_ANNOTATIONS) -> list[tuple[str, np.ndarray]]:
+    """(photo name, (4,) xyxy box) of each labelled non-face in ``photos/masked``."""
+    return [(item["file"], np.asarray(item["box"], np.float32))
+            for item in json.loads(path.read_text(encoding="utf-8"))["nonfaces"]]
+
+
+def nonface_fills(worn_boxes: dict[str, list], nonfaces: list[tuple[str, np.ndarray]], *, iou: float = 0.5) -> list[int]:
+    """Indices of the labelled non-faces that a worn-mask box of the same photo still covers."""
+    hits = []
+    for k, (name, box) in enumerate(nonfaces):
+        boxes = np.asarray(worn_boxes.get(name, []), np.float32).reshape(-1, 4)
+        if len(boxes) and float(box_iou(box[None], boxes).max()) >= iou:
+            hits.append(k)
+    return hits
 
 
 def clip_mask_rate(detector: FaceDetector, folder: Path, masked_from: dict[str, int], people: dict[str, int]) -> dict:
@@ -289,6 +314,10 @@ def format_table(r: dict) -> str:
         row("real masked photos (held out): face_mask found", pct(m["held_out"]["face_mask_rate"]), ">= 95 %",
             str(m["held_out"]["images"]))
         row("  all of them", pct(m["face_mask_rate"]), "", str(m["images"]))
+        if "nonfaces" in m:
+            n = m["nonfaces"]
+            row("real masked photos: labelled non-faces filled", f"{len(n['filled'])} of {n['labelled']}", "0",
+                str(n["masked_faces"]))
     if "masked-clips" in r:
         c = r["masked-clips"]
         row("real masked clips: frames filled (detect+track)", pct(c["filled_rate"]), ">= 95 %", str(c["frames"]))
@@ -375,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                 held = {p.name for p in masked_photo_files(args.data, "val")}
                 hits, read = len(held & set(found["flagged"])), len(held & set(found["flagged"] + found["missed"]))
                 found["held_out"] = {"images": read, "face_mask_rate": hits / max(read, 1)}
+                nonfaces = load_nonfaces()
+                found["nonfaces"] = {"labelled": len(nonfaces),
+                                     "filled": nonface_fills(found["worn_boxes"], nonfaces),
+                                     "masked_faces": sum(len(b) for b in found["worn_boxes"].values())}
                 results["masked-photos"] = found
             if "photo-folder" in args.sets:
                 # The windows the shipped generator cuts, whose crop scale the weights carry.
