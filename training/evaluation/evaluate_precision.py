@@ -318,6 +318,7 @@ def format_table(r: dict) -> str:
             n = m["nonfaces"]
             row("real masked photos: labelled non-faces filled", f"{len(n['filled'])} of {n['labelled']}", "0",
                 str(n["masked_faces"]))
+            row("  in the held-out fifth", f"{n['held_out_filled']} of {n['held_out_labelled']}", "", "")
     if "masked-clips" in r:
         c = r["masked-clips"]
         row("real masked clips: frames filled (detect+track)", pct(c["filled_rate"]), ">= 95 %", str(c["frames"]))
@@ -405,8 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                 hits, read = len(held & set(found["flagged"])), len(held & set(found["flagged"] + found["missed"]))
                 found["held_out"] = {"images": read, "face_mask_rate": hits / max(read, 1)}
                 nonfaces = load_nonfaces()
-                found["nonfaces"] = {"labelled": len(nonfaces),
-                                     "filled": nonface_fills(found["worn_boxes"], nonfaces),
+                filled = nonface_fills(found["worn_boxes"], nonfaces)
+                found["nonfaces"] = {"labelled": len(nonfaces), "filled": filled,
+                                     "held_out_labelled": sum(name in held for name, _ in nonfaces),
+                                     "held_out_filled": sum(nonfaces[k][0] in held for k in filled),
                                      "masked_faces": sum(len(b) for b in found["worn_boxes"].values())}
                 results["masked-photos"] = found
             if "photo-folder" in args.sets:
