@@ -176,7 +176,10 @@ def written_mask(tracks: Sequence[WrittenTrack], shape: tuple[int, int]) -> np.n
 def mask_iou(tracks: Sequence[WrittenTrack], region: np.ndarray) -> float | None:
     """IoU of the union of the tracks' masks with ``region`` ((H, W) bool); None when both are
     empty (nothing to find and nothing found)."""
-    found = written_mask(tracks, region.shape)
+    return _iou(written_mask(tracks, region.shape), region)
+
+
+def _iou(found: np.ndarray, region: np.ndarray) -> float | None:
     union = np.count_nonzero(found | region)
     return None if union == 0 else np.count_nonzero(found & region) / union
 
@@ -242,10 +245,11 @@ def measure_output(
         if tracks is not None:
             written = tracks.get(t, [])
             counter.update([(w.track_id, w.box) for w in written], masks.gt_boxes(t))
-            overlap = mask_iou(written, region)
+            found = written_mask(written, region.shape)
+            overlap = _iou(found, region)
             if overlap is not None:
                 ious.append(overlap)
-            missed += np.count_nonzero(region & ~written_mask(written, region.shape))
+            missed += np.count_nonzero(region & ~found)
             drawn += np.count_nonzero(region)
         t += 1
     if t == 0:
