@@ -204,6 +204,7 @@ class FaceDetector:
         if len(worn):
             overlap = box_overlap(boxes[worn], face_boxes)
             probs = out["masks"][torch.from_numpy(worn), 0].cpu().numpy()
+            printed = [looks_printed(image, b, self.settings) for b in face_boxes]
             for k in np.argsort(-scores[worn], kind="stable"):
                 i = worn[k]
                 # The most confident face that holds enough of the mask owns it; a weaker box
@@ -215,7 +216,7 @@ class FaceDetector:
                 if mask_scores[owner] >= self.settings.mask_score > scores[i]:
                     continue  # a weak one only stands in for a mask that is not confidently seen
                 full = box.map_to_frame(probs[k], (h, w)) > 0.5
-                if looks_printed(image, face_boxes[owner], self.settings):
+                if printed[owner]:
                     logger.debug("face_mask %d dropped: its face is print, not skin", k)
                 elif worn_on_face(full, face_boxes[owner], self.settings):
                     masks[owner] |= full
