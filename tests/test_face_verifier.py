@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import cv2
 import numpy as np
 
 from stream.geometry import CropWindow, box_overlap
 from training.data.detector_data import draw_hand
-from training.train.train_face_verifier import choose_threshold, free_windows
+from training.train.train_face_verifier import Collector, choose_threshold, collect_photos, free_windows
 
 
 def test_free_windows_keep_their_crop_windows_off_the_faces():
@@ -42,3 +45,22 @@ def test_threshold_keeps_the_asked_share_of_faces():
     threshold = choose_threshold(probs, labels, min_recall=0.99)
     assert (probs[labels == 1] >= threshold).mean() >= 0.99
     assert choose_threshold(np.full(4, 0.9), np.ones(4, np.uint8), min_recall=0.5) == 0.5  # capped
+
+
+def test_a_found_face_labelled_as_no_face_is_neither_face_nor_window(tmp_path):
+    photo = tmp_path / "0001.jpg"
+    cv2.imwrite(str(photo), np.full((240, 320, 3), 90, np.uint8))
+    face, car = np.array([40, 30, 100, 100], np.float32), np.array([200, 120, 280, 200], np.float32)
+    found = lambda image: SimpleNamespace(boxes=np.stack([face, car]))  # noqa: E731
+
+    def crops(not_faces):
+        out = Collector(64, 1.2)
+        skipped = collect_photos(out, found, found, [photo], np.random.default_rng(0), windows=8, hands=0,
+                                 not_faces=not_faces)
+        return skipped, out.labels[True]  # the only photo (index 0) is held out
+
+    skipped, labels = crops(None)
+    assert skipped == 0 and labels.count(1) == 4  # two faces, each jittered twice
+    skipped, labels = crops({photo: car[None] + 2})
+    # Only the real face is a face; the car is no window either (windows keep off every found box).
+    assert skipped == 1 and labels.count(1) == 2 and labels.count(0) > 0

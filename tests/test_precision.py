@@ -12,13 +12,13 @@ from tests.media import make_video
 from training.evaluation.evaluate_precision import (
     altered_outside_faces,
     clip_mask_rate,
-    load_nonfaces,
     make_mask_off_clip,
     mask_off_clip,
     nonface_fills,
     photo_folder,
     unmasked_clips,
 )
+from training.data.negatives import load_nonfaces
 from training.evaluation.evaluate_temporal import iter_rgb
 from training.data.negatives import negative_files
 from training.metrics.temporal_metrics import block_luma_difference, visibly_altered

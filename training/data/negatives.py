@@ -8,7 +8,9 @@ Two sets from the shared data, each with a fixed measuring split that is never t
   name is held out, so no held-out face was seen in training under another photo.
 
 The real masked web photos (``photos/masked``) are split the same way (``masked_photo_files``):
-their held-out fifth measures recall, the rest may train the mask verifier.
+their held-out fifth measures recall, the rest may train the mask verifier. What the detector finds
+there that is not a face was labelled by eye (``load_nonfaces``): it measures harm, so training
+may leave those boxes out of its faces but must not learn them as anything.
 
 For training, every face dlib finds in a training image is stored with its 68 landmarks
 (``python -m training.data.negatives``), so the scenes can label the faces (box and face region,
@@ -18,6 +20,7 @@ no worn mask) and put objects in front of their mouths.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -33,6 +36,14 @@ logger = logging.getLogger(__name__)
 
 NEGATIVE_SETS = ("photos", "lfw")
 SPLITS = ("train", "val")
+# Faces found with a worn mask in photos/masked that are not faces, labelled by eye (cars, logos, signs, hands).
+NONFACE_ANNOTATIONS = Path(__file__).resolve().parents[1] / "evaluation" / "annotations" / "masked_photo_nonfaces.json"
+
+
+def load_nonfaces(path: Path = NONFACE_ANNOTATIONS) -> list[tuple[str, np.ndarray]]:
+    """(photo name, (4,) xyxy box as the detector drew it) of each labelled non-face in ``photos/masked``."""
+    return [(item["file"], np.asarray(item["box"], np.float32))
+            for item in json.loads(Path(path).read_text(encoding="utf-8"))["nonfaces"]]
 
 
 def negative_files(data_root: str | Path, name: str, split: str, *, holdout_every: int = 5) -> list[Path]:

@@ -72,13 +72,11 @@ from training.evaluation.evaluate_detector import (
 )
 from training.evaluation.evaluate_temporal import EvaluationError, find_clips, iter_rgb, run_stream_once
 from training.data.masked_clips import clip_writer
-from training.data.negatives import masked_photo_files, negative_files
+from training.data.negatives import load_nonfaces, masked_photo_files, negative_files
 from training.metrics.temporal_metrics import block_luma_difference, visibly_altered
 
 logger = logging.getLogger(__name__)
 
-# Faces found with a worn mask in photos/masked that are not faces, labelled by eye (cars, logos, signs, hands).
-NONFACE_ANNOTATIONS = Path(__file__).with_name("annotations") / "masked_photo_nonfaces.json"
 SETS = ("photos", "lfw", "masked-photos", "photo-folder", "masked-clips", "unmasked-clips", "mask-off", "segmentation",
         "synthetic")
 RUN_STREAM = Path(__file__).resolve().parents[2] / "run_stream.py"
@@ -110,12 +108,6 @@ def mask_rate(detector: FaceDetector, paths: list[Path], desc: str) -> dict:
             missed.append(p.name)
     return {"images": n, "face_mask_rate": found / max(n, 1), "flagged": flagged, "missed": missed,
             "worn_boxes": worn_boxes}
-
-
-def load_nonfaces(path: Path = NONFACE_ANNOTATIONS) -> list[tuple[str, np.ndarray]]:
-    """(photo name, (4,) xyxy box) of each labelled non-face in ``photos/masked``."""
-    return [(item["file"], np.asarray(item["box"], np.float32))
-            for item in json.loads(path.read_text(encoding="utf-8"))["nonfaces"]]
 
 
 def nonface_fills(worn_boxes: dict[str, list], nonfaces: list[tuple[str, np.ndarray]], *, iou: float = 0.5) -> list[int]:

@@ -12,7 +12,9 @@ Faces (label 1): every face of the detector's training scenes (``training.data.d
 train split: synthetic UTKFace scenes with masks worn, see-through or held, hands and objects at the
 mouth, real masked and unmasked photos), and every face the shipped detector finds in the training
 splits of the real photos (masked web photos, unmasked web photos, LFW), with box jitter larger than
-a tracker's so a box set a little high or low still counts.
+a tracker's so a box set a little high or low still counts; what the detector finds there that was
+labelled by eye as no face (``--not-faces``: cars, signs, a fire in ``photos/masked``) is left out,
+neither face nor window, so those labels stay a measure of what the net has never seen.
 Not faces (label 0): windows of face size in the same real photos and scenes that hold no face
 box (a little of a face may show at their edge): most below and beside the faces, where shoulders,
 arms, hands and clothes are, the rest anywhere; the detector's own boxes in the training scenes that
@@ -45,7 +47,7 @@ from engines.models.verifier import VerifierConfig, build_verifier, save_verifie
 from stream.geometry import CropWindow, box_iou, box_overlap
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset, draw_hand
-from training.data.negatives import masked_photo_files, negative_files
+from training.data.negatives import NONFACE_ANNOTATIONS, load_nonfaces, masked_photo_files, negative_files
 from training.train.train_verifier import augment, held_out_probs, train_step, verdict_rates
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=Path, default=Path("cache/negative_faces.npz"),
                    help="face cache of the unmasked photos' training split (python -m training.data.negatives)")
     p.add_argument("--detector-weights", type=Path, default=Path("engines/weights/detector_mobilenet_v3.pt"))
+    p.add_argument("--not-faces", type=Path, default=NONFACE_ANNOTATIONS,
+                   help="boxes in photos/masked labelled as no face: never taken as faces")
     p.add_argument("--lfw-every", type=int, default=4, help="use every N-th LFW training photo")
     p.add_argument("--width", type=int, default=16, help="channels of the first layer")
     p.add_argument("--out", type=Path, default=Path("runs/face_verifier"))
@@ -127,9 +131,13 @@ class Collector:
 
 
 def collect_photos(out: Collector, detector, every_face, paths: list[Path], rng: np.random.Generator,
-                   windows: int, hands: int) -> None:
-    """Faces ``detector`` finds in the photos (jittered twice), and windows clear of every face box
-    ``every_face`` (the same detector with no score floor of its own) reports, confident or not."""
+                   windows: int, hands: int, *, not_faces: dict[Path, np.ndarray] | None = None) -> int:
+    """Faces ``detector`` finds in the photos (jittered twice) unless ``not_faces`` (photo: (K, 4) xyxy)
+    covers them at IoU >= 0.5, and windows clear of every face box ``every_face`` (the same detector
+    with no score floor of its own) reports, confident or not. Returns how many found faces were
+    left out as labelled non-faces."""
+    not_faces = not_faces or {}
+    skipped = 0
     for k, path in enumerate(paths):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
@@ -137,7 +145,11 @@ def collect_photos(out: Collector, detector, every_face, paths: list[Path], rng:
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         held = k % 10 == 0
         found = detector(image).boxes
+        labelled = not_faces.get(path)
         for box in found:
+            if labelled is not None and box_iou(box[None], labelled).max() >= 0.5:
+                skipped += 1
+                continue
             out.add(image, _jitter(box, rng, 0.03), 1, held)
             out.add(image, _jitter(box, rng, 0.08), 1, held)
         avoid = every_face(image).boxes
@@ -149,6 +161,7 @@ def collect_photos(out: Collector, detector, every_face, paths: list[Path], rng:
             window = CropWindow.for_face(box, 1.6).cut(image, max(side, 32))
             drawn, _, hand_box = draw_hand(window, rng)
             out.add(drawn, _jitter(hand_box, rng, 0.08), 0, held)
+    return skipped
 
 
 def collect_scenes(out: Collector, detector, data: DetectorSceneDataset, count: int,
@@ -229,9 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     if not photos:
         logger.error("no training photos under %s", args.data)
         return 2
-    collect_photos(out, detector, every_face, photos, rng, args.windows, args.hands)
-    logger.info("%d photos: %d crops in %.0f s", len(photos), len(out.labels[False]) + len(out.labels[True]),
-                time.time() - t0)
+    not_faces: dict[Path, list[np.ndarray]] = {}
+    for name, box in load_nonfaces(args.not_faces):
+        not_faces.setdefault(args.data / "photos" / "masked" / name, []).append(box)
+    skipped = collect_photos(out, detector, every_face, photos, rng, args.windows, args.hands,
+                             not_faces={p: np.stack(b) for p, b in not_faces.items()})
+    logger.info("%d photos: %d crops in %.0f s; %d found faces left out as labelled non-faces", len(photos),
+                len(out.labels[False]) + len(out.labels[True]), time.time() - t0, skipped)
     false_faces = collect_scenes(out, detector, data, args.scenes, rng)
     crops, labels = out.arrays(False)
     val_crops, val_labels = out.arrays(True)
@@ -258,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     threshold = choose_threshold(probs, val_labels, min_recall=args.min_recall)
     report = {
         "held_out": int(len(val_labels)), "faces": int(val_labels.sum()), **verdict_rates(probs, val_labels, threshold),
-        "train_crops": int(len(labels)), "detector_false_faces": false_faces, "steps": args.steps,
+        "train_crops": int(len(labels)), "detector_false_faces": false_faces, "labelled_non_faces_left_out": skipped, "steps": args.steps,
         "seconds": round(time.time() - t0),
     }
     logger.info("held out: %s", report)
