@@ -303,6 +303,9 @@ def test_pseudo_labelled_scenes_put_each_worn_mask_inside_its_face(shared_data, 
     loaded = load_pseudo_labels(tmp_path / "pseudo.npz")
     boxes, worn = loaded.faces_of(1)
     assert len(loaded.files) == 3 and worn[0].shape == shapes[1] and worn[0].sum() > 0
+    # A photo holding a labelled non-face is left out whole: labelled or not, it would teach something.
+    fewer = build_pseudo_labels(Centred(), paths, shared_data, min_prob=0.95, leave_out=frozenset({paths[1].name}))
+    assert [Path(f).name for f in fewer.files] == [paths[0].name, paths[2].name]
     data = DetectorSceneDataset(data_root=shared_data, landmarks=utk_landmarks, pseudo=tmp_path / "pseudo.npz", seed=3,
                                 config=DetectorDataConfig(real_fraction=0.0, pseudo_fraction=1.0))
     for i in range(6):

@@ -6,7 +6,9 @@ training split (``negatives.masked_photo_files(..., "train")``; the held-out fif
 measuring) is labelled here by the shipped detector and mask verifier together, and only where
 they are sure: every face the detector finds must wear a mask it segments and the verifier
 confirms. An image with any unconfirmed face is left out, because an unlabelled masked face
-in a scene teaches "no mask".
+in a scene teaches "no mask". So is an image holding something labelled by eye as no face
+(``negatives.load_nonfaces``: cars, signs, a fire that both models were sure of): labelled, it
+would teach a face there; unlabelled, a background, and those labels measure harm.
 
 The stored face region is the ellipse inscribed in the face box: the detector's face masks are
 not what the pipeline uses, and the boxes are what the scenes need.
@@ -27,7 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from training.data.negatives import masked_photo_files
+from training.data.negatives import NONFACE_ANNOTATIONS, load_nonfaces, masked_photo_files
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +70,13 @@ def label_image(detector, image: np.ndarray, *, min_prob: float) -> tuple[np.nda
     return found.boxes, found.masks
 
 
-def build_pseudo_labels(detector, paths: list[Path], data_root: Path, *, min_prob: float) -> PseudoLabels:
+def build_pseudo_labels(detector, paths: list[Path], data_root: Path, *, min_prob: float,
+                        leave_out: frozenset[str] = frozenset()) -> PseudoLabels:
+    """Labels of the ``paths`` whose every face wears a confirmed mask; file names in ``leave_out`` are skipped."""
     files, index, boxes, masks, sizes = [], [], [], [], []
     for path in tqdm(paths, desc="pseudo labels", unit="img", mininterval=5):
+        if path.name in leave_out:
+            continue
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             logger.warning("unreadable image %s", path)
@@ -114,6 +120,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-weights", type=Path, default=None, help="default: the shipped detector")
     p.add_argument("--verifier-weights", type=Path, default=None, help="default: the shipped verifier")
     p.add_argument("--min-prob", type=float, default=0.95, help="verifier probability every face must reach")
+    p.add_argument("--not-faces", type=Path, default=NONFACE_ANNOTATIONS,
+                   help="boxes labelled as no face; their photos are left out")
     p.add_argument("--threads", type=int, default=1)
     return p
 
@@ -138,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     detector = FaceDetector(det.engine, det.config, verifier=CropVerifier(ver.engine, ver.config))
-    labels = build_pseudo_labels(detector, paths, args.data, min_prob=args.min_prob)
+    leave_out = frozenset(name for name, _ in load_nonfaces(args.not_faces))
+    labels = build_pseudo_labels(detector, paths, args.data, min_prob=args.min_prob, leave_out=leave_out)
     save_pseudo_labels(labels, args.out)
     logger.info("%d of %d images labelled, %d masked faces -> %s", len(labels.files), len(paths), len(labels.image),
                 args.out)
