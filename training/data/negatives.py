@@ -46,6 +46,14 @@ def load_nonfaces(path: Path = NONFACE_ANNOTATIONS) -> list[tuple[str, np.ndarra
             for item in json.loads(Path(path).read_text(encoding="utf-8"))["nonfaces"]]
 
 
+def nonfaces_by_photo(path: Path = NONFACE_ANNOTATIONS) -> dict[str, np.ndarray]:
+    """Photo name -> (K, 4) xyxy boxes of its labelled non-faces (see ``load_nonfaces``)."""
+    boxes: dict[str, list[np.ndarray]] = {}
+    for name, box in load_nonfaces(path):
+        boxes.setdefault(name, []).append(box)
+    return {name: np.stack(b) for name, b in boxes.items()}
+
+
 def negative_files(data_root: str | Path, name: str, split: str, *, holdout_every: int = 5) -> list[Path]:
     """Image paths of one negative set's split (see the module docstring)."""
     if name not in NEGATIVE_SETS:

@@ -47,7 +47,7 @@ from engines.models.verifier import VerifierConfig, build_verifier, save_verifie
 from stream.geometry import CropWindow, box_iou, box_overlap
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset, draw_hand
-from training.data.negatives import NONFACE_ANNOTATIONS, load_nonfaces, masked_photo_files, negative_files
+from training.data.negatives import NONFACE_ANNOTATIONS, masked_photo_files, negative_files, nonfaces_by_photo
 from training.train.train_verifier import augment, held_out_probs, train_step, verdict_rates
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Collector:
 
 def collect_photos(out: Collector, detector, every_face, paths: list[Path], rng: np.random.Generator,
                    windows: int, hands: int, *, not_faces: dict[Path, np.ndarray] | None = None) -> int:
-    """Faces ``detector`` finds in the photos (jittered twice) unless ``not_faces`` (photo: (K, 4) xyxy)
+    """Faces ``detector`` finds in the photos (jittered twice) unless ``not_faces`` (photo path: (K, 4) xyxy)
     covers them at IoU >= 0.5, and windows clear of every face box ``every_face`` (the same detector
     with no score floor of its own) reports, confident or not. Returns how many found faces were
     left out as labelled non-faces."""
@@ -242,11 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     if not photos:
         logger.error("no training photos under %s", args.data)
         return 2
-    not_faces: dict[Path, list[np.ndarray]] = {}
-    for name, box in load_nonfaces(args.not_faces):
-        not_faces.setdefault(args.data / "photos" / "masked" / name, []).append(box)
     skipped = collect_photos(out, detector, every_face, photos, rng, args.windows, args.hands,
-                             not_faces={p: np.stack(b) for p, b in not_faces.items()})
+                             not_faces={args.data / "photos" / "masked" / name: boxes
+                                        for name, boxes in nonfaces_by_photo(args.not_faces).items()})
     logger.info("%d photos: %d crops in %.0f s; %d found faces left out as labelled non-faces", len(photos),
                 len(out.labels[False]) + len(out.labels[True]), time.time() - t0, skipped)
     false_faces = collect_scenes(out, detector, data, args.scenes, rng)

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
-from stream.geometry import CropWindow
+from stream.geometry import CropWindow, box_iou
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
-from training.data.negatives import masked_photo_files, negative_files
+from training.data.negatives import masked_photo_files, negative_files, nonfaces_by_photo
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def face_crops(data: DetectorSceneDataset, scenes: range, *, size: int, crop_sca
 def photo_faces(detector_weights: Path, data_root: Path, *, size: int, crop_scale: float,
                 lfw_every: int) -> tuple[np.ndarray, np.ndarray]:
     """(crops (N, size, size, 3) uint8 RGB, labels (N,) uint8 1 = masked) of every face the detect
-    stage finds in the training splits of the real photos."""
+    stage finds in the training splits of the real photos, but for those labelled by eye as no face
+    (``negatives.load_nonfaces``: they measure harm, and were taught as masked faces until 2026-12-07)."""
     # Imported here: the scenes-only recipe needs no detector.
     from engines.registry import load_model
     from stream.detect import FaceDetector
@@ -99,6 +100,7 @@ def photo_faces(detector_weights: Path, data_root: Path, *, size: int, crop_scal
     detector = FaceDetector(loaded.engine, loaded.config)
     sets = [(masked_photo_files(data_root, "train"), 1), (negative_files(data_root, "photos", "train"), 0),
             (negative_files(data_root, "lfw", "train")[::lfw_every], 0)]
+    not_faces = nonfaces_by_photo()
     crops, labels = [], []
     for paths, label in sets:
         for path in paths:
@@ -106,7 +108,10 @@ def photo_faces(detector_weights: Path, data_root: Path, *, size: int, crop_scal
             if bgr is None:
                 continue
             image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            labelled = not_faces.get(path.name) if label else None
             for box in detector(image).boxes:
+                if labelled is not None and box_iou(box[None], labelled).max() >= 0.5:
+                    continue
                 crops.append(CropWindow.for_face(box, crop_scale).cut(image, size))
                 labels.append(label)
     if not crops:
