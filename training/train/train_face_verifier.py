@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     threshold = choose_threshold(probs, val_labels, min_recall=args.min_recall)
     report = {
         "held_out": int(len(val_labels)), "faces": int(val_labels.sum()), **verdict_rates(probs, val_labels, threshold),
-        "train_crops": int(len(labels)), "detector_false_faces": false_faces, "labelled_non_faces_left_out": skipped, "steps": args.steps,
+        "train_crops": int(len(labels)), "detector_false_faces": false_faces,
+        "labelled_non_faces_left_out": skipped, "steps": args.steps,
         "seconds": round(time.time() - t0),
     }
     logger.info("held out: %s", report)

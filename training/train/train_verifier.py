@@ -108,6 +108,7 @@ def photo_faces(detector_weights: Path, data_root: Path, *, size: int, crop_scal
             if bgr is None:
                 continue
             image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            # The labels name photos/masked's files; photos/unmasked has files of the same names.
             labelled = not_faces.get(path.name) if label else None
             for box in detector(image).boxes:
                 if labelled is not None and box_iou(box[None], labelled).max() >= 0.5:
