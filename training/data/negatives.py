@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from stream.geometry import box_iou
 from training.data.landmarks import IMAGE_SUFFIXES, LandmarkDetector, LandmarkModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ def nonfaces_by_photo(path: Path = NONFACE_ANNOTATIONS) -> dict[str, np.ndarray]
     for name, box in load_nonfaces(path):
         boxes.setdefault(name, []).append(box)
     return {name: np.stack(b) for name, b in boxes.items()}
+
+
+def is_labelled_nonface(box: np.ndarray, labelled: np.ndarray | None) -> bool:
+    """Whether a found (4,) xyxy box is one of a photo's labelled non-faces ((K, 4) boxes, or None):
+    IoU >= 0.5, since the labels are the detector's own boxes of an earlier version."""
+    return labelled is not None and box_iou(box[None], labelled).max() >= 0.5
 
 
 def negative_files(data_root: str | Path, name: str, split: str, *, holdout_every: int = 5) -> list[Path]:

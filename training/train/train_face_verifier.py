@@ -47,7 +47,9 @@ from engines.models.verifier import VerifierConfig, build_verifier, save_verifie
 from stream.geometry import CropWindow, box_iou, box_overlap
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset, draw_hand
-from training.data.negatives import NONFACE_ANNOTATIONS, masked_photo_files, negative_files, nonfaces_by_photo
+from training.data.negatives import (
+    NONFACE_ANNOTATIONS, is_labelled_nonface, masked_photo_files, negative_files, nonfaces_by_photo,
+)
 from training.train.train_verifier import augment, held_out_probs, train_step, verdict_rates
 
 logger = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ def collect_photos(out: Collector, detector, every_face, paths: list[Path], rng:
         found = detector(image).boxes
         labelled = not_faces.get(path)
         for box in found:
-            if labelled is not None and box_iou(box[None], labelled).max() >= 0.5:
+            if is_labelled_nonface(box, labelled):
                 skipped += 1
                 continue
             out.add(image, _jitter(box, rng, 0.03), 1, held)

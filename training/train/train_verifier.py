@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
-from stream.geometry import CropWindow, box_iou
+from stream.geometry import CropWindow
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset
-from training.data.negatives import masked_photo_files, negative_files, nonfaces_by_photo
+from training.data.negatives import is_labelled_nonface, masked_photo_files, negative_files, nonfaces_by_photo
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def photo_faces(detector_weights: Path, data_root: Path, *, size: int, crop_scal
             # The labels name photos/masked's files; photos/unmasked has files of the same names.
             labelled = not_faces.get(path.name) if label else None
             for box in detector(image).boxes:
-                if labelled is not None and box_iou(box[None], labelled).max() >= 0.5:
+                if is_labelled_nonface(box, labelled):
                     continue
                 crops.append(CropWindow.for_face(box, crop_scale).cut(image, size))
                 labels.append(label)
