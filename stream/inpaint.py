@@ -304,6 +304,7 @@ class _FaceJob:
     average: np.ndarray
     previous: tuple[np.ndarray, np.ndarray] | None = None
     keep: np.ndarray | None = None  # (S, S) float32, the share of the input kept (EyeGuard, HandGuard)
+    eyes: np.ndarray | None = None  # (S, S) bool, the eyes EyeGuard found (None: not looked for)
     reuse: bool = False  # skip the generator: previous[0] is this frame's reconstruction
 
 
@@ -554,6 +555,7 @@ class FaceInpainter:
                         self._states.pop(track.track_id, None)
                         continue
                     job.keep = self.eye_guard.keep(eyes, job.hole, self.config.mask_dilation)
+                    job.eyes = eyes
                     # The generator sees the eyes as context, not as a part to draw.
                     job.hole = np.where(job.keep >= 0.5, 0.0, job.hole).astype(np.float32)
             if self.hand_guard is not None:
@@ -636,7 +638,7 @@ class FaceInpainter:
     def _guide(self, job: _FaceJob) -> Guide | None:
         if self.references is None:
             return None
-        return self.references.guide(job.track_id, job.crop.astype(np.uint8), self._upper_face(job.hole))
+        return self.references.guide(job.track_id, job.crop.astype(np.uint8), self._upper_face(job.hole), job.eyes)
 
     def _reference_feeds(self, guides: list[Guide | None]) -> dict[str, torch.Tensor]:
         """The reference-conditioned generator's extra inputs: each face's reference carried into

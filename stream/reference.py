@@ -337,6 +337,51 @@ def part_points(labels: np.ndarray) -> np.ndarray | None:
     return np.asarray(points, np.float32)
 
 
+def eye_points(labels: np.ndarray) -> np.ndarray | None:
+    """(2, 2) float32 x, y of the eye centres (image-left first) in the pixels of ``labels``
+    ((S, S) int, the parsing net's classes); None when an eye is missing."""
+    points = []
+    for part in (_EYE_LEFT, _EYE_RIGHT):
+        ys, xs = np.nonzero(labels == part)
+        if len(xs) < 4:
+            return None
+        points.append((xs.mean(), ys.mean()))
+    return np.asarray(sorted(points), np.float32)
+
+
+def eye_pair(eyes: np.ndarray, *, min_area: int = 10) -> np.ndarray | None:
+    """(2, 2) float32 x, y of the centres of a pair of eyes (image-left first) in an (S, S) bool
+    eye map (``EyeGuard.eyes``: both eyes, one class): the largest two areas of at least
+    ``min_area`` pixels that lie side by side at one height. None when there is no such pair."""
+    count, _, stats, centres = cv2.connectedComponentsWithStats(eyes.astype(np.uint8), connectivity=8)
+    side = eyes.shape[0]
+    areas = [(stats[i, cv2.CC_STAT_AREA], i) for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    pairs = [(ka + kb, a, b) for n, (ka, a) in enumerate(areas) for kb, b in areas[n + 1:]
+             if abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side]
+    if not pairs:
+        return None
+    _, a, b = max(pairs)
+    return np.asarray(sorted([tuple(centres[a]), tuple(centres[b])]), np.float32)
+
+
+def eyes_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:
+    """2x3 similarity from crop pixels to reference pixels that lays the ``reference`` eye centres
+    ((2, 2), in pixels ``scale`` times smaller than the reference's) on the ``face``'s (crop
+    pixels). The eyes are what a masked face shows best: the shift of the upper face alone left
+    the scale to the face boxes, and a masked face's box is larger than the same face's unmasked
+    one, so the reference's eyes were lent into the hole below the face's own. None when the
+    fit would scale or turn the face beyond what a pose change explains."""
+    p, q = face[:, 0] + 1j * face[:, 1], reference[:, 0] + 1j * reference[:, 1]
+    if abs(p[1] - p[0]) < 1.0:
+        return None
+    a = (q[1] - q[0]) / (p[1] - p[0])
+    b = q[0] - a * p[0]
+    if not 0.75 <= abs(a) <= 1.33 or abs(np.angle(a)) > np.radians(20):
+        return None
+    at_size = np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], np.float32)
+    return _at_reference_side(at_size, scale)
+
+
 class PartsLocator:
     """Where the eyes, nose and mouth of face crops are, by the project's face-parsing net
     (``engines.models.parsing``, model ``parsing``: input ``image`` (N, 3, S, S) RGB [0, 1],
@@ -362,6 +407,11 @@ class PartsLocator:
     def eyes(self, crops: np.ndarray) -> np.ndarray:
         """crops: (N, S, S, 3) uint8 RGB -> (N, S, S) bool, the pixels of either eye."""
         return np.isin(self.labels(crops), (_EYE_LEFT, _EYE_RIGHT))
+
+    def eye_points(self, crop: np.ndarray, size: int) -> np.ndarray | None:
+        """``eye_points`` of one face crop ((R, R, 3) uint8 RGB) seen at ``size`` pixels."""
+        small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+        return eye_points(self.labels(small[None])[0])
 
     def __call__(self, crops: np.ndarray) -> list[np.ndarray | None]:
         """crops: (N, S, S, 3) uint8 RGB. Per crop, ``part_points`` in its pixels."""
@@ -464,10 +514,15 @@ class References:
         self._guides: dict[int, tuple[Guide, int]] = {}
         self._fitted: dict[int, tuple[Guide, int]] = {}
         self._exemplar_parts: dict[int, tuple[np.ndarray | None, ReferenceFace]] = {}
+        # (id, size) -> (the reference, kept so the id stays its own; its eye centres at that size)
+        self._reference_eyes: dict[tuple[int, int], tuple[ReferenceFace, np.ndarray | None]] = {}
 
-    def guide(self, track_id: int, crop: np.ndarray, visible: np.ndarray) -> Guide | None:
+    def guide(self, track_id: int, crop: np.ndarray, visible: np.ndarray,
+              eyes: np.ndarray | None = None) -> Guide | None:
         """The track's reference, aligned to ``crop`` ((S, S, 3) uint8 RGB, its crop window at the
-        generator's size) on the ``visible`` (S, S) bool face pixels."""
+        generator's size): a person's reference by its eyes onto the face's ``eyes`` ((S, S) bool,
+        ``EyeGuard.eyes``) where both are found, else by a shift on the ``visible`` (S, S) bool
+        face pixels."""
         reference = self.for_track(track_id, crop)
         if reference is None:
             return None
@@ -480,7 +535,9 @@ class References:
         if same and age < self.realign:
             self._guides[track_id] = (previous, age + 1)
             return previous
-        matrix = align_to(crop, visible, reference, initial=previous.to_reference if same else None)
+        matrix = self._by_eyes(reference, crop.shape[0], eyes)
+        if matrix is None:
+            matrix = align_to(crop, visible, reference, initial=previous.to_reference if same else None)
         if same and previous.to_reference is not None:
             # Each fit is noisy by a fraction of a pixel; moved at once, the lent detail shimmers.
             matrix = previous.to_reference if matrix is None else (
@@ -530,6 +587,18 @@ class References:
         self._fitted[track_id] = (fitted, 1)
         return fitted
 
+    def _by_eyes(self, reference: ReferenceFace, size: int, eyes: np.ndarray | None) -> np.ndarray | None:
+        if self.locator is None or eyes is None:
+            return None
+        face = eye_pair(eyes)
+        if face is None:
+            return None
+        key = (id(reference), size)
+        if key not in self._reference_eyes:
+            self._reference_eyes[key] = (reference, self.locator.eye_points(reference.crop, size))
+        target = self._reference_eyes[key][1]
+        return None if target is None else eyes_map(face, target, scale=REFERENCE_SIDE / size)
+
     def _lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
         key = id(exemplar)
         if key not in self._exemplar_parts:
@@ -574,6 +643,10 @@ class References:
         self._unsettled = {k: v for k, v in self._unsettled.items() if k in live}
         self._guides = {k: v for k, v in self._guides.items() if k in live}
         self._fitted = {k: v for k, v in self._fitted.items() if k in live}
+        # A remembered reference is replaced whenever a better view comes: keep only the eyes of
+        # those still in use, or a long live run would hold every view it ever had.
+        used = {id(guide.reference) for guide, _ in self._guides.values()}
+        self._reference_eyes = {k: v for k, v in self._reference_eyes.items() if k[0] in used}
         if self.memory is not None:
             self.memory.forget(live)
 
@@ -582,5 +655,6 @@ class References:
         self._unsettled.clear()
         self._guides.clear()
         self._fitted.clear()
+        self._reference_eyes.clear()
         if self.memory is not None:
             self.memory.reset()

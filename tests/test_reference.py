@@ -469,3 +469,53 @@ def test_the_lent_band_survives_a_sub_pixel_warp():
     own = detail.astype(np.float32)
     own = (own - cv2.GaussianBlur(own, (0, 0), 2.0 * k))[120:240, 120:240]  # the band lent, unshifted
     assert np.abs(np.diff(lent, axis=1)).mean() > 0.85 * np.abs(np.diff(own, axis=1)).mean()
+
+
+def test_eye_pair_takes_the_two_eyes_side_by_side_and_nothing_else():
+    from stream.reference import eye_pair
+
+    eyes = np.zeros((128, 128), bool)
+    eyes[44:50, 36:52] = True  # left eye, centre (43.5, 46.5)
+    eyes[45:51, 76:92] = True  # right eye, centre (83.5, 47.5)
+    eyes[90:92, 60:62] = True  # a speck on the mask: too small to be an eye
+    np.testing.assert_allclose(eye_pair(eyes), [[43.5, 46.5], [83.5, 47.5]], atol=0.01)
+    eyes[45:51, 76:92] = False
+    assert eye_pair(eyes) is None  # one eye
+    eyes[70:76, 76:92] = True
+    assert eye_pair(eyes) is None  # a second area, but far below the first: not a pair
+
+
+def test_eyes_map_lays_the_reference_eyes_on_the_faces_and_refuses_a_stretch():
+    from stream.reference import eyes_map
+
+    face = np.array([[40.0, 50.0], [88.0, 50.0]], np.float32)
+    # The reference's eyes closer together (its face smaller in its window) and higher.
+    reference = np.array([[46.0, 44.0], [82.0, 44.0]], np.float32)
+    matrix = eyes_map(face, reference, scale=1.5)
+    mapped = np.hstack([face, np.ones((2, 1), np.float32)]) @ matrix.T
+    # In reference pixels 1.5 times larger, pixel centres: a point x at the crop's scale is 1.5 x + 0.25.
+    np.testing.assert_allclose(mapped, 1.5 * reference + 0.25, atol=1e-3)
+    np.testing.assert_allclose(matrix[:, :2], 1.5 * 0.75 * np.eye(2), atol=1e-4)
+    assert eyes_map(face, reference * (0.6, 1.0), scale=1.0) is None  # eyes far closer: not a pose
+
+
+def test_a_persons_reference_is_laid_on_the_face_by_its_eyes():
+    from stream.reference import PartsLocator
+
+    own = ReferenceFace(np.full((REFERENCE_SIDE, REFERENCE_SIDE, 3), 200, np.uint8), "me.png")
+    refs = References(given=[own], exemplars=[], memory=None, locator=PartsLocator(_ParsingEngine()))
+    crop = np.full((128, 128, 3), 90, np.uint8)
+    visible = np.zeros((128, 128), bool)
+    visible[20:60] = True
+    # The face's eyes (the eye guard's map) 8 px lower and further apart than the reference's
+    # (parsed at (43.5, 46.5) and (83.5, 46.5)): the face is larger in its window.
+    eyes = np.zeros((128, 128), bool)
+    eyes[52:58, 30:46] = True
+    eyes[52:58, 82:98] = True
+    guide = refs.guide(1, crop, visible, eyes)
+    mapped = np.array([[37.5, 54.5, 1.0], [89.5, 54.5, 1.0]], np.float32) @ guide.to_reference.T
+    k = REFERENCE_SIDE / 128
+    np.testing.assert_allclose(mapped, k * np.array([[43.5, 46.5], [83.5, 46.5]]) + (k - 1) / 2, atol=0.01)
+    # Without the face's eyes the reference keeps the shift on the upper face (here: nothing to fit
+    # on a flat crop, so the windows' own box alignment).
+    assert refs.guide(2, crop, visible).to_reference is None
