@@ -337,11 +337,14 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
     tracker_config = tracker_config_for(models, still=still)
     rate = float(source.info.rate) if source.info.rate else 25.0
     crop_scale = models.generator.config.crop_scale
+    eye_locator = (PartsLocator(models.eye_parsing.engine)
+                   if config.eye_guard and models.eye_parsing is not None else None)
     references = References(
         given=list(given),
         exemplars=load_exemplars(EXEMPLARS) if config.exemplars else [],
         memory=IdentityMemory(crop_scale=crop_scale) if config.identity_memory and not still else None,
         locator=PartsLocator(models.parsing.engine) if models.parsing is not None else None,
+        eye_locator=eye_locator,
         shortlist=config.exemplar_shortlist,
     )
     live = config.live == "on" or (config.live == "auto" and source.live)
@@ -353,8 +356,8 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
                                    settings=config.inpaint, references=references,
                                    no_reference_engine=models.generator_noref.engine if models.generator_noref else None,
                                    # Photos are unrelated: a face's eyes are looked for in each one.
-                                   eye_guard=EyeGuard(PartsLocator(models.eye_parsing.engine), every=1 if still else 5)
-                                   if config.eye_guard and models.eye_parsing is not None else None,
+                                   eye_guard=EyeGuard(eye_locator, every=1 if still else 5)
+                                   if eye_locator is not None else None,
                                    hand_guard=HandGuard() if config.hand_guard else None)),
     ]
     logger.info("%s mode: %s", "live" if live else "file", "one-frame queues, detector in the background"

@@ -508,17 +508,27 @@ class References:
     An exemplar is first short-listed by the upper face (``shortlist`` of them); with a locator
     the track settles, on the first frame whose completed face shows its parts, on the one whose
     fitted lower face agrees best with what the generator drew there (``band_agreement``), so a
-    stranger's open smile or shadowed lip is not lent to a closed, plain mouth."""
+    stranger's open smile or shadowed lip is not lent to a closed, plain mouth.
+
+    A person's reference is checked against the face's eyes: where ``eye_locator`` (the eye guard's
+    net, which found the face's eyes above the mask) finds the reference's too and the shift fit
+    would lay them more than ``eye_tolerance`` of the crop side off, the fit by the eyes is taken
+    (a masked face's box is larger than the same face's unmasked one, so its second pair of eyes
+    was lent into the hole). One net for both: on one face the masked-face net's eye centres lie
+    8 % further apart than the plain net's, and a fit across the two nets scaled the reference wrong."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
                  memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3,
-                 locator: PartsLocator | None = None, shortlist: int = EXEMPLAR_SHORTLIST) -> None:
+                 locator: PartsLocator | None = None, eye_locator: PartsLocator | None = None,
+                 eye_tolerance: float = 0.025, shortlist: int = EXEMPLAR_SHORTLIST) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
         self.realign = realign
         self.follow = follow
         self.locator = locator
+        self.eye_locator = eye_locator
+        self.eye_tolerance = eye_tolerance
         if shortlist < 1:
             raise ValueError(f"the exemplar shortlist must hold at least one, got {shortlist}")
         self.shortlist = shortlist
@@ -549,14 +559,13 @@ class References:
         if same and age < self.realign:
             self._guides[track_id] = (previous, age + 1)
             return previous
-        matrix = self._by_eyes(reference, crop.shape[0], eyes)
-        if matrix is None:
-            matrix = align_to(crop, visible, reference, initial=previous.to_reference if same else None)
+        matrix = align_to(crop, visible, reference, initial=previous.to_reference if same else None)
+        matrix = self._checked_by_eyes(reference, crop.shape[0], eyes, matrix)
         if same and previous.to_reference is not None:
             # Each fit is noisy by a fraction of a pixel; moved at once, the lent detail shimmers.
             matrix = previous.to_reference if matrix is None else (
                 self.follow * matrix + (1 - self.follow) * previous.to_reference).astype(np.float32)
-        lend = None if self.locator is None else self._person(reference, crop.shape[0])[1]
+        lend = self._person(reference, crop.shape[0])[1]
         guide = Guide(reference, matrix, lend)
         self._guides[track_id] = (guide, 1)
         return guide
@@ -602,22 +611,35 @@ class References:
         self._fitted[track_id] = (fitted, 1)
         return fitted
 
-    def _by_eyes(self, reference: ReferenceFace, size: int, eyes: np.ndarray | None) -> np.ndarray | None:
-        if self.locator is None or eyes is None:
-            return None
+    def _checked_by_eyes(self, reference: ReferenceFace, size: int, eyes: np.ndarray | None,
+                         matrix: np.ndarray | None) -> np.ndarray | None:
+        """``matrix`` (the shift fit, None: the windows' box alignment), or the fit by the eyes where
+        that one would put the reference's eyes more than ``eye_tolerance`` crop pixels off the
+        face's. The shift fit is the finer where it holds (the texture of brows, lids and skin);
+        the eyes catch it where the face boxes' scale is off."""
+        if self.eye_locator is None or eyes is None:
+            return matrix
         face = eye_pair(eyes)
-        if face is None:
-            return None
-        target = self._person(reference, size)[0]
-        return None if target is None else eyes_map(face, target, scale=REFERENCE_SIDE / size)
+        target = None if face is None else self._person(reference, size)[0]
+        if target is None:
+            return matrix
+        scale = REFERENCE_SIDE / size
+        by_eyes = eyes_map(face, target, scale=scale)
+        if by_eyes is None:
+            return matrix
+        current = _at_reference_side(np.eye(2, 3, dtype=np.float32), scale) if matrix is None else matrix
+        landed = (np.hstack([face, np.ones((2, 1), np.float32)]) @ current.T - (0.5 * scale - 0.5)) / scale
+        off = float(np.linalg.norm(landed - target, axis=1).max())
+        return by_eyes if off > self.eye_tolerance * size else matrix
 
-    def _person(self, reference: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
-        """A person's reference seen by the parsing net at ``size``: its eye centres, and the face
-        whose detail it lends (``PartsLocator.lendable``)."""
+    def _person(self, reference: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace | None]:
+        """A person's reference seen at ``size``: its eye centres by ``eye_locator``, and the face
+        whose detail it lends (``PartsLocator.lendable``; None without a locator)."""
         key = (id(reference), size)
         if key not in self._persons:
-            _, lend = self.locator.lendable(reference, size)
-            self._persons[key] = (reference, self.locator.eye_points(reference.crop, size), lend)
+            eyes = None if self.eye_locator is None else self.eye_locator.eye_points(reference.crop, size)
+            lend = None if self.locator is None else self.locator.lendable(reference, size)[1]
+            self._persons[key] = (reference, eyes, lend)
         return self._persons[key][1:]
 
     def _lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:

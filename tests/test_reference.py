@@ -499,11 +499,12 @@ def test_eyes_map_lays_the_reference_eyes_on_the_faces_and_refuses_a_stretch():
     assert eyes_map(face, reference * (0.6, 1.0), scale=1.0) is None  # eyes far closer: not a pose
 
 
-def test_a_persons_reference_is_laid_on_the_face_by_its_eyes():
+def test_a_persons_reference_is_laid_on_the_face_by_its_eyes_where_the_shift_fit_is_off():
     from stream.reference import PartsLocator
 
     own = ReferenceFace(np.full((REFERENCE_SIDE, REFERENCE_SIDE, 3), 200, np.uint8), "me.png")
-    refs = References(given=[own], exemplars=[], memory=None, locator=PartsLocator(_ParsingEngine()))
+    # The reference's eyes are found by the net that found the face's (the eye guard's).
+    refs = References(given=[own], exemplars=[], memory=None, eye_locator=PartsLocator(_ParsingEngine()))
     crop = np.full((128, 128, 3), 90, np.uint8)
     visible = np.zeros((128, 128), bool)
     visible[20:60] = True
@@ -519,6 +520,15 @@ def test_a_persons_reference_is_laid_on_the_face_by_its_eyes():
     # Without the face's eyes the reference keeps the shift on the upper face (here: nothing to fit
     # on a flat crop, so the windows' own box alignment).
     assert refs.guide(2, crop, visible).to_reference is None
+    # Where the shift fit (here the windows' box alignment) already lays the eyes within a few
+    # pixels, it stays: it is the finer fit.
+    near = np.zeros((128, 128), bool)
+    near[44:50, 36:52] = True
+    near[45:50, 76:92] = True
+    assert refs.guide(3, crop, visible, near).to_reference is None
+    # Nor without that net: the face's eyes alone say nothing about where the reference's are.
+    clean_only = References(given=[own], exemplars=[], memory=None, locator=PartsLocator(_ParsingEngine()))
+    assert clean_only.guide(1, crop, visible, eyes).to_reference is None
 
 
 def test_a_persons_reference_lends_its_lower_face_and_feeds_the_generator_whole():

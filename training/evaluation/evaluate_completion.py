@@ -181,7 +181,7 @@ class PartsScore:
 
 
 def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, exemplars, crop_scale: float,
-             locator=None, shortlist: int = EXEMPLAR_SHORTLIST):
+             locator=None, eye_locator=None, shortlist: int = EXEMPLAR_SHORTLIST):
     """The pipeline's photo path on one case; None when no mask is found."""
     found = detector(case.masked)
     tracker = FaceTracker(TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1),
@@ -197,7 +197,7 @@ def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, ex
         given = [person_reference(case.reference, ref.boxes[0], crop_scale=crop_scale, source=case.name)]
     references = None if mode == "blur" else References(
         given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None, locator=locator,
-        shortlist=shortlist)
+        eye_locator=eye_locator, shortlist=shortlist)
     return inpainter_for(references)(case.masked, tracks), found
 
 
@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             outs = {}
             for mode in modes:
                 done = complete(case, mode, detector=detector, inpainter_for=inpainter_for, exemplars=exemplars,
-                                crop_scale=gen.config.crop_scale, locator=locator, shortlist=args.exemplar_shortlist)
+                                crop_scale=gen.config.crop_scale, locator=locator, eye_locator=eye_locator,
+                                shortlist=args.exemplar_shortlist)
                 if done is None:
                     break
                 outs[mode] = done
