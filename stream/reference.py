@@ -544,9 +544,8 @@ class References:
     def guide(self, track_id: int, crop: np.ndarray, visible: np.ndarray,
               eyes: np.ndarray | None = None) -> Guide | None:
         """The track's reference, aligned to ``crop`` ((S, S, 3) uint8 RGB, its crop window at the
-        generator's size): a person's reference by its eyes onto the face's ``eyes`` ((S, S) bool,
-        ``EyeGuard.eyes``) where both are found, else by a shift on the ``visible`` (S, S) bool
-        face pixels."""
+        generator's size): a person's reference by a shift on the ``visible`` (S, S) bool face
+        pixels, checked against the face's ``eyes`` ((S, S) bool, ``EyeGuard.eyes``; see the class)."""
         reference = self.for_track(track_id, crop)
         if reference is None:
             return None
