@@ -418,14 +418,14 @@ class PartsLocator:
         return [part_points(one) for one in self.labels(crops)]
 
     def lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
-        """A reference's ``part_points`` at ``size`` pixels, and the reference with its fine detail
-        kept inside its lower face only (its ``detail`` too): an exemplar's hairline, jaw edge and
-        background would be lent as ghost edges wherever its face is narrower than the one it
-        fills, and a person's own lower eyelids as a second pair under the eyes wherever the eyes
-        are narrowed or the fit is a little off."""
+        """An exemplar's ``part_points`` at ``size`` pixels, and the exemplar with its fine detail
+        kept inside its face only: its hairline, jaw edge and background would be lent as
+        ghost edges wherever its face is narrower than the one it fills."""
         small = cv2.resize(exemplar.crop, (size, size), interpolation=cv2.INTER_AREA)
         labels = self.labels(small[None])[0]
         points = part_points(labels)
+        side = exemplar.crop.shape[0]
+        px = side / size
         face = (labels > 0).astype(np.float32)
         if points is not None:
             # Only below the eyes, where a mask lies: the eyes are the face's own, and the band under
@@ -433,23 +433,14 @@ class PartsLocator:
             eyes, nose = points[:2, 1].mean(), points[2, 1]
             rows = np.arange(size, dtype=np.float32)[:, None]
             face *= np.clip((rows - eyes) / max(nose - eyes, 1.0) - 0.8, 0.0, 0.3) / 0.3
-        kept = [_lower_face_only(image, face, image.shape[0] / size)
-                for image in (exemplar.crop, exemplar.detail) if image is not None]
-        return points, ReferenceFace(kept[0], exemplar.source, exemplar=exemplar.exemplar,
-                                     detail=kept[1] if len(kept) > 1 else None)
-
-
-def _lower_face_only(image: np.ndarray, face: np.ndarray, px: float) -> np.ndarray:
-    """``image`` ((R, R, 3) uint8 RGB) with its fine detail kept where ``face`` ((S, S) float
-    weight, px = R / S) says, blurred elsewhere."""
-    side = image.shape[0]
-    face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
-    # A narrow edge, so the kept region does not reach up to the glasses; outside it the
-    # image is blurred well past any band the paste lends (2-3 generator pixels).
-    face = cv2.GaussianBlur(face, (0, 0), px)[..., None]
-    crop = image.astype(np.float32)
-    low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
-    return (low + face * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
+        face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
+        # A narrow edge, so the kept region does not reach up to the glasses; outside it the
+        # exemplar is blurred well past any band the paste lends (2-3 generator pixels).
+        face = cv2.GaussianBlur(face, (0, 0), px)[..., None]
+        crop = exemplar.crop.astype(np.float32)
+        low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
+        kept = (low + face * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
+        return points, ReferenceFace(kept, exemplar.source, exemplar=True)
 
 
 def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:
@@ -474,9 +465,6 @@ class Guide:
 
     reference: ReferenceFace
     to_reference: np.ndarray | None
-    # The face whose detail band is lent, in the reference's pixels (None: the reference itself);
-    # a person's reference lends its lower face only, and feeds the generator whole.
-    lend: ReferenceFace | None = None
 
     def in_window(self, size: int) -> np.ndarray:
         """The reference seen through the track's crop window at ``size`` (the generator's size,
@@ -490,10 +478,9 @@ class Guide:
         """(the sharpest crop of the reference, (R, R, 3) uint8 RGB; 2x3 from pixels of the
         track's crop window at the generator's size to its pixels, None: the windows' own box
         alignment): what the paste lends its detail band from."""
-        lend = self.reference if self.lend is None else self.lend
-        detail = lend.detail
+        detail = self.reference.detail
         if detail is None or self.to_reference is None:
-            return (lend.crop if detail is None else detail), self.to_reference
+            return (self.reference.crop if detail is None else detail), self.to_reference
         k = detail.shape[0] / REFERENCE_SIDE
         to_detail = self.to_reference * k
         to_detail[:, 2] += 0.5 * k - 0.5  # pixel centres, as every crop here is cut
@@ -537,9 +524,8 @@ class References:
         self._guides: dict[int, tuple[Guide, int]] = {}
         self._fitted: dict[int, tuple[Guide, int]] = {}
         self._exemplar_parts: dict[int, tuple[np.ndarray | None, ReferenceFace]] = {}
-        # (id, size) -> (a person's reference, kept so the id stays its own; its eye centres and
-        # the face it lends at that size)
-        self._persons: dict[tuple[int, int], tuple[ReferenceFace, np.ndarray | None, ReferenceFace]] = {}
+        # (id, size) -> (a person's reference, kept so the id stays its own; its eye centres there)
+        self._persons: dict[tuple[int, int], tuple[ReferenceFace, np.ndarray | None]] = {}
 
     def guide(self, track_id: int, crop: np.ndarray, visible: np.ndarray,
               eyes: np.ndarray | None = None) -> Guide | None:
@@ -564,8 +550,7 @@ class References:
             # Each fit is noisy by a fraction of a pixel; moved at once, the lent detail shimmers.
             matrix = previous.to_reference if matrix is None else (
                 self.follow * matrix + (1 - self.follow) * previous.to_reference).astype(np.float32)
-        lend = self._person(reference, crop.shape[0])[1]
-        guide = Guide(reference, matrix, lend)
+        guide = Guide(reference, matrix)
         self._guides[track_id] = (guide, 1)
         return guide
 
@@ -619,7 +604,7 @@ class References:
         if self.eye_locator is None or eyes is None:
             return matrix
         face = eye_pair(eyes)
-        target = None if face is None else self._person(reference, size)[0]
+        target = None if face is None else self._reference_eyes(reference, size)
         if target is None:
             return matrix
         scale = REFERENCE_SIDE / size
@@ -631,15 +616,12 @@ class References:
         off = float(np.linalg.norm(landed - target, axis=1).max())
         return by_eyes if off > self.eye_tolerance * size else matrix
 
-    def _person(self, reference: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace | None]:
-        """A person's reference seen at ``size``: its eye centres by ``eye_locator``, and the face
-        whose detail it lends (``PartsLocator.lendable``; None without a locator)."""
+    def _reference_eyes(self, reference: ReferenceFace, size: int) -> np.ndarray | None:
+        """A person's reference's eye centres at ``size`` by ``eye_locator`` (found once)."""
         key = (id(reference), size)
         if key not in self._persons:
-            eyes = None if self.eye_locator is None else self.eye_locator.eye_points(reference.crop, size)
-            lend = None if self.locator is None else self.locator.lendable(reference, size)[1]
-            self._persons[key] = (reference, eyes, lend)
-        return self._persons[key][1:]
+            self._persons[key] = (reference, self.eye_locator.eye_points(reference.crop, size))
+        return self._persons[key][1]
 
     def _lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
         key = id(exemplar)

@@ -530,21 +530,3 @@ def test_a_persons_reference_is_laid_on_the_face_by_its_eyes_where_the_shift_fit
     clean_only = References(given=[own], exemplars=[], memory=None, locator=PartsLocator(_ParsingEngine()))
     assert clean_only.guide(1, crop, visible, eyes).to_reference is None
 
-
-def test_a_persons_reference_lends_its_lower_face_and_feeds_the_generator_whole():
-    from stream.reference import PartsLocator
-
-    rng = np.random.default_rng(3)
-    texture = rng.uniform(-40, 40, (REFERENCE_SIDE, REFERENCE_SIDE, 1)).astype(np.float32)
-    own = ReferenceFace(np.clip(200 + texture, 0, 255).astype(np.uint8).repeat(3, 2), "me.png")
-    refs = References(given=[own], exemplars=[], memory=None, locator=PartsLocator(_ParsingEngine()))
-    visible = np.zeros((128, 128), bool)
-    visible[20:60] = True
-    guide = refs.guide(1, np.full((128, 128, 3), 90, np.uint8), visible)
-    assert guide.reference is own  # what the generator sees
-    lent, _ = guide.lent()
-    k = REFERENCE_SIDE / 128
-    band = lent.astype(np.float32) - cv2.GaussianBlur(lent.astype(np.float32), (0, 0), 2 * k)
-    mouth = np.abs(band[int(88 * k):int(110 * k), int(40 * k):int(88 * k)]).mean()
-    eyes = np.abs(band[int(36 * k):int(52 * k), int(30 * k):int(98 * k)]).mean()
-    assert mouth > 8 * eyes  # no second pair of lower eyelids under the face's own
