@@ -408,10 +408,22 @@ class PartsLocator:
         """crops: (N, S, S, 3) uint8 RGB -> (N, S, S) bool, the pixels of either eye."""
         return np.isin(self.labels(crops), (_EYE_LEFT, _EYE_RIGHT))
 
-    def eye_points(self, crop: np.ndarray, size: int) -> np.ndarray | None:
-        """``eye_points`` of one face crop ((R, R, 3) uint8 RGB) seen at ``size`` pixels."""
-        small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-        return eye_points(self.labels(small[None])[0])
+    def eyes_of(self, reference: ReferenceFace, size: int, *,
+                grow: float = 0.03) -> tuple[np.ndarray | None, ReferenceFace]:
+        """A person's reference seen at ``size`` pixels: its ``eye_points``, and the reference with
+        its eyes and lids (the eyes grown by ``grow`` of the side) blurred past the band the paste
+        lends, crop and ``detail`` alike: where the hole reaches up to the eyes, open eyes in a
+        reference would lend their lower lids under eyes that are closed or narrowed now."""
+        small = cv2.resize(reference.crop, (size, size), interpolation=cv2.INTER_AREA)
+        labels = self.labels(small[None])[0]
+        eyes = np.isin(labels, (_EYE_LEFT, _EYE_RIGHT)).astype(np.uint8)
+        reach = max(int(round(grow * size)), 1)
+        eyes = cv2.dilate(eyes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)))
+        keep = 1.0 - eyes.astype(np.float32)
+        kept = [_detail_kept(image, keep, image.shape[0] / size)
+                for image in (reference.crop, reference.detail) if image is not None]
+        return eye_points(labels), ReferenceFace(kept[0], reference.source, exemplar=reference.exemplar,
+                                                 detail=kept[1] if len(kept) > 1 else None)
 
     def __call__(self, crops: np.ndarray) -> list[np.ndarray | None]:
         """crops: (N, S, S, 3) uint8 RGB. Per crop, ``part_points`` in its pixels."""
@@ -424,8 +436,7 @@ class PartsLocator:
         small = cv2.resize(exemplar.crop, (size, size), interpolation=cv2.INTER_AREA)
         labels = self.labels(small[None])[0]
         points = part_points(labels)
-        side = exemplar.crop.shape[0]
-        px = side / size
+        px = exemplar.crop.shape[0] / size
         face = (labels > 0).astype(np.float32)
         if points is not None:
             # Only below the eyes, where a mask lies: the eyes are the face's own, and the band under
@@ -433,14 +444,19 @@ class PartsLocator:
             eyes, nose = points[:2, 1].mean(), points[2, 1]
             rows = np.arange(size, dtype=np.float32)[:, None]
             face *= np.clip((rows - eyes) / max(nose - eyes, 1.0) - 0.8, 0.0, 0.3) / 0.3
-        face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
-        # A narrow edge, so the kept region does not reach up to the glasses; outside it the
-        # exemplar is blurred well past any band the paste lends (2-3 generator pixels).
-        face = cv2.GaussianBlur(face, (0, 0), px)[..., None]
-        crop = exemplar.crop.astype(np.float32)
-        low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
-        kept = (low + face * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
-        return points, ReferenceFace(kept, exemplar.source, exemplar=True)
+        # A narrow edge, so the kept region does not reach up to the glasses.
+        return points, ReferenceFace(_detail_kept(exemplar.crop, face, px), exemplar.source, exemplar=True)
+
+
+def _detail_kept(image: np.ndarray, keep: np.ndarray, px: float) -> np.ndarray:
+    """``image`` ((R, R, 3) uint8 RGB) with its fine detail kept as the ``keep`` weight ((S, S)
+    float in [0, 1], px = R / S) says, given a one-pixel soft edge; elsewhere blurred well past any
+    band the paste lends (2-3 generator pixels)."""
+    side = image.shape[0]
+    keep = cv2.GaussianBlur(cv2.resize(keep, (side, side), interpolation=cv2.INTER_LINEAR), (0, 0), px)[..., None]
+    crop = image.astype(np.float32)
+    low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
+    return (low + keep * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
 
 
 def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:
@@ -465,6 +481,9 @@ class Guide:
 
     reference: ReferenceFace
     to_reference: np.ndarray | None
+    # The face whose detail band is lent, in the reference's pixels (None: the reference itself):
+    # a person's reference lends without its eyes, and feeds the generator whole.
+    lend: ReferenceFace | None = None
 
     def in_window(self, size: int) -> np.ndarray:
         """The reference seen through the track's crop window at ``size`` (the generator's size,
@@ -478,9 +497,10 @@ class Guide:
         """(the sharpest crop of the reference, (R, R, 3) uint8 RGB; 2x3 from pixels of the
         track's crop window at the generator's size to its pixels, None: the windows' own box
         alignment): what the paste lends its detail band from."""
-        detail = self.reference.detail
+        lend = self.reference if self.lend is None else self.lend
+        detail = lend.detail
         if detail is None or self.to_reference is None:
-            return (self.reference.crop if detail is None else detail), self.to_reference
+            return (lend.crop if detail is None else detail), self.to_reference
         k = detail.shape[0] / REFERENCE_SIDE
         to_detail = self.to_reference * k
         to_detail[:, 2] += 0.5 * k - 0.5  # pixel centres, as every crop here is cut
@@ -524,8 +544,8 @@ class References:
         self._guides: dict[int, tuple[Guide, int]] = {}
         self._fitted: dict[int, tuple[Guide, int]] = {}
         self._exemplar_parts: dict[int, tuple[np.ndarray | None, ReferenceFace]] = {}
-        # (id, size) -> (a person's reference, kept so the id stays its own; its eye centres there)
-        self._persons: dict[tuple[int, int], tuple[ReferenceFace, np.ndarray | None]] = {}
+        # (id, size) -> (a person's reference, kept so the id stays its own; _person's two)
+        self._persons: dict[tuple[int, int], tuple[ReferenceFace, np.ndarray | None, ReferenceFace | None]] = {}
 
     def guide(self, track_id: int, crop: np.ndarray, visible: np.ndarray,
               eyes: np.ndarray | None = None) -> Guide | None:
@@ -550,7 +570,7 @@ class References:
             # Each fit is noisy by a fraction of a pixel; moved at once, the lent detail shimmers.
             matrix = previous.to_reference if matrix is None else (
                 self.follow * matrix + (1 - self.follow) * previous.to_reference).astype(np.float32)
-        guide = Guide(reference, matrix)
+        guide = Guide(reference, matrix, self._person(reference, crop.shape[0])[1])
         self._guides[track_id] = (guide, 1)
         return guide
 
@@ -604,7 +624,7 @@ class References:
         if self.eye_locator is None or eyes is None:
             return matrix
         face = eye_pair(eyes)
-        target = None if face is None else self._reference_eyes(reference, size)
+        target = None if face is None else self._person(reference, size)[0]
         if target is None:
             return matrix
         scale = REFERENCE_SIDE / size
@@ -616,12 +636,14 @@ class References:
         off = float(np.linalg.norm(landed - target, axis=1).max())
         return by_eyes if off > self.eye_tolerance * size else matrix
 
-    def _reference_eyes(self, reference: ReferenceFace, size: int) -> np.ndarray | None:
-        """A person's reference's eye centres at ``size`` by ``eye_locator`` (found once)."""
+    def _person(self, reference: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace | None]:
+        """A person's reference seen at ``size`` by ``eye_locator`` (once): its eye centres and the
+        face it lends its detail from (``PartsLocator.eyes_of``); Nones without that net."""
         key = (id(reference), size)
         if key not in self._persons:
-            self._persons[key] = (reference, self.eye_locator.eye_points(reference.crop, size))
-        return self._persons[key][1]
+            found = (None, None) if self.eye_locator is None else self.eye_locator.eyes_of(reference, size)
+            self._persons[key] = (reference, *found)
+        return self._persons[key][1:]
 
     def _lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
         key = id(exemplar)
