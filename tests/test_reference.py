@@ -530,3 +530,25 @@ def test_a_persons_reference_is_laid_on_the_face_by_its_eyes_where_the_shift_fit
     clean_only = References(given=[own], exemplars=[], memory=None, locator=PartsLocator(_ParsingEngine()))
     assert clean_only.guide(1, crop, visible, eyes).to_reference is None
 
+
+
+def test_a_persons_reference_lends_its_detail_without_its_eyes_and_feeds_the_generator_whole():
+    from stream.reference import PartsLocator
+
+    rng = np.random.default_rng(3)
+    texture = rng.uniform(-40, 40, (REFERENCE_SIDE, REFERENCE_SIDE, 1)).astype(np.float32)
+    own = ReferenceFace(np.clip(200 + texture, 0, 255).astype(np.uint8).repeat(3, 2), "me.png")
+    refs = References(given=[own], exemplars=[], memory=None, eye_locator=PartsLocator(_ParsingEngine()))
+    visible = np.zeros((128, 128), bool)
+    visible[20:60] = True
+    guide = refs.guide(1, np.full((128, 128, 3), 90, np.uint8), visible)
+    assert guide.reference is own  # what the generator sees
+    lent, _ = guide.lent()
+    k = REFERENCE_SIDE / 128
+    band = np.abs(lent.astype(np.float32) - cv2.GaussianBlur(lent.astype(np.float32), (0, 0), 2 * k))
+    # The eyes are drawn at rows 44-50 (crop pixels) of columns 36-52 and 76-92.
+    eyes = band[int(45 * k):int(49 * k), int(38 * k):int(50 * k)].mean()
+    mouth = band[int(88 * k):int(110 * k), int(40 * k):int(88 * k)].mean()
+    assert mouth > 8 * eyes  # no lower lids of open eyes under eyes that are closed now
+    own_band = np.abs(own.crop.astype(np.float32) - cv2.GaussianBlur(own.crop.astype(np.float32), (0, 0), 2 * k))
+    assert mouth > 0.9 * own_band[int(88 * k):int(110 * k), int(40 * k):int(88 * k)].mean()  # the rest as it was
