@@ -631,8 +631,8 @@ class References:
         by_eyes = eyes_map(face, target, scale=scale)
         if by_eyes is None:
             return matrix
-        current = _at_reference_side(np.eye(2, 3, dtype=np.float32), scale) if matrix is None else matrix
-        landed = (np.hstack([face, np.ones((2, 1), np.float32)]) @ current.T - (0.5 * scale - 0.5)) / scale
+        current = np.eye(2, 3, dtype=np.float32) if matrix is None else _at_crop_side(matrix, scale)
+        landed = np.hstack([face, np.ones((2, 1), np.float32)]) @ current.T
         off = float(np.linalg.norm(landed - target, axis=1).max())
         return by_eyes if off > self.eye_tolerance * size else matrix
 
@@ -689,8 +689,8 @@ class References:
         self._unsettled = {k: v for k, v in self._unsettled.items() if k in live}
         self._guides = {k: v for k, v in self._guides.items() if k in live}
         self._fitted = {k: v for k, v in self._fitted.items() if k in live}
-        # A remembered reference is replaced whenever a better view comes: keep only the eyes of
-        # those still in use, or a long live run would hold every view it ever had.
+        # A remembered reference is replaced whenever a better view comes: keep only what was
+        # found on those still in use, or a long live run would hold every view it ever had.
         used = {id(guide.reference) for guide, _ in self._guides.values()}
         self._persons = {k: v for k, v in self._persons.items() if k[0] in used}
         if self.memory is not None:
