@@ -16,7 +16,7 @@ from engines.models.generator import GeneratorConfig
 from engines.runtime import DeviceStream, Engine
 from stream.geometry import CropWindow
 from stream.records import Track
-from stream.reference import Guide, PartsLocator, References
+from stream.reference import Guide, PartsLocator, References, side_by_side
 from stream.smoothing import TemporalConfig
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,7 @@ class EyeGuard:
         inside = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= self.min_eye
                   and (deep & (labels == i)).sum() >= self.covered * stats[i, cv2.CC_STAT_AREA]]
         side = eyes.shape[0]
-        return any(abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side
-                   for k, a in enumerate(inside) for b in inside[k + 1:])
+        return any(side_by_side(centres[a], centres[b], side) for k, a in enumerate(inside) for b in inside[k + 1:])
 
     def keep(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> np.ndarray:
         """(S, S) float32 in [0, 1]: how much of each pixel's own value to keep (1 on the eyes,

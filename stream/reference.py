@@ -321,12 +321,9 @@ def part_points(labels: np.ndarray) -> np.ndarray | None:
     """(6, 2) float32 x, y of a face's parts in the pixels of ``labels`` ((S, S) int, the parsing
     net's classes): the eye centres (image-left, image-right), the nose's centre, the mouth's
     left and right ends and its centre. None when a part is missing."""
-    points = []
-    for part in (_EYE_LEFT, _EYE_RIGHT, _NOSE):
-        ys, xs = np.nonzero(labels == part)
-        if len(xs) < 4:
-            return None
-        points.append((xs.mean(), ys.mean()))
+    points = _centres(labels, (_EYE_LEFT, _EYE_RIGHT, _NOSE))
+    if points is None:
+        return None
     ys, xs = np.nonzero(np.isin(labels, _MOUTH))
     if len(xs) < 8:
         return None
@@ -337,16 +334,28 @@ def part_points(labels: np.ndarray) -> np.ndarray | None:
     return np.asarray(points, np.float32)
 
 
-def eye_points(labels: np.ndarray) -> np.ndarray | None:
-    """(2, 2) float32 x, y of the eye centres (image-left first) in the pixels of ``labels``
-    ((S, S) int, the parsing net's classes); None when an eye is missing."""
+def _centres(labels: np.ndarray, parts: tuple[int, ...]) -> list[tuple[float, float]] | None:
+    """x, y of the centre of each of ``parts`` in ``labels``; None when one has under 4 pixels."""
     points = []
-    for part in (_EYE_LEFT, _EYE_RIGHT):
+    for part in parts:
         ys, xs = np.nonzero(labels == part)
         if len(xs) < 4:
             return None
         points.append((xs.mean(), ys.mean()))
-    return np.asarray(sorted(points), np.float32)
+    return points
+
+
+def eye_points(labels: np.ndarray) -> np.ndarray | None:
+    """(2, 2) float32 x, y of the eye centres (image-left first) in the pixels of ``labels``
+    ((S, S) int, the parsing net's classes); None when an eye is missing."""
+    points = _centres(labels, (_EYE_LEFT, _EYE_RIGHT))
+    return None if points is None else np.asarray(sorted(points), np.float32)
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray, side: int) -> bool:
+    """Whether two areas' centres (x, y) in a crop of ``side`` pixels lie as a pair of eyes do:
+    at one height, apart."""
+    return abs(a[1] - b[1]) < 0.08 * side and abs(a[0] - b[0]) > 0.15 * side
 
 
 def eye_pair(eyes: np.ndarray, *, min_area: int = 10) -> np.ndarray | None:
@@ -357,7 +366,7 @@ def eye_pair(eyes: np.ndarray, *, min_area: int = 10) -> np.ndarray | None:
     side = eyes.shape[0]
     areas = [(stats[i, cv2.CC_STAT_AREA], i) for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     pairs = [(ka + kb, a, b) for n, (ka, a) in enumerate(areas) for kb, b in areas[n + 1:]
-             if abs(centres[a, 1] - centres[b, 1]) < 0.08 * side and abs(centres[a, 0] - centres[b, 0]) > 0.15 * side]
+             if side_by_side(centres[a], centres[b], side)]
     if not pairs:
         return None
     _, a, b = max(pairs)
