@@ -313,6 +313,12 @@ def _at_crop_side(matrix: np.ndarray, scale: float) -> np.ndarray:
     return (out / scale).astype(np.float32)
 
 
+# How far inside its own outline an exemplar lends detail (share of the crop side) and how soft that
+# edge is (pixels at the generator's size): the outline's shading is the strongest edge of a lower
+# face, and lent up to the outline it showed as a line across the cheek or a second jaw wherever
+# the exemplar's face is narrower than the one it fills (the office clip, the multi test clip).
+LEND_INSET = 0.05
+LEND_EDGE = 2.0
 # Parsing classes (engines.models.parsing.PARSING_CLASSES) whose centres pin a face's parts.
 _EYE_LEFT, _EYE_RIGHT, _NOSE, _MOUTH = 4, 5, 6, (7, 8, 9)
 
@@ -438,15 +444,23 @@ class PartsLocator:
         """crops: (N, S, S, 3) uint8 RGB. Per crop, ``part_points`` in its pixels."""
         return [part_points(one) for one in self.labels(crops)]
 
-    def lendable(self, exemplar: ReferenceFace, size: int) -> tuple[np.ndarray | None, ReferenceFace]:
+    def lendable(self, exemplar: ReferenceFace, size: int, *, inset: float = LEND_INSET,
+                 edge: float = LEND_EDGE) -> tuple[np.ndarray | None, ReferenceFace]:
         """An exemplar's ``part_points`` at ``size`` pixels, and the exemplar with its fine detail
-        kept inside its face only: its hairline, jaw edge and background would be lent as
-        ghost edges wherever its face is narrower than the one it fills."""
+        kept inside its face only, ``inset`` of the side in from its outline, over a soft edge of
+        ``edge`` pixels (a Gaussian's sigma at ``size``): its hairline, jaw and cheek outline and
+        background would be lent as lines wherever its face is narrower than the one it fills."""
         small = cv2.resize(exemplar.crop, (size, size), interpolation=cv2.INTER_AREA)
         labels = self.labels(small[None])[0]
         points = part_points(labels)
         px = exemplar.crop.shape[0] / size
-        face = (labels > 0).astype(np.float32)
+        face = (labels > 0).astype(np.uint8)
+        reach = int(round(inset * size))
+        if reach > 0:
+            face = cv2.erode(face, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)))
+        face = face.astype(np.float32)
+        if edge > 0:
+            face = cv2.GaussianBlur(face, (0, 0), edge)
         if points is not None:
             # Only below the eyes, where a mask lies: the eyes are the face's own, and the band under
             # them holds an exemplar's glasses rims and eye bags.

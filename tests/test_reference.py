@@ -395,6 +395,29 @@ def test_an_exemplar_is_fitted_to_the_completed_face_and_lends_only_its_lower_fa
     assert refs.fit_parts(8, own, completed) is own
 
 
+def test_an_exemplar_lends_nothing_along_its_own_outline():
+    # Its outline's shading, lent where the face it fills is wider, showed as a line on the cheek.
+    from stream.reference import PartsLocator
+
+    rng = np.random.default_rng(2)
+    texture = rng.uniform(-40, 40, (REFERENCE_SIDE, REFERENCE_SIDE, 1)).astype(np.float32)
+    exemplar = ReferenceFace(np.clip(200 + texture, 0, 255).astype(np.uint8).repeat(3, 2), "exemplar z", exemplar=True)
+    locator = PartsLocator(_ParsingEngine())
+    k = REFERENCE_SIDE / 128
+
+    def lent(inset: float) -> tuple[float, float]:
+        crop = locator.lendable(exemplar, 128, inset=inset)[1].crop.astype(np.float32)
+        band = np.abs(crop - cv2.GaussianBlur(crop, (0, 0), 2 * k))
+        rows = slice(int(92 * k), int(110 * k))
+        # The drawn skin's outline is at x = 24 and 104 (see _parts_labels).
+        return band[rows, int(24 * k):int(29 * k)].mean(), band[rows, int(44 * k):int(84 * k)].mean()
+
+    edge_bare, middle_bare = lent(0.0)
+    edge_inset, middle_inset = lent(0.05)
+    assert edge_bare > 5 and edge_inset < 0.3 * edge_bare
+    assert middle_inset > 0.9 * middle_bare
+
+
 def test_a_track_settles_on_the_short_listed_exemplar_whose_mouth_agrees_with_the_drawn_one():
     from stream.reference import PartsLocator
 
