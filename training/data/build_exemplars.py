@@ -102,9 +102,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mouth-gap", type=float, default=0.03,
                    help="widest inner-lip gap over mouth width (closed mouths: no lent teeth)")
     p.add_argument("--crop-scale", type=float, default=1.2, help="the generator's crop_scale")
-    p.add_argument("--denoise", type=float, default=0.0,
-                   help="non-local means strength on each source photo before it is cut, 0 for none (e.g. 3: "
-                        "UTKFace's JPEG blocks, magnified with the face, are otherwise lent as a grid over the cheeks)")
+    p.add_argument("--denoise", type=float, default=3.0,
+                   help="non-local means strength on each source photo before it is cut, 0 for none (3, the "
+                        "shipped bank's: UTKFace's JPEG blocks, magnified with the face, are otherwise lent as a "
+                        "grid over the cheeks)")
     p.add_argument("--exclude", nargs="*", default=list(WATERMARKED + COVERED), metavar="NAME",
                    help="UTKFace file names to leave out, each replaced by the next face of its group (default: the "
                         "faces with a watermark or a hand, a moustache or jewellery over the lower face, WATERMARKED "
