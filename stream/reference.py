@@ -386,23 +386,12 @@ def eyes_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.nda
     the scale to the face boxes, and a masked face's box is larger than the same face's unmasked
     one, so the reference's eyes were lent into the hole below the face's own. None when the
     fit would scale or turn the face beyond what a pose change explains."""
-    return similarity_map(face, reference, scale=scale, max_turn=np.radians(20))
-
-
-def similarity_map(face: np.ndarray, reference: np.ndarray, *, scale: float,
-                   max_turn: float | None = None) -> np.ndarray | None:
-    """2x3 similarity (scale, turn, shift) from crop pixels to reference pixels, least squares on
-    matching points ((N, 2), N >= 2: the face's in crop pixels, the reference's in pixels ``scale``
-    times smaller than the reference's). None when the points coincide or the fit would scale the
-    face by more than a third (or turn it by more than ``max_turn`` radians)."""
     p, q = face[:, 0] + 1j * face[:, 1], reference[:, 0] + 1j * reference[:, 1]
-    pc, qc = p - p.mean(), q - q.mean()
-    spread = float((np.abs(pc) ** 2).sum())
-    if spread < 1.0:
+    if abs(p[1] - p[0]) < 1.0:
         return None
-    a = (np.conj(pc) @ qc) / spread
-    b = q.mean() - a * p.mean()
-    if not 0.75 <= abs(a) <= 1.33 or (max_turn is not None and abs(np.angle(a)) > max_turn):
+    a = (q[1] - q[0]) / (p[1] - p[0])
+    b = q[0] - a * p[0]
+    if not 0.75 <= abs(a) <= 1.33 or abs(np.angle(a)) > np.radians(20):
         return None
     at_size = np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], np.float32)
     return _at_reference_side(at_size, scale)
@@ -494,12 +483,17 @@ def _detail_kept(image: np.ndarray, keep: np.ndarray, px: float) -> np.ndarray:
 
 
 def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:
-    """2x3 similarity from crop pixels to reference pixels fitted on matching ``part_points``
-    (``similarity_map``). Not a full affine: the parts of a completed face are parsed from the
-    generator's soft drawing, and an affine followed their errors with a shear that lent the
-    exemplar's lips lopsided; where the stranger's proportions differ (a wider mouth, a longer
-    nose), a similarity lends them undistorted instead of stretching them to fit."""
-    return similarity_map(face, reference, scale=scale)
+    """2x3 affine from crop pixels to reference pixels fitted on matching ``part_points`` (face's
+    in crop pixels, reference's in pixels ``scale`` times smaller than the reference's); None
+    when the fit would squash, stretch or turn the face beyond what a pose change explains."""
+    a = np.hstack([face, np.ones((len(face), 1), np.float32)])
+    solution, *_ = np.linalg.lstsq(a, reference, rcond=None)
+    at_size = solution.T.astype(np.float32)
+    singular = np.linalg.svd(at_size[:, :2], compute_uv=False)
+    matrix = _at_reference_side(at_size, scale)
+    if singular.min() < 0.75 or singular.max() > 1.33 or np.linalg.det(at_size[:, :2]) <= 0:
+        return None
+    return matrix
 
 
 @dataclass(frozen=True)
