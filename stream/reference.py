@@ -37,6 +37,8 @@ DETAIL_SIDE_MAX = 384
 EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
 # Exemplars short-listed by the upper face before the drawn lower face picks one (References).
 EXEMPLAR_SHORTLIST = 1
+# Under this age (the exemplar bank's UTKFace labels) a face is a child's, for the age cue (AgeCue).
+CHILD_AGE = 13
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
 # the part of a masked face that is still visible, so the part references are matched on.
@@ -56,12 +58,14 @@ class ReferenceFace:
     source: where it came from, for the log and the report; exemplar: another person's face
     (its detail is lent more softly than the person's own); detail: the same window at a larger
     side (R, R, 3) uint8 RGB, R > REFERENCE_SIDE, where the face was seen that large (None: crop
-    is all there is); only the detail band lent at frame resolution is taken from it."""
+    is all there is); only the detail band lent at frame resolution is taken from it; age: an
+    exemplar's age in years, as its photo was labelled (None: not known)."""
 
     crop: np.ndarray
     source: str
     exemplar: bool = False
     detail: np.ndarray | None = field(default=None, repr=False, compare=False)
+    age: int | None = None
     signature: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -207,7 +211,9 @@ class IdentityMemory:
 
 def load_exemplars(path: Path) -> list[ReferenceFace]:
     """The exemplar bank: an .npz with ``crops`` (N, S, S, 3) uint8 RGB JPEG-decoded crops stored
-    as ``jpeg`` (N,) object-free byte strings concatenated with ``offsets`` (N + 1,)."""
+    as ``jpeg`` (N,) object-free byte strings concatenated with ``offsets`` (N + 1,), and ``names``
+    (N,): their UTKFace file names, ``age_gender_race_date.jpg``, which give each its age (other
+    names: none)."""
     with np.load(path, allow_pickle=False) as data:
         blob, offsets = data["jpeg"], data["offsets"]
         names = [str(n) for n in data["names"]]
@@ -217,7 +223,8 @@ def load_exemplars(path: Path) -> list[ReferenceFace]:
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if rgb.shape[:2] != (REFERENCE_SIDE, REFERENCE_SIDE):
             rgb = cv2.resize(rgb, (REFERENCE_SIDE, REFERENCE_SIDE), interpolation=cv2.INTER_AREA)
-        out.append(ReferenceFace(rgb, f"exemplar {name}", exemplar=True))
+        head = name.split("_", 1)[0]
+        out.append(ReferenceFace(rgb, f"exemplar {name}", exemplar=True, age=int(head) if head.isdigit() else None))
     return out
 
 
@@ -397,6 +404,25 @@ def eyes_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.nda
     return _at_reference_side(at_size, scale)
 
 
+class AgeCue:
+    """Whether the face above a mask is a child's (under ``CHILD_AGE``), by the age cue net (model
+    ``age_cue``, ``engines.models.verifier``: input ``image`` (N, 3, S, S) RGB [0, 1], the face's
+    crop window; output ``logit`` (N,); it sees only the rows above ``config.visible_rows``, so a
+    mask, worn or not, does not count). The upper-face signature alone lent a baby's mouth to a man."""
+
+    def __init__(self, engine: Engine, config) -> None:
+        self.engine = engine
+        self.config = config
+
+    def is_child(self, crop: np.ndarray) -> bool:
+        """crop: (S, S, 3) uint8 RGB, the face's crop window at the net's ``crop_scale``, any S."""
+        side = self.config.size
+        small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+        image = torch.from_numpy(small).permute(2, 0, 1)[None].float().div_(255.0)
+        logit = self.engine.run({"image": image.to(self.engine.device)})["logit"]
+        return float(torch.sigmoid(logit.float())[0]) >= self.config.threshold
+
+
 class PartsLocator:
     """Where the eyes, nose and mouth of face crops are, by the project's face-parsing net
     (``engines.models.parsing``, model ``parsing``: input ``image`` (N, 3, S, S) RGB [0, 1],
@@ -545,12 +571,16 @@ class References:
     would lay them more than ``eye_tolerance`` of the crop side off, the fit by the eyes is taken
     (a masked face's box is larger than the same face's unmasked one, so its second pair of eyes
     was lent into the hole). One net for both: on one face the masked-face net's eye centres lie
-    8 % further apart than the plain net's, and a fit across the two nets scaled the reference wrong."""
+    8 % further apart than the plain net's, and a fit across the two nets scaled the reference wrong.
+
+    With an ``age_cue``, a child borrows only from the bank's children and anyone else only from its
+    adults (exemplars without an age from either)."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
                  memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3,
                  locator: PartsLocator | None = None, eye_locator: PartsLocator | None = None,
-                 eye_tolerance: float = 0.025, shortlist: int = EXEMPLAR_SHORTLIST) -> None:
+                 eye_tolerance: float = 0.025, shortlist: int = EXEMPLAR_SHORTLIST,
+                 age_cue: AgeCue | None = None) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
@@ -562,6 +592,7 @@ class References:
         if shortlist < 1:
             raise ValueError(f"the exemplar shortlist must hold at least one, got {shortlist}")
         self.shortlist = shortlist
+        self.age_cue = age_cue
         self._chosen: dict[int, ReferenceFace | None] = {}
         self._unsettled: dict[int, list[ReferenceFace]] = {}
         self._guides: dict[int, tuple[Guide, int]] = {}
@@ -693,7 +724,7 @@ class References:
             signature = upper_face_signature(cv2.resize(crop, (REFERENCE_SIDE, REFERENCE_SIDE)))
             chosen = best_match(signature, self.given)
             if chosen is None:
-                ranked = ranked_matches(signature, self.exemplars, by_tone=12)[:self.shortlist]
+                ranked = ranked_matches(signature, self._exemplars_for(track_id, crop), by_tone=12)[:self.shortlist]
                 chosen = ranked[0] if ranked else None
                 if len(ranked) > 1 and self.locator is not None:
                     self._unsettled[track_id] = ranked
@@ -701,6 +732,14 @@ class References:
             if chosen is not None:
                 logger.info("track %d: reference %s", track_id, chosen.source)
         return self._chosen[track_id]
+
+    def _exemplars_for(self, track_id: int, crop: np.ndarray) -> list[ReferenceFace]:
+        if self.age_cue is None:
+            return self.exemplars
+        child = self.age_cue.is_child(crop)
+        logger.info("track %d: %s face", track_id, "a child's" if child else "an adult's")
+        alike = [e for e in self.exemplars if e.age is None or (e.age < CHILD_AGE) == child]
+        return alike or self.exemplars
 
     def prefer(self, reference: ReferenceFace) -> None:
         """From now on ``reference`` is every track's (the user picked it, over memory and exemplars)."""

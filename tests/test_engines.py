@@ -235,11 +235,11 @@ def _as_if_trained(model: torch.nn.Module) -> None:
                 m.running_var.uniform_(0.5, 2.0)
 
 
-@pytest.mark.parametrize("name", ["verifier", "face_verifier"])
-def test_verifier_exports_with_parity(tmp_path, name):
+@pytest.mark.parametrize(("name", "visible_rows"), [("verifier", 1.0), ("face_verifier", 1.0), ("age_cue", 0.46)])
+def test_verifier_exports_with_parity(tmp_path, name, visible_rows):
     from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 
-    config = VerifierConfig(size=32, width=8, threshold=0.3)
+    config = VerifierConfig(size=32, width=8, threshold=0.3, visible_rows=visible_rows)
     torch.manual_seed(4)
     model = build_verifier(config=config)
     _as_if_trained(model)

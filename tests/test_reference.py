@@ -5,12 +5,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from engines.models.verifier import VerifierConfig
 from stream.geometry import CropWindow
 from stream.records import Detections
 from stream.reference import (
     EXEMPLARS,
     REFERENCE_SIDE,
+    AgeCue,
     IdentityMemory,
     MemorySettings,
     ReferenceError,
@@ -105,12 +108,48 @@ def test_references_prefer_memory_then_given_then_an_exemplar_of_the_same_tone()
 
 def test_exemplar_bank_round_trips_and_ships(tmp_path):
     crops = [_face(i) for i in range(3)]
-    save_exemplars(tmp_path / "bank.npz", crops, ["a.jpg", "b.jpg", "c.jpg"])
+    save_exemplars(tmp_path / "bank.npz", crops, ["4_1_0_2017.jpg", "b.jpg", "c.jpg"])
     loaded = load_exemplars(tmp_path / "bank.npz")
-    assert [r.source for r in loaded] == ["exemplar a.jpg", "exemplar b.jpg", "exemplar c.jpg"]
+    assert [r.source for r in loaded] == ["exemplar 4_1_0_2017.jpg", "exemplar b.jpg", "exemplar c.jpg"]
+    assert [r.age for r in loaded] == [4, None, None]
     assert all(r.exemplar for r in loaded)
     assert np.abs(loaded[0].crop.astype(int) - crops[0]).mean() < 3  # JPEG at quality 92
     assert len(load_exemplars(EXEMPLARS)) >= 100
+
+
+class _AgeEngine:
+    """The age cue's interface with a fixed answer: a child or not, and the crops it was shown."""
+
+    def __init__(self, child: bool):
+        self.child, self.seen, self.device = child, [], torch.device("cpu")
+
+    def run(self, feeds):
+        self.seen.append(feeds["image"].shape)
+        return {"logit": torch.full((feeds["image"].shape[0],), 4.0 if self.child else -4.0)}
+
+
+def test_the_age_cue_keeps_a_child_to_the_banks_children_and_an_adult_to_its_adults():
+    face = _face(1)
+    child, adult, unknown = (ReferenceFace(face, "exemplar child", exemplar=True, age=4),
+                             ReferenceFace(_face(2), "exemplar adult", exemplar=True, age=30),
+                             ReferenceFace(_face(3), "exemplar unknown", exemplar=True))
+    config = VerifierConfig(size=32, threshold=0.5, visible_rows=0.46)
+    # The upper face alone picks the child's exemplar: it is the same face.
+    assert References(given=[], exemplars=[child, adult], memory=None).for_track(1, face).source == "exemplar child"
+    engine = _AgeEngine(child=False)
+    refs = References(given=[], exemplars=[child, adult], memory=None, age_cue=AgeCue(engine, config))
+    assert refs.for_track(1, face).source == "exemplar adult"
+    assert engine.seen == [(1, 3, 32, 32)]
+    refs.for_track(1, face)
+    assert len(engine.seen) == 1  # asked once per track
+    assert References(given=[], exemplars=[child, adult], memory=None,
+                      age_cue=AgeCue(_AgeEngine(child=True), config)).for_track(1, _face(2)).source == "exemplar child"
+    # An exemplar of no known age may lend to anyone; a bank with none of the kind lends from all.
+    only_children = References(given=[], exemplars=[child, unknown], memory=None,
+                               age_cue=AgeCue(_AgeEngine(child=False), config))
+    assert only_children.for_track(1, face).source == "exemplar unknown"
+    assert References(given=[], exemplars=[child], memory=None,
+                      age_cue=AgeCue(_AgeEngine(child=False), config)).for_track(1, face).source == "exemplar child"
 
 
 def test_paste_takes_the_fine_band_from_the_detail_crop():

@@ -50,7 +50,7 @@ from training.data.detector_data import DataUnavailableError, DetectorDataConfig
 from training.data.negatives import (
     NONFACE_ANNOTATIONS, is_labelled_nonface, masked_photo_files, negative_files, nonfaces_by_photo,
 )
-from training.train.train_verifier import augment, held_out_probs, train_step, verdict_rates
+from training.train.train_verifier import augment, blur_half, held_out_probs, train_step, verdict_rates
 
 logger = logging.getLogger(__name__)
 
@@ -188,20 +188,6 @@ def collect_scenes(out: Collector, detector, data: DetectorSceneDataset, count: 
     return false_faces
 
 
-def _blur(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Half the batch blurred (video frames: motion, focus, compression), by one random sigma."""
-    sigma = float(torch.empty(1).uniform_(0.5, 1.8, generator=generator))
-    r = 3
-    x = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = batch.shape[1]
-    blurred = F.conv2d(F.pad(batch, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    pick = torch.rand(batch.shape[0], generator=generator) < 0.5
-    return torch.where(pick[:, None, None, None], blurred, batch)
-
-
 def choose_threshold(probs: np.ndarray, labels: np.ndarray, *, min_recall: float) -> float:
     """The highest threshold that keeps at least ``min_recall`` of ``labels == 1`` (capped at 0.5)."""
     faces = np.sort(probs[labels == 1])
@@ -268,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         # As many faces as windows without one per batch.
         idx = torch.cat([pos[torch.randint(len(pos), (half,), generator=gen)],
                          neg[torch.randint(len(neg), (args.batch_size - half,), generator=gen)]])
-        batch = _blur(augment(x[idx].float().div(255.0), gen), gen)
+        batch = blur_half(augment(x[idx].float().div(255.0), gen), gen)
         train_step(opt, sched, F.binary_cross_entropy_with_logits(model(batch), y[idx]), step)
 
     probs = held_out_probs(model, val_crops)

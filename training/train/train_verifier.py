@@ -127,6 +127,20 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (batch * gain).clamp(0, 1)
 
 
+def blur_half(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Half the batch blurred (video frames: motion, focus, compression), by one random sigma."""
+    sigma = float(torch.empty(1).uniform_(0.5, 1.8, generator=generator))
+    r = 3
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = batch.shape[1]
+    blurred = F.conv2d(F.pad(batch, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    pick = torch.rand(batch.shape[0], generator=generator) < 0.5
+    return torch.where(pick[:, None, None, None], blurred, batch)
+
+
 def train_step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor, step: int) -> None:
     """One optimiser and schedule step on ``loss``, logged every 250 steps."""
     opt.zero_grad(set_to_none=True)
