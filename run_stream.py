@@ -38,7 +38,7 @@ from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
 from stream.reference import (
-    AgeCue,
+    FaceCue,
     EXEMPLAR_SHORTLIST,
     EXEMPLARS,
     IdentityMemory,
@@ -115,9 +115,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplars", default="on", choices=["on", "off"],
                    help="without a reference, lips, nostrils and skin texture from the closest face of the shipped "
                         "exemplar bank, fitted to the face the generator draws (off: the generator's smooth face)")
-    p.add_argument("--age-cue", default="off", choices=["on", "off"],
-                   help="with exemplars: a small net tells a child's face above the mask from an adult's, and each "
-                        "borrows only from exemplars of its own kind (off: picked by the upper face alone)")
+    p.add_argument("--man-cue", default="off", choices=["on", "off"],
+                   help="with exemplars: a small net tells a grown man's face above the mask from a woman's or a "
+                        "child's; a man borrows from the bank's clean-shaven men (off: from its women and children)")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"],
                    help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces "
                         "finds them every 5 frames; off: the mask grown by a few pixels is filled, lower eyelids "
@@ -199,7 +199,7 @@ class ModelChoice:
     verifier_weights: Path | None = None
     face_verifier: bool = False
     parsing: bool = True  # the face-parsing net: fits exemplars to faces
-    age_cue: bool = False  # a child's face or an adult's: which exemplars it may borrow from
+    man_cue: bool = False  # a grown man's face or not: which exemplars it may borrow from
     eye_parsing: bool = True  # its form trained on masked faces: finds the eyes above a mask (EyeGuard)
 
 
@@ -248,7 +248,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights,
                            face_verifier=args.face_verifier == "on",
                            parsing=args.exemplars == "on", eye_parsing=args.eye_guard == "on",
-                           age_cue=args.exemplars == "on" and args.age_cue == "on"),
+                           man_cue=args.exemplars == "on" and args.man_cue == "on"),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
                                   still_mask_score=args.photo_mask_score,
                                   keep_score=min(DetectorSettings.keep_score, args.mask_score),
@@ -278,14 +278,14 @@ class Models:
     generator_noref: LoadedModel | None = None  # a reference-conditioned generator's form without one
     parsing: LoadedModel | None = None
     eye_parsing: LoadedModel | None = None
-    age_cue: LoadedModel | None = None
+    man_cue: LoadedModel | None = None
 
     def describe(self) -> dict[str, object]:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
             for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.face_verifier,
-                      self.parsing, self.eye_parsing, self.age_cue)
+                      self.parsing, self.eye_parsing, self.man_cue)
             if m is not None
         }
 
@@ -305,7 +305,7 @@ def load_models(choice: ModelChoice) -> Models:
         # No int8 variant: it runs once every few frames per face.
         parsing=load_model("parsing", **dict(kwargs, precision="fp32")) if choice.parsing else None,
         eye_parsing=load_model("parsing_masked", **dict(kwargs, precision="fp32")) if choice.eye_parsing else None,
-        age_cue=load_model("age_cue", **dict(kwargs, precision="fp32")) if choice.age_cue else None,
+        man_cue=load_model("man_cue", **dict(kwargs, precision="fp32")) if choice.man_cue else None,
     )
 
 
@@ -354,7 +354,7 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
         locator=PartsLocator(models.parsing.engine) if models.parsing is not None else None,
         eye_locator=eye_locator,
         shortlist=config.exemplar_shortlist,
-        age_cue=AgeCue(models.age_cue.engine, models.age_cue.config) if models.age_cue is not None else None,
+        man_cue=FaceCue(models.man_cue.engine, models.man_cue.config) if models.man_cue is not None else None,
     )
     live = config.live == "on" or (config.live == "auto" and source.live)
     stages = [

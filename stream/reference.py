@@ -37,8 +37,9 @@ DETAIL_SIDE_MAX = 384
 EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
 # Exemplars short-listed by the upper face before the drawn lower face picks one (References).
 EXEMPLAR_SHORTLIST = 1
-# Under this age (the exemplar bank's UTKFace labels) a face is a child's, for the age cue (AgeCue).
+# Under this age (UTKFace's labels) a face is a child's; a man from this age on is a grown man (FaceCue).
 CHILD_AGE = 13
+MAN_AGE = 16
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
 # the part of a masked face that is still visible, so the part references are matched on.
@@ -58,14 +59,14 @@ class ReferenceFace:
     source: where it came from, for the log and the report; exemplar: another person's face
     (its detail is lent more softly than the person's own); detail: the same window at a larger
     side (R, R, 3) uint8 RGB, R > REFERENCE_SIDE, where the face was seen that large (None: crop
-    is all there is); only the detail band lent at frame resolution is taken from it; age: an
-    exemplar's age in years, as its photo was labelled (None: not known)."""
+    is all there is); only the detail band lent at frame resolution is taken from it; man: an
+    exemplar of a grown man, as its photo was labelled, lent only to a face the man cue takes for one."""
 
     crop: np.ndarray
     source: str
     exemplar: bool = False
     detail: np.ndarray | None = field(default=None, repr=False, compare=False)
-    age: int | None = None
+    man: bool = False
     signature: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -212,8 +213,8 @@ class IdentityMemory:
 def load_exemplars(path: Path) -> list[ReferenceFace]:
     """The exemplar bank: an .npz with ``crops`` (N, S, S, 3) uint8 RGB JPEG-decoded crops stored
     as ``jpeg`` (N,) object-free byte strings concatenated with ``offsets`` (N + 1,), and ``names``
-    (N,): their UTKFace file names, ``age_gender_race_date.jpg``, which give each its age (other
-    names: none)."""
+    (N,): their UTKFace file names, ``age_gender_race_date.jpg``, which say who is a grown man
+    (``MAN_AGE`` or older, gender 0; any other name: not)."""
     with np.load(path, allow_pickle=False) as data:
         blob, offsets = data["jpeg"], data["offsets"]
         names = [str(n) for n in data["names"]]
@@ -223,9 +224,13 @@ def load_exemplars(path: Path) -> list[ReferenceFace]:
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if rgb.shape[:2] != (REFERENCE_SIDE, REFERENCE_SIDE):
             rgb = cv2.resize(rgb, (REFERENCE_SIDE, REFERENCE_SIDE), interpolation=cv2.INTER_AREA)
-        head = name.split("_", 1)[0]
-        out.append(ReferenceFace(rgb, f"exemplar {name}", exemplar=True, age=int(head) if head.isdigit() else None))
+        out.append(ReferenceFace(rgb, f"exemplar {name}", exemplar=True, man=_labelled_man(name)))
     return out
+
+
+def _labelled_man(name: str) -> bool:
+    fields = name.split("_")
+    return len(fields) > 2 and fields[0].isdigit() and int(fields[0]) >= MAN_AGE and fields[1] == "0"
 
 
 def save_exemplars(path: Path, crops: list[np.ndarray], names: list[str], *, quality: int = 92) -> None:
@@ -404,17 +409,17 @@ def eyes_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.nda
     return _at_reference_side(at_size, scale)
 
 
-class AgeCue:
-    """Whether the face above a mask is a child's (under ``CHILD_AGE``), by the age cue net (model
-    ``age_cue``, ``engines.models.verifier``: input ``image`` (N, 3, S, S) RGB [0, 1], the face's
-    crop window; output ``logit`` (N,); it sees only the rows above ``config.visible_rows``, so a
-    mask, worn or not, does not count). The upper-face signature alone lent a baby's mouth to a man."""
+class FaceCue:
+    """A yes/no question about the face above a mask, asked of a face cue net (model ``man_cue``,
+    ``engines.models.verifier``: input ``image`` (N, 3, S, S) RGB [0, 1], the face's crop window;
+    output ``logit`` (N,); it sees only the rows above ``config.visible_rows``, so a mask, worn or
+    not, does not count)."""
 
     def __init__(self, engine: Engine, config) -> None:
         self.engine = engine
         self.config = config
 
-    def is_child(self, crop: np.ndarray) -> bool:
+    def __call__(self, crop: np.ndarray) -> bool:
         """crop: (S, S, 3) uint8 RGB, the face's crop window at the net's ``crop_scale``, any S."""
         side = self.config.size
         small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
@@ -573,14 +578,15 @@ class References:
     was lent into the hole). One net for both: on one face the masked-face net's eye centres lie
     8 % further apart than the plain net's, and a fit across the two nets scaled the reference wrong.
 
-    With an ``age_cue``, a child borrows only from the bank's children and anyone else only from its
-    adults (exemplars without an age from either)."""
+    The bank's grown men are lent only to a face the ``man_cue`` takes for a grown man, who borrows
+    only from them (from the rest where the bank has none); anyone else borrows from the rest, its
+    women and children: the upper-face signature alone lent a baby's mouth to a man."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
                  memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3,
                  locator: PartsLocator | None = None, eye_locator: PartsLocator | None = None,
                  eye_tolerance: float = 0.025, shortlist: int = EXEMPLAR_SHORTLIST,
-                 age_cue: AgeCue | None = None) -> None:
+                 man_cue: FaceCue | None = None) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
@@ -592,7 +598,7 @@ class References:
         if shortlist < 1:
             raise ValueError(f"the exemplar shortlist must hold at least one, got {shortlist}")
         self.shortlist = shortlist
-        self.age_cue = age_cue
+        self.man_cue = man_cue
         self._chosen: dict[int, ReferenceFace | None] = {}
         self._unsettled: dict[int, list[ReferenceFace]] = {}
         self._guides: dict[int, tuple[Guide, int]] = {}
@@ -734,12 +740,11 @@ class References:
         return self._chosen[track_id]
 
     def _exemplars_for(self, track_id: int, crop: np.ndarray) -> list[ReferenceFace]:
-        if self.age_cue is None:
-            return self.exemplars
-        child = self.age_cue.is_child(crop)
-        logger.info("track %d: %s face", track_id, "a child's" if child else "an adult's")
-        alike = [e for e in self.exemplars if e.age is None or (e.age < CHILD_AGE) == child]
-        return alike or self.exemplars
+        man = self.man_cue is not None and self.man_cue(crop)
+        if self.man_cue is not None:
+            logger.info("track %d: %s", track_id, "a grown man" if man else "not a grown man")
+        alike = [e for e in self.exemplars if e.man == man]
+        return alike if alike or not man else [e for e in self.exemplars if not e.man]
 
     def prefer(self, reference: ReferenceFace) -> None:
         """From now on ``reference`` is every track's (the user picked it, over memory and exemplars)."""

@@ -235,7 +235,7 @@ def _as_if_trained(model: torch.nn.Module) -> None:
                 m.running_var.uniform_(0.5, 2.0)
 
 
-@pytest.mark.parametrize(("name", "visible_rows"), [("verifier", 1.0), ("face_verifier", 1.0), ("age_cue", 0.46)])
+@pytest.mark.parametrize(("name", "visible_rows"), [("verifier", 1.0), ("face_verifier", 1.0), ("man_cue", 0.46)])
 def test_verifier_exports_with_parity(tmp_path, name, visible_rows):
     from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 

@@ -13,7 +13,7 @@ from stream.records import Detections
 from stream.reference import (
     EXEMPLARS,
     REFERENCE_SIDE,
-    AgeCue,
+    FaceCue,
     IdentityMemory,
     MemorySettings,
     ReferenceError,
@@ -108,48 +108,44 @@ def test_references_prefer_memory_then_given_then_an_exemplar_of_the_same_tone()
 
 def test_exemplar_bank_round_trips_and_ships(tmp_path):
     crops = [_face(i) for i in range(3)]
-    save_exemplars(tmp_path / "bank.npz", crops, ["4_1_0_2017.jpg", "b.jpg", "c.jpg"])
+    save_exemplars(tmp_path / "bank.npz", crops, ["30_0_0_2017.jpg", "8_0_1_2017.jpg", "c.jpg"])
     loaded = load_exemplars(tmp_path / "bank.npz")
-    assert [r.source for r in loaded] == ["exemplar 4_1_0_2017.jpg", "exemplar b.jpg", "exemplar c.jpg"]
-    assert [r.age for r in loaded] == [4, None, None]
+    assert [r.source for r in loaded] == ["exemplar 30_0_0_2017.jpg", "exemplar 8_0_1_2017.jpg", "exemplar c.jpg"]
+    assert [r.man for r in loaded] == [True, False, False]  # a grown man; a boy; no labels
     assert all(r.exemplar for r in loaded)
     assert np.abs(loaded[0].crop.astype(int) - crops[0]).mean() < 3  # JPEG at quality 92
     assert len(load_exemplars(EXEMPLARS)) >= 100
 
 
-class _AgeEngine:
-    """The age cue's interface with a fixed answer: a child or not, and the crops it was shown."""
+class _CueEngine:
+    """A face cue's interface with a fixed answer, and the crops it was shown."""
 
-    def __init__(self, child: bool):
-        self.child, self.seen, self.device = child, [], torch.device("cpu")
+    def __init__(self, yes: bool):
+        self.yes, self.seen, self.device = yes, [], torch.device("cpu")
 
     def run(self, feeds):
         self.seen.append(feeds["image"].shape)
-        return {"logit": torch.full((feeds["image"].shape[0],), 4.0 if self.child else -4.0)}
+        return {"logit": torch.full((feeds["image"].shape[0],), 4.0 if self.yes else -4.0)}
 
 
-def test_the_age_cue_keeps_a_child_to_the_banks_children_and_an_adult_to_its_adults():
+def test_the_banks_men_are_lent_only_to_a_face_the_man_cue_takes_for_a_man():
     face = _face(1)
-    child, adult, unknown = (ReferenceFace(face, "exemplar child", exemplar=True, age=4),
-                             ReferenceFace(_face(2), "exemplar adult", exemplar=True, age=30),
-                             ReferenceFace(_face(3), "exemplar unknown", exemplar=True))
+    man, woman = (ReferenceFace(face, "exemplar man", exemplar=True, man=True),
+                  ReferenceFace(_face(2), "exemplar woman", exemplar=True))
     config = VerifierConfig(size=32, threshold=0.5, visible_rows=0.46)
-    # The upper face alone picks the child's exemplar: it is the same face.
-    assert References(given=[], exemplars=[child, adult], memory=None).for_track(1, face).source == "exemplar child"
-    engine = _AgeEngine(child=False)
-    refs = References(given=[], exemplars=[child, adult], memory=None, age_cue=AgeCue(engine, config))
-    assert refs.for_track(1, face).source == "exemplar adult"
+    # Without the cue the men are never lent, however alike.
+    assert References(given=[], exemplars=[man, woman], memory=None).for_track(1, face).source == "exemplar woman"
+    engine = _CueEngine(yes=True)
+    refs = References(given=[], exemplars=[man, woman], memory=None, man_cue=FaceCue(engine, config))
+    assert refs.for_track(1, _face(2)).source == "exemplar man"
     assert engine.seen == [(1, 3, 32, 32)]
     refs.for_track(1, face)
     assert len(engine.seen) == 1  # asked once per track
-    assert References(given=[], exemplars=[child, adult], memory=None,
-                      age_cue=AgeCue(_AgeEngine(child=True), config)).for_track(1, _face(2)).source == "exemplar child"
-    # An exemplar of no known age may lend to anyone; a bank with none of the kind lends from all.
-    only_children = References(given=[], exemplars=[child, unknown], memory=None,
-                               age_cue=AgeCue(_AgeEngine(child=False), config))
-    assert only_children.for_track(1, face).source == "exemplar unknown"
-    assert References(given=[], exemplars=[child], memory=None,
-                      age_cue=AgeCue(_AgeEngine(child=False), config)).for_track(1, face).source == "exemplar child"
+    not_a_man = References(given=[], exemplars=[man, woman], memory=None, man_cue=FaceCue(_CueEngine(yes=False), config))
+    assert not_a_man.for_track(1, face).source == "exemplar woman"
+    # A bank without men (the one shipped before them) still lends to a man.
+    assert References(given=[], exemplars=[woman], memory=None,
+                      man_cue=FaceCue(_CueEngine(yes=True), config)).for_track(1, face).source == "exemplar woman"
 
 
 def test_paste_takes_the_fine_band_from_the_detail_crop():

@@ -50,7 +50,7 @@ from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
 from stream.reference import (
     EXEMPLAR_SHORTLIST,
     EXEMPLARS,
-    AgeCue,
+    FaceCue,
     PartsLocator,
     References,
     load_exemplars,
@@ -189,7 +189,7 @@ class PartsScore:
 
 
 def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, exemplars, crop_scale: float,
-             locator=None, eye_locator=None, shortlist: int = EXEMPLAR_SHORTLIST, age_cue=None):
+             locator=None, eye_locator=None, shortlist: int = EXEMPLAR_SHORTLIST, man_cue=None):
     """The pipeline's photo path on one case; None when no mask is found."""
     found = detector(case.masked)
     tracker = FaceTracker(TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1),
@@ -205,7 +205,7 @@ def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, ex
         given = [person_reference(case.reference, ref.boxes[0], crop_scale=crop_scale, source=case.name)]
     references = None if mode == "blur" else References(
         given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None, locator=locator,
-        eye_locator=eye_locator, shortlist=shortlist, age_cue=age_cue)
+        eye_locator=eye_locator, shortlist=shortlist, man_cue=man_cue)
     return inpainter_for(references)(case.masked, tracks), found
 
 
@@ -229,7 +229,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
     p.add_argument("--exemplar-shortlist", type=int, default=EXEMPLAR_SHORTLIST, help="as run_stream.py's")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"], help="as run_stream.py --eye-guard")
-    p.add_argument("--age-cue", default="off", choices=["on", "off"], help="as run_stream.py --age-cue")
+    p.add_argument("--man-cue", default="off", choices=["on", "off"], help="as run_stream.py --man-cue")
     p.add_argument("--exemplars", type=Path, default=EXEMPLARS, help="the exemplar bank (.npz) of the exemplar mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     # As run_stream.py: the eyes above the mask are found by the net trained on masked faces.
     eye_locator = PartsLocator(load_model("parsing_masked", backend="torch", device="cpu", threads=args.threads).engine
                                ) if args.eye_guard == "on" else None
-    age = load_model("age_cue", backend="torch", device="cpu", threads=args.threads) if args.age_cue == "on" else None
-    age_cue = AgeCue(age.engine, age.config) if age is not None else None
+    man = load_model("man_cue", backend="torch", device="cpu", threads=args.threads) if args.man_cue == "on" else None
+    man_cue = FaceCue(man.engine, man.config) if man is not None else None
 
     def inpainter_for(references):
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 done = complete(case, mode, detector=detector, inpainter_for=inpainter_for, exemplars=exemplars,
                                 crop_scale=gen.config.crop_scale, locator=locator, eye_locator=eye_locator,
-                                shortlist=args.exemplar_shortlist, age_cue=age_cue)
+                                shortlist=args.exemplar_shortlist, man_cue=man_cue)
                 if done is None:
                     break
                 outs[mode] = done

@@ -1,23 +1,25 @@
-"""Train the age cue: is the face above the mask a child's? (engines/models/verifier.py, the mask
-verifier's architecture asked another question, seeing only the upper face.)
+"""Train a face cue: a yes/no question about the face above the mask, asked of its upper rows only
+(engines/models/verifier.py, the mask verifier's architecture).
 
-    python -m training.train.train_age_cue --out runs/age_cue
+    python -m training.train.train_face_cue --question man --out runs/man_cue
 
-Without a reference, a track borrows the detail of an exemplar picked by its upper face's grey
-levels and skin tone, and that signature cannot tell a man from a boy: 73 of the bank's 158 faces
-are under ten, and the man of the test clips was lent a baby's mouth (2026-12-07). The cue is asked
-once per track; an adult then draws only on the bank's adults and a child on its children.
+Without a reference, a track borrows the detail of an exemplar picked by its upper face's grey levels
+and skin tone, and that signature cannot tell a man from a woman or a boy: the bank held no grown man
+(``build_exemplars --beardless``), and the man of the test clips was lent a baby's mouth (2026-12-07).
+The cue is asked once per track and says which part of the bank it may borrow from
+(``stream.reference.References``). ``--question man``: a man of ``MAN_AGE`` or older (UTKFace's
+gender and age labels); ``child``: anyone under ``CHILD_AGE`` (the age cue, judged and not kept).
 
 Faces: UTKFace's generator training split only (``generator_data.split_records``, so the held-out
-faces the completion is measured on stay unseen), labelled by the age in their file names: a child
-is under ``--child-age``. Each is cut with the generator's crop window around its landmark face box,
-jittered as a detector's box would be; the net sees the rows above ``visible_rows`` (the config's,
-grey below), and in training the grey starts up to 8 % higher still, since a mask worn high
-covers the nose bridge. Batches are half children, half adults; flips, colour gain, and half of each
-batch blurred as video frames are. Every 10th training face is held out to choose the threshold: the
-lowest probability that calls at most ``--max-fpr`` of the held-out adults children (a child lent an
-adult's lips looks older; a man lent a baby's looks wrong). OUT/age_cue.pt holds the weights with
-that threshold, OUT/log.json the held-out numbers and those on the 500 faces of the validation split.
+faces the completion is measured on stay unseen), labelled from their file names. Each is cut with
+the generator's crop window around its landmark face box, jittered as a detector's box would be; the
+net sees the rows above ``visible_rows`` (the config's, grey below), and in training the grey starts
+up to 8 % higher still, since a mask worn high covers the nose bridge. Batches are half yes, half no;
+flips, colour gain, and half of each batch blurred as video frames are. Every 10th training face is
+held out to choose the threshold: the lowest probability that says yes to at most ``--max-fpr`` of the
+held-out noes (a woman lent a man's mouth is the harm; a man who is not recognised keeps the bank's
+women and children, as before). OUT/<question>_cue.pt holds the weights with that threshold,
+OUT/log.json the held-out numbers and those on the 500 faces of the validation split.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 
 from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 from stream.geometry import CropWindow
-from stream.reference import CHILD_AGE
+from stream.reference import CHILD_AGE, MAN_AGE
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.generator_data import FaceDataError, FaceRecord, load_face_records, read_rgb, split_records
 from training.data.synth import face_box_from_landmarks
@@ -46,11 +48,12 @@ logger = logging.getLogger(__name__)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train the age cue (a child's face above the mask or not).")
+    p = argparse.ArgumentParser(description="Train a face cue (a question about the face above the mask).")
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared data root")
     p.add_argument("--landmarks", type=Path, default=Path("cache/utkface_landmarks.npz"))
-    p.add_argument("--out", type=Path, default=Path("runs/age_cue"))
-    p.add_argument("--child-age", type=int, default=CHILD_AGE, help="under this age (UTKFace's label) is a child")
+    p.add_argument("--out", type=Path, default=Path("runs/man_cue"))
+    p.add_argument("--question", default="man", choices=sorted(QUESTIONS),
+                   help=f"man: a man of {MAN_AGE} or older; child: anyone under {CHILD_AGE} (UTKFace's labels)")
     p.add_argument("--visible-rows", type=float, default=0.46,
                    help="share of the crop window's rows, from the top, the net sees")
     p.add_argument("--jitters", type=int, default=2, help="jittered crops per training face")
@@ -58,15 +61,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--max-fpr", type=float, default=0.01, help="held-out adults called children, at most")
+    p.add_argument("--max-fpr", type=float, default=0.01, help="held-out noes answered yes, at most")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
-def age_of(record: FaceRecord) -> int:
-    """UTKFace's age label: the first field of ``age_gender_race_date.jpg``."""
-    return int(record.path.name.split("_", 1)[0])
+def labels_of(record: FaceRecord) -> tuple[int, int]:
+    """UTKFace's age and gender labels (0: male) from ``age_gender_race_date.jpg``."""
+    age, gender = record.path.name.split("_")[:2]
+    return int(age), int(gender)
+
+
+QUESTIONS = {
+    "man": lambda age, gender: gender == 0 and age >= MAN_AGE,
+    "child": lambda age, gender: age < CHILD_AGE,
+}
 
 
 def face_crops(records: list[FaceRecord], *, config: VerifierConfig, jitters: int, spread: float,
@@ -112,17 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     train = [r for i, r in enumerate(train) if i % 10]
     t0 = time.time()
     crops, owners = face_crops(train, config=config, jitters=args.jitters, spread=0.08, rng=rng)
-    labels = np.array([age_of(train[i]) < args.child_age for i in owners], np.uint8)
+    answer = QUESTIONS[args.question]
+    labels = np.array([answer(*labels_of(train[i])) for i in owners], np.uint8)
     held_crops, _ = face_crops(held, config=config, jitters=1, spread=0.04, rng=rng)
-    held_labels = np.array([age_of(r) < args.child_age for r in held], np.uint8)
+    held_labels = np.array([answer(*labels_of(r)) for r in held], np.uint8)
     val_crops, _ = face_crops(validation, config=config, jitters=1, spread=0.0, rng=rng)
-    val_labels = np.array([age_of(r) < args.child_age for r in validation], np.uint8)
-    logger.info("%d training crops (%.0f %% children), %d held out, %d validation, in %.0f s",
-                len(labels), 100 * labels.mean(), len(held_labels), len(val_labels), time.time() - t0)
+    val_labels = np.array([answer(*labels_of(r)) for r in validation], np.uint8)
+    logger.info("%d training crops (%.0f %% yes to %r), %d held out, %d validation, in %.0f s",
+                len(labels), 100 * labels.mean(), args.question, len(held_labels), len(val_labels), time.time() - t0)
 
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).float()
-    children, adults = torch.nonzero(y == 1)[:, 0], torch.nonzero(y == 0)[:, 0]
+    yes, no = torch.nonzero(y == 1)[:, 0], torch.nonzero(y == 0)[:, 0]
     model = build_verifier(config=config)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
@@ -130,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     half = args.batch_size // 2
     for step in range(1, args.steps + 1):
-        idx = torch.cat([children[torch.randint(len(children), (half,), generator=gen)],
-                         adults[torch.randint(len(adults), (args.batch_size - half,), generator=gen)]])
+        idx = torch.cat([yes[torch.randint(len(yes), (half,), generator=gen)],
+                         no[torch.randint(len(no), (args.batch_size - half,), generator=gen)]])
         batch = blur_half(augment(x[idx].float().div(255.0), gen), gen)
         batch = grey_lower(batch, gen, rows=config.visible_rows, lift=0.08)
         train_step(opt, sched, F.binary_cross_entropy_with_logits(model(batch), y[idx]), step)
@@ -139,15 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     held_probs = held_out_probs(model, held_crops)
     threshold = choose_threshold(held_probs, held_labels, max_fpr=args.max_fpr)
     report = {
-        "child_age": args.child_age, "train_crops": int(len(labels)), "steps": args.steps,
-        "held_out": {"faces": int(len(held_labels)), "children": int(held_labels.sum()),
+        "question": args.question, "train_crops": int(len(labels)), "steps": args.steps,
+        "held_out": {"faces": int(len(held_labels)), "yes": int(held_labels.sum()),
                      **verdict_rates(held_probs, held_labels, threshold)},
-        "validation": {"faces": int(len(val_labels)), "children": int(val_labels.sum()),
+        "validation": {"faces": int(len(val_labels)), "yes": int(val_labels.sum()),
                        **verdict_rates(held_out_probs(model, val_crops), val_labels, threshold)},
         "seconds": round(time.time() - t0),
     }
     logger.info("held out: %s", report)
-    save_verifier(model, dataclasses.replace(config, threshold=threshold), args.out / "age_cue.pt", meta=report)
+    save_verifier(model, dataclasses.replace(config, threshold=threshold), args.out / f"{args.question}_cue.pt", meta=report)
     (args.out / "log.json").write_text(json.dumps(report, indent=1))
     return 0
 

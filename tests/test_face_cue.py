@@ -1,4 +1,4 @@
-"""The age cue: a verifier that sees only the rows above the mask, and its training data."""
+"""Face cues: a verifier that sees only the rows above the mask, and its training data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from engines.models.verifier import VerifierConfig, build_verifier
 from training.data.generator_data import FaceRecord
-from training.train.train_age_cue import age_of, grey_lower
+from training.train.train_face_cue import QUESTIONS, grey_lower, labels_of
 
 
 def test_rows_below_visible_rows_do_not_change_the_answer():
@@ -39,7 +39,10 @@ def test_grey_lower_greys_from_a_row_at_or_above_the_visible_share():
     assert min(starts) >= 20 and max(starts) <= 25 and len(set(starts)) > 1
 
 
-def test_age_is_utkfaces_first_field():
+def test_the_questions_read_utkfaces_labels():
     landmarks = np.zeros((68, 2), np.float32)
-    assert age_of(FaceRecord(Path("faces/7_1_0_20170109.jpg"), landmarks)) == 7
-    assert age_of(FaceRecord(Path("faces/45_0_3_20170117.jpg"), landmarks)) == 45
+    faces = [FaceRecord(Path(f"faces/{name}"), landmarks)
+             for name in ("7_1_0_20170109.jpg", "45_0_3_20170117.jpg", "12_0_1_20170101.jpg", "30_1_2_20170101.jpg")]
+    assert [labels_of(f) for f in faces] == [(7, 1), (45, 0), (12, 0), (30, 1)]
+    assert [QUESTIONS["man"](*labels_of(f)) for f in faces] == [False, True, False, False]
+    assert [QUESTIONS["child"](*labels_of(f)) for f in faces] == [True, False, True, False]
