@@ -34,15 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
+from engines.models.verifier import VerifierConfig, save_verifier
 from stream.geometry import CropWindow
 from stream.reference import CHILD_AGE, MAN_AGE
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.generator_data import FaceDataError, FaceRecord, load_face_records, read_rgb, split_records
 from training.data.synth import face_box_from_landmarks
-from training.train.train_verifier import augment, blur_half, choose_threshold, held_out_probs, train_step, verdict_rates
+from training.train.train_verifier import choose_threshold, held_out_probs, train_balanced, verdict_rates
 
 logger = logging.getLogger(__name__)
 
@@ -131,21 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d training crops (%.0f %% yes to %r), %d held out, %d validation, in %.0f s",
                 len(labels), 100 * labels.mean(), args.question, len(held_labels), len(val_labels), time.time() - t0)
 
-    x = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(labels).float()
-    yes, no = torch.nonzero(y == 1)[:, 0], torch.nonzero(y == 0)[:, 0]
-    model = build_verifier(config=config)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(args.seed)
-    model.train()
-    half = args.batch_size // 2
-    for step in range(1, args.steps + 1):
-        idx = torch.cat([yes[torch.randint(len(yes), (half,), generator=gen)],
-                         no[torch.randint(len(no), (args.batch_size - half,), generator=gen)]])
-        batch = blur_half(augment(x[idx].float().div(255.0), gen), gen)
-        batch = grey_lower(batch, gen, rows=config.visible_rows, lift=0.08)
-        train_step(opt, sched, F.binary_cross_entropy_with_logits(model(batch), y[idx]), step)
+    model = train_balanced(config, crops, labels, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           seed=args.seed,
+                           transform=lambda batch, gen: grey_lower(batch, gen, rows=config.visible_rows, lift=0.08))
 
     held_probs = held_out_probs(model, held_crops)
     threshold = choose_threshold(held_probs, held_labels, max_fpr=args.max_fpr)
