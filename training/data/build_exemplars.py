@@ -159,7 +159,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="UTKFace file names to leave out, each replaced by the next face of its group (default: the "
                         "faces with a watermark or a hand, a moustache or jewellery over the lower face, WATERMARKED "
                         "and COVERED; none: --exclude alone)")
-    p.add_argument("--shaven-men", type=int, default=0, metavar="N",
+    p.add_argument("--shaven-men", type=int, default=4, metavar="N",
                    help="add up to N clean-shaven men of 18-45 per (age bucket, ethnicity) group, lent only to faces "
                         "the man cue takes for a man's (0: none)")
     p.add_argument("--seed", type=int, default=0)
