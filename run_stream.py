@@ -38,7 +38,6 @@ from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import make_progress
 from stream.records import Frame
 from stream.reference import (
-    FaceCue,
     EXEMPLAR_SHORTLIST,
     EXEMPLARS,
     IdentityMemory,
@@ -115,9 +114,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplars", default="on", choices=["on", "off"],
                    help="without a reference, lips, nostrils and skin texture from the closest face of the shipped "
                         "exemplar bank, fitted to the face the generator draws (off: the generator's smooth face)")
-    p.add_argument("--man-cue", default="off", choices=["on", "off"],
-                   help="with exemplars: a small net tells a grown man's face above the mask from a woman's or a "
-                        "child's; a man borrows from the bank's clean-shaven men (off: from its women and children)")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"],
                    help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces "
                         "finds them every 5 frames; off: the mask grown by a few pixels is filled, lower eyelids "
@@ -199,7 +195,6 @@ class ModelChoice:
     verifier_weights: Path | None = None
     face_verifier: bool = False
     parsing: bool = True  # the face-parsing net: fits exemplars to faces
-    man_cue: bool = False  # a grown man's face or not: which exemplars it may borrow from
     eye_parsing: bool = True  # its form trained on masked faces: finds the eyes above a mask (EyeGuard)
 
 
@@ -247,8 +242,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                            detector_weights=args.detector_weights, generator_weights=args.generator_weights,
                            verifier=args.verifier == "on", verifier_weights=args.verifier_weights,
                            face_verifier=args.face_verifier == "on",
-                           parsing=args.exemplars == "on", eye_parsing=args.eye_guard == "on",
-                           man_cue=args.exemplars == "on" and args.man_cue == "on"),
+                           parsing=args.exemplars == "on", eye_parsing=args.eye_guard == "on"),
         detector=DetectorSettings(face_score=args.face_score, mask_score=args.mask_score,
                                   still_mask_score=args.photo_mask_score,
                                   keep_score=min(DetectorSettings.keep_score, args.mask_score),
@@ -278,14 +272,13 @@ class Models:
     generator_noref: LoadedModel | None = None  # a reference-conditioned generator's form without one
     parsing: LoadedModel | None = None
     eye_parsing: LoadedModel | None = None
-    man_cue: LoadedModel | None = None
 
     def describe(self) -> dict[str, object]:
         return {
             m.name: {"weights": m.weights.name, "sha256": file_sha256(m.weights)[:16],
                      "backend": m.engine.backend, "precision": m.precision, "device": str(m.engine.device)}
             for m in (self.detector, self.generator, self.generator_noref, self.verifier, self.face_verifier,
-                      self.parsing, self.eye_parsing, self.man_cue)
+                      self.parsing, self.eye_parsing)
             if m is not None
         }
 
@@ -305,7 +298,6 @@ def load_models(choice: ModelChoice) -> Models:
         # No int8 variant: it runs once every few frames per face.
         parsing=load_model("parsing", **dict(kwargs, precision="fp32")) if choice.parsing else None,
         eye_parsing=load_model("parsing_masked", **dict(kwargs, precision="fp32")) if choice.eye_parsing else None,
-        man_cue=load_model("man_cue", **dict(kwargs, precision="fp32")) if choice.man_cue else None,
     )
 
 
@@ -354,7 +346,6 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
         locator=PartsLocator(models.parsing.engine) if models.parsing is not None else None,
         eye_locator=eye_locator,
         shortlist=config.exemplar_shortlist,
-        man_cue=FaceCue(models.man_cue.engine, models.man_cue.config) if models.man_cue is not None else None,
     )
     live = config.live == "on" or (config.live == "auto" and source.live)
     stages = [

@@ -138,8 +138,6 @@ MODELS: dict[str, ModelSpec] = {
     # The same architecture asked whether a detected masked face is a face at all (not a hand, an
     # arm or shiny clothes).
     "face_verifier": ModelSpec("face_verifier", "face_verifier.pt", _load_verifier, _verifier_specs, "dynamo"),
-    # And whether the face above a mask is a grown man's (it sees the upper rows only): which exemplars it may borrow.
-    "man_cue": ModelSpec("man_cue", "man_cue.pt", _load_verifier, _verifier_specs, "dynamo"),
     # Where an exemplar's eyes, nose and mouth are, and those of the face it lends detail to.
     "parsing": ModelSpec("parsing", "face_parsing.pt", _load_parsing, _parsing_specs, "dynamo"),
     # The same net fine-tuned on faces wearing drawn masks: where the eyes are above a worn mask (EyeGuard).

@@ -50,10 +50,10 @@ def calibration_feeds(name: str, images: Sequence[np.ndarray], *, weights: Path 
     if name == "detector":
         hw = tuple(detector.config.input_size)
         return [{"image": detector_input(im, hw)[0].numpy()} for im in images]
-    if name in ("verifier", "face_verifier", "man_cue", "parsing", "parsing_masked"):
+    if name in ("verifier", "face_verifier", "parsing", "parsing_masked"):
         model = load_model(name, backend="torch", device="cpu", weights=weights)
         find = FaceDetector(detector.engine, detector.config)
-        if name in ("verifier", "face_verifier", "man_cue"):
+        if name in ("verifier", "face_verifier"):
             s, crop_scale = model.config.size, model.config.crop_scale
         else:  # the generator's crop windows, where the pipeline locates a face's parts
             generator = load_model("generator", backend="torch", device="cpu")

@@ -37,9 +37,6 @@ DETAIL_SIDE_MAX = 384
 EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
 # Exemplars short-listed by the upper face before the drawn lower face picks one (References).
 EXEMPLAR_SHORTLIST = 1
-# Under this age (UTKFace's labels) a face is a child's; a man from this age on is a grown man (FaceCue).
-CHILD_AGE = 13
-MAN_AGE = 16
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
 # the part of a masked face that is still visible, so the part references are matched on.
@@ -59,14 +56,12 @@ class ReferenceFace:
     source: where it came from, for the log and the report; exemplar: another person's face
     (its detail is lent more softly than the person's own); detail: the same window at a larger
     side (R, R, 3) uint8 RGB, R > REFERENCE_SIDE, where the face was seen that large (None: crop
-    is all there is); only the detail band lent at frame resolution is taken from it; man: an
-    exemplar of a grown man, as its photo was labelled, lent only to a face the man cue takes for one."""
+    is all there is); only the detail band lent at frame resolution is taken from it."""
 
     crop: np.ndarray
     source: str
     exemplar: bool = False
     detail: np.ndarray | None = field(default=None, repr=False, compare=False)
-    man: bool = False
     signature: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -212,9 +207,7 @@ class IdentityMemory:
 
 def load_exemplars(path: Path) -> list[ReferenceFace]:
     """The exemplar bank: an .npz with ``crops`` (N, S, S, 3) uint8 RGB JPEG-decoded crops stored
-    as ``jpeg`` (N,) object-free byte strings concatenated with ``offsets`` (N + 1,), and ``names``
-    (N,): their UTKFace file names, ``age_gender_race_date.jpg``, which say who is a grown man
-    (``MAN_AGE`` or older, gender 0; any other name: not)."""
+    as ``jpeg`` (N,) object-free byte strings concatenated with ``offsets`` (N + 1,)."""
     with np.load(path, allow_pickle=False) as data:
         blob, offsets = data["jpeg"], data["offsets"]
         names = [str(n) for n in data["names"]]
@@ -224,13 +217,8 @@ def load_exemplars(path: Path) -> list[ReferenceFace]:
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if rgb.shape[:2] != (REFERENCE_SIDE, REFERENCE_SIDE):
             rgb = cv2.resize(rgb, (REFERENCE_SIDE, REFERENCE_SIDE), interpolation=cv2.INTER_AREA)
-        out.append(ReferenceFace(rgb, f"exemplar {name}", exemplar=True, man=_labelled_man(name)))
+        out.append(ReferenceFace(rgb, f"exemplar {name}", exemplar=True))
     return out
-
-
-def _labelled_man(name: str) -> bool:
-    fields = name.split("_")
-    return len(fields) > 2 and fields[0].isdigit() and int(fields[0]) >= MAN_AGE and fields[1] == "0"
 
 
 def save_exemplars(path: Path, crops: list[np.ndarray], names: list[str], *, quality: int = 92) -> None:
@@ -409,25 +397,6 @@ def eyes_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.nda
     return _at_reference_side(at_size, scale)
 
 
-class FaceCue:
-    """A yes/no question about the face above a mask, asked of a face cue net (model ``man_cue``,
-    ``engines.models.verifier``: input ``image`` (N, 3, S, S) RGB [0, 1], the face's crop window;
-    output ``logit`` (N,); it sees only the rows above ``config.visible_rows``, so a mask, worn or
-    not, does not count)."""
-
-    def __init__(self, engine: Engine, config) -> None:
-        self.engine = engine
-        self.config = config
-
-    def __call__(self, crop: np.ndarray) -> bool:
-        """crop: (S, S, 3) uint8 RGB, the face's crop window at the net's ``crop_scale``, any S."""
-        side = self.config.size
-        small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
-        image = torch.from_numpy(small).permute(2, 0, 1)[None].float().div_(255.0)
-        logit = self.engine.run({"image": image.to(self.engine.device)})["logit"]
-        return float(torch.sigmoid(logit.float())[0]) >= self.config.threshold
-
-
 class PartsLocator:
     """Where the eyes, nose and mouth of face crops are, by the project's face-parsing net
     (``engines.models.parsing``, model ``parsing``: input ``image`` (N, 3, S, S) RGB [0, 1],
@@ -576,17 +545,12 @@ class References:
     would lay them more than ``eye_tolerance`` of the crop side off, the fit by the eyes is taken
     (a masked face's box is larger than the same face's unmasked one, so its second pair of eyes
     was lent into the hole). One net for both: on one face the masked-face net's eye centres lie
-    8 % further apart than the plain net's, and a fit across the two nets scaled the reference wrong.
-
-    The bank's grown men are lent only to a face the ``man_cue`` takes for a grown man, who borrows
-    only from them (from the rest where the bank has none); anyone else borrows from the rest, its
-    women and children: the upper-face signature alone lent a baby's mouth to a man."""
+    8 % further apart than the plain net's, and a fit across the two nets scaled the reference wrong."""
 
     def __init__(self, *, given: list[ReferenceFace], exemplars: list[ReferenceFace],
                  memory: IdentityMemory | None, realign: int = 5, follow: float = 0.3,
                  locator: PartsLocator | None = None, eye_locator: PartsLocator | None = None,
-                 eye_tolerance: float = 0.025, shortlist: int = EXEMPLAR_SHORTLIST,
-                 man_cue: FaceCue | None = None) -> None:
+                 eye_tolerance: float = 0.025, shortlist: int = EXEMPLAR_SHORTLIST) -> None:
         self.given = given
         self.exemplars = exemplars
         self.memory = memory
@@ -598,7 +562,6 @@ class References:
         if shortlist < 1:
             raise ValueError(f"the exemplar shortlist must hold at least one, got {shortlist}")
         self.shortlist = shortlist
-        self.man_cue = man_cue
         self._chosen: dict[int, ReferenceFace | None] = {}
         self._unsettled: dict[int, list[ReferenceFace]] = {}
         self._guides: dict[int, tuple[Guide, int]] = {}
@@ -730,7 +693,7 @@ class References:
             signature = upper_face_signature(cv2.resize(crop, (REFERENCE_SIDE, REFERENCE_SIDE)))
             chosen = best_match(signature, self.given)
             if chosen is None:
-                ranked = ranked_matches(signature, self._exemplars_for(track_id, crop), by_tone=12)[:self.shortlist]
+                ranked = ranked_matches(signature, self.exemplars, by_tone=12)[:self.shortlist]
                 chosen = ranked[0] if ranked else None
                 if len(ranked) > 1 and self.locator is not None:
                     self._unsettled[track_id] = ranked
@@ -738,13 +701,6 @@ class References:
             if chosen is not None:
                 logger.info("track %d: reference %s", track_id, chosen.source)
         return self._chosen[track_id]
-
-    def _exemplars_for(self, track_id: int, crop: np.ndarray) -> list[ReferenceFace]:
-        man = self.man_cue is not None and self.man_cue(crop)
-        if self.man_cue is not None:
-            logger.info("track %d: %s", track_id, "a grown man" if man else "not a grown man")
-        alike = [e for e in self.exemplars if e.man == man]
-        return alike if alike or not man else [e for e in self.exemplars if not e.man]
 
     def prefer(self, reference: ReferenceFace) -> None:
         """From now on ``reference`` is every track's (the user picked it, over memory and exemplars)."""

@@ -17,6 +17,25 @@ from engines.runtime import BackendUnavailableError, EngineError, EngineMismatch
 
 
 @pytest.fixture(scope="module")
+def tiny_weights(tiny_weights, tmp_path_factory) -> tuple[Path, Path]:
+    """conftest's, but the detector's proposal and class scores spread apart. Untrained, every box
+    scores 0.334 to within 1e-5, so which proposals and boxes survive the cuts turns on float rounding:
+    with torch on one thread (as after any test that ran run_stream.main) ORT and torch kept
+    different boxes."""
+    from engines.models.detector import DetectorConfig, build_detector, save_detector
+
+    det_cfg = DetectorConfig(input_size=(128, 128))
+    torch.manual_seed(0)
+    model = build_detector(det_cfg)
+    with torch.no_grad():
+        for layer in (model.rpn.head.cls_logits, model.roi_heads.box_predictor.cls_score):
+            layer.weight.mul_(50.0)
+    path = tmp_path_factory.mktemp("spread") / "detector.pt"
+    save_detector(model, det_cfg, path, meta={"untrained": True})
+    return path, tiny_weights[1]
+
+
+@pytest.fixture(scope="module")
 def exported(tiny_weights, tmp_path_factory) -> Path:
     artifacts = tmp_path_factory.mktemp("artifacts")
     det, gen = tiny_weights
@@ -235,11 +254,11 @@ def _as_if_trained(model: torch.nn.Module) -> None:
                 m.running_var.uniform_(0.5, 2.0)
 
 
-@pytest.mark.parametrize(("name", "visible_rows"), [("verifier", 1.0), ("face_verifier", 1.0), ("man_cue", 0.46)])
-def test_verifier_exports_with_parity(tmp_path, name, visible_rows):
+@pytest.mark.parametrize("name", ["verifier", "face_verifier"])
+def test_verifier_exports_with_parity(tmp_path, name):
     from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 
-    config = VerifierConfig(size=32, width=8, threshold=0.3, visible_rows=visible_rows)
+    config = VerifierConfig(size=32, width=8, threshold=0.3)
     torch.manual_seed(4)
     model = build_verifier(config=config)
     _as_if_trained(model)

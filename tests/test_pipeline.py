@@ -531,10 +531,8 @@ def test_command_line_becomes_one_frozen_run_config():
     args = run_stream.get_args_parser().parse_args([
         "--input", "in.mp4", "--output", "out.mp4", "--face-score", "0.8", "--temporal", "off", "--live", "on",
         "--queue-size", "2", "--verifier", "on", "--face-verifier", "on", "--crf", "30",
-        "--man-cue", "on",
     ])
     config = run_stream.config_from_args(args)
-    assert config.models.man_cue
     assert config.detector.face_score == 0.8 and not config.temporal.enabled and config.live == "on"
     assert config.pipeline.queue_size == 2 and config.models.verifier and config.encoder.crf == 30
     assert config.models.face_verifier

@@ -34,24 +34,18 @@ class VerifierConfig:
     """size: side of the square input crop; width: channels of the first layer (doubling per
     stage to 4x); crop_scale: the crop window around the face box, as the generator's;
     threshold: probability above which a face counts as masked (chosen on the training
-    run's validation scenes and stored with the weights); visible_rows: the share of the input's
-    rows, from the top, that the net sees; below, it sets the image to grey itself, so a question
-    about the face above a mask cannot be answered by the mask (the age cue) and every caller
-    feeds the same crop window."""
+    run's validation scenes and stored with the weights)."""
 
     size: int = 64
     width: int = 16
     crop_scale: float = 1.2
     threshold: float = 0.5
-    visible_rows: float = 1.0
 
     def __post_init__(self) -> None:
         if self.size % 16 or self.size < 32:
             raise ValueError(f"size must be a multiple of 16 and >= 32, got {self.size}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if not 0.0 < self.visible_rows <= 1.0:
-            raise ValueError(f"visible_rows must be in (0, 1], got {self.visible_rows}")
 
 
 def _stage(cin: int, cout: int) -> nn.Sequential:
@@ -66,13 +60,9 @@ class MaskVerifier(nn.Module):
         a = config.width
         self.features = nn.Sequential(_stage(3, a), _stage(a, 2 * a), _stage(2 * a, 4 * a), _stage(4 * a, 4 * a))
         self.head = nn.Linear(4 * a, 1)
-        seen = torch.zeros(1, 1, config.size, 1)
-        seen[:, :, :int(round(config.visible_rows * config.size))] = 1.0
-        self.register_buffer("seen", seen, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # (image - 0.5) * 2 is the [-1, 1] input; rows not seen are 0 there, grey.
-        feat = self.features((image * 2.0 - 1.0) * self.seen).mean(dim=(2, 3))
+        feat = self.features(image * 2.0 - 1.0).mean(dim=(2, 3))
         return self.head(feat)[:, 0]
 
 

@@ -7,9 +7,7 @@ Faces come from the generator's training split only (``generator_data.split_reco
 held-out face can be its own exemplar. They are nearly frontal, with open eyes and a closed
 mouth, beardless (women and children) and up to 45, spread over UTKFace's age, gender and
 ethnicity labels (from the file names), and cut as the generator's crop window
-(``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels. With ``--shaven-men``, grown men whose
-chin and upper lip show no beard, stubble or moustache follow them: they are lent only to faces the
-man cue takes for a man's (``stream.reference.References``).
+(``stream.reference.cut_face``) at ``REFERENCE_SIDE`` pixels.
 """
 
 from __future__ import annotations
@@ -37,9 +35,7 @@ WATERMARKED = ("13_1_0_20170109204923296.jpg", "26_1_1_20170112213007903.jpg", "
 COVERED = ("9_0_0_20170110224736067.jpg", "5_1_3_20161219230446729.jpg", "19_1_0_20170116163837603.jpg",
            "18_1_1_20170114030232014.jpg", "24_1_2_20170116174805466.jpg", "12_0_0_20170110224603045.jpg",
            "3_1_2_20161219141400280.jpg", "26_1_2_20170116175458291.jpg", "26_1_3_20170112212035747.jpg",
-           "23_1_0_20170116221829199.jpg",
-           # A grey moustache, lighter than the skin: ``shaven`` looks for a darker or rougher lip.
-           "45_0_3_20170119201227781.jpg")
+           "23_1_0_20170116221829199.jpg")
 
 
 def _labels(name: str) -> tuple[int, int, int] | None:
@@ -84,51 +80,6 @@ def choose(records, *, per_group: int, seed: int, beardless: bool = True, min_ag
     return chosen
 
 
-def _region(shape: tuple[int, ...], lm: np.ndarray, *polygons: tuple[int, ...]) -> np.ndarray:
-    mask = np.zeros(shape[:2], np.uint8)
-    for points in polygons:
-        cv2.fillPoly(mask, [np.round(lm[list(points)]).astype(np.int32)], 1)
-    return mask > 0
-
-
-def shaven(image: np.ndarray, lm: np.ndarray, *, min_light: float = 0.95, max_rough: float = 1.15) -> bool:
-    """Whether a face's chin and upper lip are clean-shaven: the median luminance of each at least
-    ``min_light`` of the cheeks' (a beard, a moustache or their shadow darkens it) and their fine-band
-    energy at most ``max_rough`` times the cheeks' (stubble roughens them). ``image``: (H, W, 3)
-    uint8 RGB; ``lm``: its (68, 2) dlib landmarks."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    fine = np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 1.5))
-    chin = _region(image.shape, lm, (5, 6, 7, 8, 9, 10, 11, 57))
-    lip = _region(image.shape, lm, (48, 31, 32, 33, 34, 35, 54, 52, 51, 50))
-    cheeks = _region(image.shape, lm, (1, 2, 3, 48, 31, 39), (15, 14, 13, 54, 35, 42))
-    if not chin.any() or not lip.any() or not cheeks.any():
-        return False
-    skin = max(float(np.median(grey[cheeks])), 1.0)
-    light = min(float(np.median(grey[chin])), float(np.median(grey[lip]))) / skin
-    rough = float(fine[chin | lip].mean()) / max(float(fine[cheeks].mean()), 1e-3)
-    return light >= min_light and rough <= max_rough
-
-
-def choose_men(records, *, per_group: int, seed: int, min_age: int = 18, max_age: int = 45,
-               mouth_gap: float = 0.03, exclude: frozenset[str] = frozenset()) -> list:
-    """Up to ``per_group`` clean-shaven (``shaven``) grown men of each (age bucket, ethnicity) group,
-    nearly frontal with a closed mouth as in ``choose``; only their photos are read."""
-    rng = np.random.default_rng(seed)
-    groups: dict[tuple[int, int, int], list] = {}
-    for r in records:
-        key = _labels(r.path.name)
-        if (key is None or key[1] != 0 or r.path.name in exclude or abs(face_turn(r.landmarks) - 0.5) > 0.06
-                or _mouth_open(r.landmarks) > mouth_gap or not min_age <= int(r.path.name.split("_")[0]) <= max_age):
-            continue
-        groups.setdefault(key, []).append(r)
-    chosen = []
-    for key in sorted(groups):
-        members = groups[key]
-        kept = [r for r in (members[i] for i in rng.permutation(len(members))) if shaven(read_rgb(r.path), r.landmarks)]
-        chosen += kept[:per_group]
-    return chosen
-
-
 def deblock(image: np.ndarray, strength: float) -> np.ndarray:
     """(H, W, 3) uint8 RGB photo cleaned by non-local means. Done on the photo as stored, where its JPEG
     blocks sit on their own 8-pixel grid, before the crop resamples them: the paste lends the exemplar's
@@ -159,9 +110,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="UTKFace file names to leave out, each replaced by the next face of its group (default: the "
                         "faces with a watermark or a hand, a moustache or jewellery over the lower face, WATERMARKED "
                         "and COVERED; none: --exclude alone)")
-    p.add_argument("--shaven-men", type=int, default=4, metavar="N",
-                   help="add up to N clean-shaven men of 18-45 per (age bucket, ethnicity) group, lent only to faces "
-                        "the man cue takes for a man's (0: none)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -176,9 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chosen = choose(train, per_group=args.per_group, seed=args.seed, beardless=args.beardless,
                     min_age=args.min_age, max_age=args.max_age, mouth_gap=args.mouth_gap, exclude=frozenset(args.exclude))
-    if args.shaven_men > 0:
-        chosen += choose_men(train, per_group=args.shaven_men, seed=args.seed, max_age=args.max_age,
-                             mouth_gap=args.mouth_gap, exclude=frozenset(args.exclude))
     crops, names = [], []
     for r in chosen:
         image = read_rgb(r.path)

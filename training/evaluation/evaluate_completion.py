@@ -47,15 +47,7 @@ from engines.runtime import EngineError
 from stream.detect import FaceDetector
 from stream.geometry import CropWindow
 from stream.inpaint import EyeGuard, FaceInpainter, InpaintSettings
-from stream.reference import (
-    EXEMPLAR_SHORTLIST,
-    EXEMPLARS,
-    FaceCue,
-    PartsLocator,
-    References,
-    load_exemplars,
-    person_reference,
-)
+from stream.reference import EXEMPLAR_SHORTLIST, EXEMPLARS, PartsLocator, References, load_exemplars, person_reference
 from stream.smoothing import TemporalConfig
 from stream.track import FaceTracker, TrackerConfig
 from training.cli import log_to_stderr, use_cpu_threads, write_json
@@ -189,7 +181,7 @@ class PartsScore:
 
 
 def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, exemplars, crop_scale: float,
-             locator=None, eye_locator=None, shortlist: int = EXEMPLAR_SHORTLIST, man_cue=None):
+             locator=None, eye_locator=None, shortlist: int = EXEMPLAR_SHORTLIST):
     """The pipeline's photo path on one case; None when no mask is found."""
     found = detector(case.masked)
     tracker = FaceTracker(TrackerConfig(initialization_delay=0, hit_counter_max=1, mask_confirm=1),
@@ -205,7 +197,7 @@ def complete(case: Case, mode: str, *, detector: FaceDetector, inpainter_for, ex
         given = [person_reference(case.reference, ref.boxes[0], crop_scale=crop_scale, source=case.name)]
     references = None if mode == "blur" else References(
         given=given, exemplars=exemplars if mode == "exemplar" else [], memory=None, locator=locator,
-        eye_locator=eye_locator, shortlist=shortlist, man_cue=man_cue)
+        eye_locator=eye_locator, shortlist=shortlist)
     return inpainter_for(references)(case.masked, tracks), found
 
 
@@ -229,7 +221,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplar-gain", type=float, default=InpaintSettings.exemplar_gain)
     p.add_argument("--exemplar-shortlist", type=int, default=EXEMPLAR_SHORTLIST, help="as run_stream.py's")
     p.add_argument("--eye-guard", default="on", choices=["on", "off"], help="as run_stream.py --eye-guard")
-    p.add_argument("--man-cue", default="off", choices=["on", "off"], help="as run_stream.py --man-cue")
     p.add_argument("--exemplars", type=Path, default=EXEMPLARS, help="the exemplar bank (.npz) of the exemplar mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0,
@@ -259,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     # As run_stream.py: the eyes above the mask are found by the net trained on masked faces.
     eye_locator = PartsLocator(load_model("parsing_masked", backend="torch", device="cpu", threads=args.threads).engine
                                ) if args.eye_guard == "on" else None
-    man = load_model("man_cue", backend="torch", device="cpu", threads=args.threads) if args.man_cue == "on" else None
-    man_cue = FaceCue(man.engine, man.config) if man is not None else None
 
     def inpainter_for(references):
         return FaceInpainter(gen.engine, gen.config, settings=settings, temporal=TemporalConfig(enabled=False),
@@ -296,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 done = complete(case, mode, detector=detector, inpainter_for=inpainter_for, exemplars=exemplars,
                                 crop_scale=gen.config.crop_scale, locator=locator, eye_locator=eye_locator,
-                                shortlist=args.exemplar_shortlist, man_cue=man_cue)
+                                shortlist=args.exemplar_shortlist)
                 if done is None:
                     break
                 outs[mode] = done
