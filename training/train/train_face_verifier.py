@@ -41,15 +41,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from engines.models.verifier import VerifierConfig, save_verifier
+from engines.models.verifier import VerifierConfig, build_verifier, save_verifier
 from stream.geometry import CropWindow, box_iou, box_overlap
 from training.cli import log_to_stderr, use_cpu_threads
 from training.data.detector_data import DataUnavailableError, DetectorDataConfig, DetectorSceneDataset, draw_hand
 from training.data.negatives import (
     NONFACE_ANNOTATIONS, is_labelled_nonface, masked_photo_files, negative_files, nonfaces_by_photo,
 )
-from training.train.train_verifier import held_out_probs, train_balanced, verdict_rates
+from training.train.train_verifier import augment, held_out_probs, train_step, verdict_rates
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,20 @@ def collect_scenes(out: Collector, detector, data: DetectorSceneDataset, count: 
     return false_faces
 
 
+def _blur(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Half the batch blurred (video frames: motion, focus, compression), by one random sigma."""
+    sigma = float(torch.empty(1).uniform_(0.5, 1.8, generator=generator))
+    r = 3
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = batch.shape[1]
+    blurred = F.conv2d(F.pad(batch, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    pick = torch.rand(batch.shape[0], generator=generator) < 0.5
+    return torch.where(pick[:, None, None, None], blurred, batch)
+
+
 def choose_threshold(probs: np.ndarray, labels: np.ndarray, *, min_recall: float) -> float:
     """The highest threshold that keeps at least ``min_recall`` of ``labels == 1`` (capped at 0.5)."""
     faces = np.sort(probs[labels == 1])
@@ -240,9 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d training crops (%.0f %% faces; %d of the detector's false faces in the scenes), %d held out, "
                 "in %.0f s", len(labels), 100 * labels.mean(), false_faces, len(val_labels), time.time() - t0)
 
-    # As many faces as windows without one per batch.
-    model = train_balanced(config, crops, labels, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           seed=args.seed)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels).float()
+    pos, neg = torch.nonzero(y == 1)[:, 0], torch.nonzero(y == 0)[:, 0]
+    model = build_verifier(config=config)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(args.seed)
+    model.train()
+    half = args.batch_size // 2
+    for step in range(1, args.steps + 1):
+        # As many faces as windows without one per batch.
+        idx = torch.cat([pos[torch.randint(len(pos), (half,), generator=gen)],
+                         neg[torch.randint(len(neg), (args.batch_size - half,), generator=gen)]])
+        batch = _blur(augment(x[idx].float().div(255.0), gen), gen)
+        train_step(opt, sched, F.binary_cross_entropy_with_logits(model(batch), y[idx]), step)
 
     probs = held_out_probs(model, val_crops)
     threshold = choose_threshold(probs, val_labels, min_recall=args.min_recall)

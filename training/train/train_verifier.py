@@ -127,20 +127,6 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (batch * gain).clamp(0, 1)
 
 
-def blur_half(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Half the batch blurred (video frames: motion, focus, compression), by one random sigma."""
-    sigma = float(torch.empty(1).uniform_(0.5, 1.8, generator=generator))
-    r = 3
-    x = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = batch.shape[1]
-    blurred = F.conv2d(F.pad(batch, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    pick = torch.rand(batch.shape[0], generator=generator) < 0.5
-    return torch.where(pick[:, None, None, None], blurred, batch)
-
-
 def train_step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor, step: int) -> None:
     """One optimiser and schedule step on ``loss``, logged every 250 steps."""
     opt.zero_grad(set_to_none=True)
@@ -149,30 +135,6 @@ def train_step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor, step: int)
     sched.step()
     if step % 250 == 0:
         logger.info("step %d loss %.4f", step, loss.item())
-
-
-def train_balanced(config: VerifierConfig, crops: np.ndarray, labels: np.ndarray, *, steps: int, batch_size: int,
-                   lr: float, seed: int, transform=None) -> torch.nn.Module:
-    """A verifier trained on (N, S, S, 3) uint8 RGB ``crops`` with (N,) 0/1 ``labels``: as many of
-    each label per batch, flips, colour gain and half of each batch blurred (``augment``,
-    ``blur_half``), then ``transform(batch, generator)`` where given."""
-    x = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(labels).float()
-    pos, neg = torch.nonzero(y == 1)[:, 0], torch.nonzero(y == 0)[:, 0]
-    model = build_verifier(config=config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    half = batch_size // 2
-    for step in range(1, steps + 1):
-        idx = torch.cat([pos[torch.randint(len(pos), (half,), generator=gen)],
-                         neg[torch.randint(len(neg), (batch_size - half,), generator=gen)]])
-        batch = blur_half(augment(x[idx].float().div(255.0), gen), gen)
-        if transform is not None:
-            batch = transform(batch, gen)
-        train_step(opt, sched, F.binary_cross_entropy_with_logits(model(batch), y[idx]), step)
-    return model
 
 
 def held_out_probs(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
