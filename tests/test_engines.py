@@ -22,16 +22,14 @@ def tiny_weights(tiny_weights, tmp_path_factory) -> tuple[Path, Path]:
     scores 0.334 to within 1e-5, so which proposals and boxes survive the cuts turns on float rounding:
     with torch on one thread (as after any test that ran run_stream.main) ORT and torch kept
     different boxes."""
-    from engines.models.detector import DetectorConfig, build_detector, save_detector
+    from engines.models.detector import load_detector, save_detector
 
-    det_cfg = DetectorConfig(input_size=(128, 128))
-    torch.manual_seed(0)
-    model = build_detector(det_cfg)
+    model, config = load_detector(tiny_weights[0])
     with torch.no_grad():
         for layer in (model.rpn.head.cls_logits, model.roi_heads.box_predictor.cls_score):
             layer.weight.mul_(50.0)
     path = tmp_path_factory.mktemp("spread") / "detector.pt"
-    save_detector(model, det_cfg, path, meta={"untrained": True})
+    save_detector(model, config, path, meta={"untrained": True})
     return path, tiny_weights[1]
 
 
