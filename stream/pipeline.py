@@ -52,6 +52,17 @@ class Stage(abc.ABC):
         """Release what the stage holds (worker threads); called once the pipeline has ended."""
 
 
+def _put_waiting(q: queue.Queue, item: object, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise PipelineStopped
+        try:
+            q.put(item, timeout=_POLL)
+            return
+        except queue.Full:
+            continue
+
+
 class _DropOldestQueue:
     """A bounded queue that, when full, discards its oldest item to make room (live sources)."""
 
@@ -60,6 +71,11 @@ class _DropOldestQueue:
         self._on_drop = on_drop
 
     def put(self, item: object, stop: threading.Event) -> None:
+        if item is _END:
+            # The end marker waits for room: making room for it would drop the stream's last
+            # frame, the one a viewer sees frozen once the camera stops.
+            _put_waiting(self._queue, item, stop)
+            return
         while True:
             try:
                 self._queue.put_nowait(item)
@@ -82,14 +98,7 @@ class _BlockingQueue:
         self._queue: queue.Queue = queue.Queue(maxsize)
 
     def put(self, item: object, stop: threading.Event) -> None:
-        while True:
-            if stop.is_set():
-                raise PipelineStopped
-            try:
-                self._queue.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                continue
+        _put_waiting(self._queue, item, stop)
 
     def get(self, timeout: float) -> object:
         return self._queue.get(timeout=timeout)
