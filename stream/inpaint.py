@@ -16,7 +16,7 @@ from engines.models.generator import GeneratorConfig
 from engines.runtime import DeviceStream, Engine
 from stream.geometry import CropWindow
 from stream.records import Track
-from stream.reference import Guide, PartsLocator, References, side_by_side
+from stream.reference import Guide, PartsLocator, References, eye_pair, side_by_side
 from stream.smoothing import TemporalConfig
 
 logger = logging.getLogger(__name__)
@@ -66,15 +66,23 @@ class EyeGuard:
     on the eyes, and the face is not filled on that frame.
 
     Between runs the eyes are reused in crop coordinates: the crop window follows the face box,
-    so they move with the head. A face whose eyes the net does not find is filled as before."""
+    so they move with the head.
+
+    With ``require_eyes``, a track is filled only once a pair of eyes has been found above its
+    mask, on that frame or an earlier one of the track: the detector also takes fists with rings,
+    arms and clothes with buckles for masked faces, at scores up to 0.99 (the mesh-mask clip got a
+    face painted on her briefs), and those show no eyes. Until then its crop is looked at on every
+    frame. Without it, a face whose eyes the net does not find is filled as before."""
 
     def __init__(self, locator: PartsLocator, *, every: int = 5, grow: int = 1, depth: int = 2,
-                 covered: float = 0.3, min_eye: int = 10) -> None:
+                 covered: float = 0.3, min_eye: int = 10, require_eyes: bool = False) -> None:
         if every < 1 or grow < 0 or depth < 0 or not 0 < covered <= 1 or min_eye < 1:
             raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0, 0 < covered <= 1, min_eye >= 1 "
                              f"(got {every}, {grow}, {depth}, {covered}, {min_eye})")
         self.locator = locator
         self.every = every
+        self.require_eyes = require_eyes
+        self._with_eyes: set[int] = set()
         self.covered, self.min_eye = covered, min_eye
         self._grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         self.depth = depth
@@ -82,9 +90,11 @@ class EyeGuard:
 
     def reset(self) -> None:
         self._eyes.clear()
+        self._with_eyes.clear()
 
     def forget(self, live: set[int]) -> None:
         self._eyes = {k: v for k, v in self._eyes.items() if k in live}
+        self._with_eyes &= live
 
     def eyes(self, track_id: int, crop: np.ndarray, call: int, *, fresh: bool = False) -> np.ndarray:
         """(S, S) bool: the eyes of one face's input crop ((S, S, 3) uint8 RGB), grown; looked for
@@ -97,19 +107,26 @@ class EyeGuard:
         return seen[1]
 
     def judge(self, track_id: int, crop: np.ndarray, call: int, hole: np.ndarray,
-              dilation: int) -> tuple[np.ndarray, bool]:
-        """(the eyes, as ``eyes``; whether the detected mask lies on them). The detector then placed
-        the face box too high (the mesh-mask clip, 2026-12-07: the box on forehead and eyes, the
-        "mask" on the eyes), and a face drawn there would paint a nose and mouth over them. Eyes found
-        on an earlier frame may have slid into the mask as the crop moved with the head (a synthetic
-        clip, 2026-12-07: a frame of unfilled mask flashed), so a verdict on them is checked on a
-        fresh look at this crop."""
-        eyes = self.eyes(track_id, crop, call)
-        if not self._pair_inside(eyes, hole, dilation):
-            return eyes, False
-        if self._eyes[track_id][0] != call:
-            eyes = self.eyes(track_id, crop, call, fresh=True)
-        return eyes, self._pair_inside(eyes, hole, dilation)
+              dilation: int) -> tuple[np.ndarray, str | None]:
+        """(the eyes, as ``eyes``; why the face is not to be filled on this frame, None to fill it).
+        "covered": the detected mask lies on the eyes. The detector then placed the face box too
+        high (the mesh-mask clip, 2026-12-07: the box on forehead and eyes, the "mask" on the eyes),
+        and a face drawn there would paint a nose and mouth over them. Eyes found on an earlier
+        frame may have slid into the mask as the crop moved with the head (a synthetic clip,
+        2026-12-07: a frame of unfilled mask flashed), so a verdict on them is checked on a fresh
+        look at this crop. "no eyes": with ``require_eyes``, no pair of eyes has been seen above
+        this track's mask yet."""
+        eyes = self.eyes(track_id, crop, call, fresh=self.require_eyes and track_id not in self._with_eyes)
+        if self._pair_inside(eyes, hole, dilation):
+            if self._eyes[track_id][0] != call:
+                eyes = self.eyes(track_id, crop, call, fresh=True)
+            if self._pair_inside(eyes, hole, dilation):
+                return eyes, "covered"
+        if self.require_eyes and track_id not in self._with_eyes:
+            if eye_pair(eyes & ~self._deep(hole, dilation), min_area=self.min_eye) is None:
+                return eyes, "no eyes"
+            self._with_eyes.add(track_id)
+        return eyes, None
 
     def _pair_inside(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> bool:
         """A pair of eyes (two areas side by side, at the same height, each of at least ``min_eye``
@@ -392,7 +409,8 @@ class FaceInpainter:
     blended reconstruction stays attached to the face instead of lagging behind it.
 
     ``last_steps``: seconds per step of the last call (crop, motion, eyes, hands, reference, generator,
-    blend, paste; only the steps that ran), for the benchmark's breakdown.
+    blend, paste; only the steps that ran), for the benchmark's breakdown; ``last_filled``: the track
+    ids it reconstructed.
 
     ``frames_on_device`` (default: when the generator runs on a GPU): the frame goes to the
     engine's device once, faces are cut and pasted there (``CropWindow.cut_tensor`` /
@@ -435,6 +453,7 @@ class FaceInpainter:
         self._states: dict[int, _FaceState] = {}
         self._device = DeviceStream(engine.device)
         self.last_steps: dict[str, float] = {}
+        self.last_filled: list[int] = []
 
     def reset(self) -> None:
         """Drop all temporal state (scene cut)."""
@@ -510,6 +529,7 @@ class FaceInpainter:
         """image: (H, W, 3) uint8 RGB. Returns a new frame with every masked face reconstructed."""
         self._calls += 1
         self.last_steps = {}
+        self.last_filled = []
         todo = [t for t in tracks if t.mask.any()]
         if self.references is not None:
             self._remember(image, tracks)
@@ -546,11 +566,11 @@ class FaceInpainter:
                     job.reuse = skip and not state.reused
             if self.eye_guard is not None:
                 with steps("eyes"):
-                    eyes, covered = self.eye_guard.judge(track.track_id, crop, self._calls, job.hole,
+                    eyes, refused = self.eye_guard.judge(track.track_id, crop, self._calls, job.hole,
                                                          self.config.mask_dilation)
-                    if covered:
+                    if refused is not None:
                         # The face is shown as it is; its next fill starts afresh.
-                        logger.debug("track %d: the mask lies on the eyes, not filled", track.track_id)
+                        logger.debug("track %d not filled: %s", track.track_id, refused)
                         self._states.pop(track.track_id, None)
                         continue
                     job.keep = self.eye_guard.keep(eyes, job.hole, self.config.mask_dilation)
@@ -607,6 +627,7 @@ class FaceInpainter:
                 self._device.wait()
                 out = rounded.cpu().numpy()
         self.last_steps = steps.seconds
+        self.last_filled = [job.track_id for job in jobs]
         return out
 
     def _generate(self, jobs: list[_FaceJob], guides: list[Guide | None]) -> np.ndarray:

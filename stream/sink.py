@@ -245,7 +245,8 @@ def encode_rle(mask: np.ndarray) -> dict[str, object]:
 
 
 class DetectionsSink(Sink):
-    """One JSON line per frame: tracks with box, score and the mask as COCO RLE."""
+    """One JSON line per frame: tracks with box, score, the mask as COCO RLE and whether the face
+    was reconstructed ("filled")."""
 
     def __init__(self, path: Path) -> None:
         _check_writable_dir(path.parent if str(path.parent) else Path("."), str(path))
@@ -258,6 +259,7 @@ class DetectionsSink(Sink):
                 "box": [round(float(v), 2) for v in t.box],
                 "score": round(float(t.score), 4),
                 "mask_rle": encode_rle(t.mask),
+                "filled": t.track_id in frame.filled,
             }
             for t in frame.tracks
         ]

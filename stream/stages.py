@@ -148,5 +148,6 @@ class InpaintStage(Stage):
         if frame.scene_cut:
             self.inpainter.reset()
         frame.output = self.inpainter(frame.image, frame.tracks)
+        frame.filled = list(self.inpainter.last_filled)
         for step, seconds in self.inpainter.last_steps.items():
             frame.latency[f"{self.name}.{step}"] = seconds
