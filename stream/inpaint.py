@@ -537,11 +537,12 @@ class FaceInpainter:
         live = {t.track_id for t in todo}
         if temporal:
             self._states = {k: v for k, v in self._states.items() if k in live}
+        # A track that lost its mask for a frame (hands over all of it) stays armed, and stays a face.
+        alive = {t.track_id for t in tracks}
         if self.eye_guard is not None:
-            self.eye_guard.forget(live)
+            self.eye_guard.forget(alive)
         if self.hand_guard is not None:
-            # A track that lost its mask for a frame (hands over all of it) stays armed.
-            self.hand_guard.forget({t.track_id for t in tracks})
+            self.hand_guard.forget(alive)
         if not todo:
             return image
         steps = _StepClock()

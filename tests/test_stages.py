@@ -865,6 +865,35 @@ def test_eye_guard_looks_again_before_leaving_a_face_unfilled():
     assert locator.calls == 2 and (out[64:93, 52:88] > 240).all()
 
 
+def test_eye_guard_requiring_eyes_fills_a_track_only_once_a_pair_was_seen_above_its_mask():
+    from stream.inpaint import EyeGuard
+
+    image = np.full((120, 160, 3), 100, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:95, 50:90] = True
+    track = Track(1, np.array([40, 20, 100, 100], np.float32), 0.9, mask)
+    config = GeneratorConfig(size=64, width=4, mask_dilation=2)
+    locator = _DarkEyes()
+    guarded = FaceInpainter(_MeanEngine(1.0, size=64), config, temporal=TemporalConfig(enabled=False),
+                            eye_guard=EyeGuard(locator, every=5, require_eyes=True))
+    # A fist or a buckle: no eyes, looked for on every frame, never filled, and not reported as filled.
+    for calls in (1, 2):
+        assert np.array_equal(guarded(image, [track]), image) and guarded.last_filled == []
+    assert locator.calls == 2
+    image[70:75, 60:66] = 30  # one dark spot is no pair
+    assert np.array_equal(guarded(image, [track]), image)
+    seen = image.copy()
+    seen[52:56, 56:64] = 30  # a pair of eyes above the mask
+    seen[52:56, 76:84] = 30
+    assert (guarded(seen, [track])[64:93, 52:88] > 240).all() and guarded.last_filled == [1]
+    # Once seen, the track stays a face while its eyes are briefly lost (a blink, a turn).
+    assert (guarded(image, [track])[64:93, 52:88] > 240).all()
+    # A new track starts unconfirmed; a track that ended is forgotten.
+    other = Track(2, track.box, 0.9, mask)
+    assert np.array_equal(guarded(image, [other]), image)
+    assert np.array_equal(guarded(image, [track]), image)
+
+
 def _masked_face(mask_colour, *, finger: bool):
     image = np.zeros((120, 160, 3), np.uint8)
     image[:] = (200, 150, 120)  # skin
