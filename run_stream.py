@@ -118,9 +118,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="keep the fill off the eyes above the mask (a face-parsing net trained on masked faces "
                         "finds them every 5 frames; off: the mask grown by a few pixels is filled, lower eyelids "
                         "included)")
-    p.add_argument("--require-eyes", default="off", choices=["on", "off"],
-                   help="fill a face only once the eye guard has found a pair of eyes above its mask (fists, "
-                        "arms and clothes the detector takes for masked faces show none); needs --eye-guard on")
     p.add_argument("--hand-guard", default="on", choices=["on", "off"],
                    help="keep a hand that comes over a mask out of the fill (told from the mask by colour, once the "
                         "track has seen its mask bare; off: the detected mask is filled, fingers over it included)")
@@ -226,7 +223,6 @@ class RunConfig:
     exemplars: bool = True
     exemplar_shortlist: int = EXEMPLAR_SHORTLIST
     eye_guard: bool = True
-    require_eyes: bool = False
     hand_guard: bool = True
     live: str = "auto"
     pipeline: PipelineConfig = PipelineConfig()
@@ -259,7 +255,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                 skip_moving=args.skip_moving == "on"),
         reference=args.reference, identity_memory=args.identity_memory == "on", exemplars=args.exemplars == "on",
         exemplar_shortlist=args.exemplar_shortlist, eye_guard=args.eye_guard == "on",
-        require_eyes=args.require_eyes == "on",
         hand_guard=args.hand_guard == "on", live=args.live,
         pipeline=PipelineConfig(queue_size=args.queue_size, sequential=args.sequential, max_frames=args.max_frames),
         encoder=EncoderSettings(crf=args.crf, preset=args.preset),
@@ -361,8 +356,7 @@ def build_pipeline(source: Source, models: Models, sinks: list[Sink], config: Ru
                                    settings=config.inpaint, references=references,
                                    no_reference_engine=models.generator_noref.engine if models.generator_noref else None,
                                    # Photos are unrelated: a face's eyes are looked for in each one.
-                                   eye_guard=EyeGuard(eye_locator, every=1 if still else 5,
-                                                      require_eyes=config.require_eyes)
+                                   eye_guard=EyeGuard(eye_locator, every=1 if still else 5)
                                    if eye_locator is not None else None,
                                    hand_guard=HandGuard() if config.hand_guard else None)),
     ]

@@ -16,7 +16,7 @@ from engines.models.generator import GeneratorConfig
 from engines.runtime import DeviceStream, Engine
 from stream.geometry import CropWindow
 from stream.records import Track
-from stream.reference import Guide, PartsLocator, References, eye_pair, side_by_side
+from stream.reference import Guide, PartsLocator, References, side_by_side
 from stream.smoothing import TemporalConfig
 
 logger = logging.getLogger(__name__)
@@ -66,23 +66,17 @@ class EyeGuard:
     on the eyes, and the face is not filled on that frame.
 
     Between runs the eyes are reused in crop coordinates: the crop window follows the face box,
-    so they move with the head.
-
-    With ``require_eyes``, a track is filled only once a pair of eyes has been found above its
-    mask, on that frame or an earlier one of the track: the detector also takes fists with rings,
-    arms and clothes with buckles for masked faces, at scores up to 0.99 (the mesh-mask clip got a
-    face painted on her briefs), and those show no eyes. Until then its crop is looked at on every
-    frame. Without it, a face whose eyes the net does not find is filled as before."""
+    so they move with the head. A face whose eyes the net does not find is filled as before: the
+    net also finds "eyes" on fists, arms and clothes (the mesh-mask clip's briefs), so asking for a
+    pair before filling a track took those frames only from 55 to 48 (2026-12-07, README)."""
 
     def __init__(self, locator: PartsLocator, *, every: int = 5, grow: int = 1, depth: int = 2,
-                 covered: float = 0.3, min_eye: int = 10, require_eyes: bool = False) -> None:
+                 covered: float = 0.3, min_eye: int = 10) -> None:
         if every < 1 or grow < 0 or depth < 0 or not 0 < covered <= 1 or min_eye < 1:
             raise ValueError(f"EyeGuard needs every >= 1, grow >= 0, depth >= 0, 0 < covered <= 1, min_eye >= 1 "
                              f"(got {every}, {grow}, {depth}, {covered}, {min_eye})")
         self.locator = locator
         self.every = every
-        self.require_eyes = require_eyes
-        self._with_eyes: set[int] = set()
         self.covered, self.min_eye = covered, min_eye
         self._grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         self.depth = depth
@@ -90,11 +84,9 @@ class EyeGuard:
 
     def reset(self) -> None:
         self._eyes.clear()
-        self._with_eyes.clear()
 
     def forget(self, live: set[int]) -> None:
         self._eyes = {k: v for k, v in self._eyes.items() if k in live}
-        self._with_eyes &= live
 
     def eyes(self, track_id: int, crop: np.ndarray, call: int, *, fresh: bool = False) -> np.ndarray:
         """(S, S) bool: the eyes of one face's input crop ((S, S, 3) uint8 RGB), grown; looked for
@@ -107,26 +99,19 @@ class EyeGuard:
         return seen[1]
 
     def judge(self, track_id: int, crop: np.ndarray, call: int, hole: np.ndarray,
-              dilation: int) -> tuple[np.ndarray, str | None]:
-        """(the eyes, as ``eyes``; why the face is not to be filled on this frame, None to fill it).
-        "covered": the detected mask lies on the eyes. The detector then placed the face box too
-        high (the mesh-mask clip, 2026-12-07: the box on forehead and eyes, the "mask" on the eyes),
-        and a face drawn there would paint a nose and mouth over them. Eyes found on an earlier
-        frame may have slid into the mask as the crop moved with the head (a synthetic clip,
-        2026-12-07: a frame of unfilled mask flashed), so a verdict on them is checked on a fresh
-        look at this crop. "no eyes": with ``require_eyes``, no pair of eyes has been seen above
-        this track's mask yet."""
-        eyes = self.eyes(track_id, crop, call, fresh=self.require_eyes and track_id not in self._with_eyes)
-        if self._pair_inside(eyes, hole, dilation):
-            if self._eyes[track_id][0] != call:
-                eyes = self.eyes(track_id, crop, call, fresh=True)
-            if self._pair_inside(eyes, hole, dilation):
-                return eyes, "covered"
-        if self.require_eyes and track_id not in self._with_eyes:
-            if eye_pair(eyes & ~self._deep(hole, dilation), min_area=self.min_eye) is None:
-                return eyes, "no eyes"
-            self._with_eyes.add(track_id)
-        return eyes, None
+              dilation: int) -> tuple[np.ndarray, bool]:
+        """(the eyes, as ``eyes``; whether the detected mask lies on them). The detector then placed
+        the face box too high (the mesh-mask clip, 2026-12-07: the box on forehead and eyes, the
+        "mask" on the eyes), and a face drawn there would paint a nose and mouth over them. Eyes found
+        on an earlier frame may have slid into the mask as the crop moved with the head (a synthetic
+        clip, 2026-12-07: a frame of unfilled mask flashed), so a verdict on them is checked on a
+        fresh look at this crop."""
+        eyes = self.eyes(track_id, crop, call)
+        if not self._pair_inside(eyes, hole, dilation):
+            return eyes, False
+        if self._eyes[track_id][0] != call:
+            eyes = self.eyes(track_id, crop, call, fresh=True)
+        return eyes, self._pair_inside(eyes, hole, dilation)
 
     def _pair_inside(self, eyes: np.ndarray, hole: np.ndarray, dilation: int) -> bool:
         """A pair of eyes (two areas side by side, at the same height, each of at least ``min_eye``
@@ -537,12 +522,11 @@ class FaceInpainter:
         live = {t.track_id for t in todo}
         if temporal:
             self._states = {k: v for k, v in self._states.items() if k in live}
-        # A track that lost its mask for a frame (hands over all of it) stays armed, and stays a face.
-        alive = {t.track_id for t in tracks}
         if self.eye_guard is not None:
-            self.eye_guard.forget(alive)
+            self.eye_guard.forget(live)
         if self.hand_guard is not None:
-            self.hand_guard.forget(alive)
+            # A track that lost its mask for a frame (hands over all of it) stays armed.
+            self.hand_guard.forget({t.track_id for t in tracks})
         if not todo:
             return image
         steps = _StepClock()
@@ -567,11 +551,11 @@ class FaceInpainter:
                     job.reuse = skip and not state.reused
             if self.eye_guard is not None:
                 with steps("eyes"):
-                    eyes, refused = self.eye_guard.judge(track.track_id, crop, self._calls, job.hole,
+                    eyes, covered = self.eye_guard.judge(track.track_id, crop, self._calls, job.hole,
                                                          self.config.mask_dilation)
-                    if refused is not None:
+                    if covered:
                         # The face is shown as it is; its next fill starts afresh.
-                        logger.debug("track %d not filled: %s", track.track_id, refused)
+                        logger.debug("track %d: the mask lies on the eyes, not filled", track.track_id)
                         self._states.pop(track.track_id, None)
                         continue
                     job.keep = self.eye_guard.keep(eyes, job.hole, self.config.mask_dilation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,25 @@ def test_masked_clips_count_frames_with_more_faces_filled_than_people(tmp_path):
     assert 3 <= frames <= 6 and alone["off_face_frames"] == frames
     assert alone["filled_rate"] > 0.8
     assert clip_mask_rate(_TwoMaskedFaces(), tmp_path, {"one": 0}, {"one": 2})["off_face_frames"] == 0
+
+
+def test_clip_fills_count_what_the_whole_pipeline_filled(tmp_path, monkeypatch):
+    import training.evaluation.evaluate_precision as ep
+
+    make_video(tmp_path / "one.mp4", frames=4, audio=False)
+    filled = [[], [True], [True, False], [True, True]]  # per frame, each face's "filled"
+
+    def fake_run(source, output, max_frames, extra):
+        path = Path(extra[extra.index("--detections") + 1])
+        path.write_text("".join(json.dumps({"frame": i, "faces": [{"track_id": k, "filled": f} for k, f in enumerate(fs)]})
+                                + "\n" for i, fs in enumerate(filled)))
+
+    monkeypatch.setattr(ep, "_run", fake_run)
+    result = ep.clip_fills(tmp_path, {"one": 1}, {"one": 1}, tmp_path, [])
+    # From the first masked frame (1) on, every frame has a face filled; frame 3 has two for one person.
+    assert result["frames"] == 3 and result["filled_rate"] == 1.0 and result["off_face_frames"] == 1
+    assert result["clips"]["one"] == {"frames": 3, "filled_rate": 1.0, "off_face_frames": 1}
+    assert ep.clip_fills(tmp_path, {}, {}, tmp_path, [])["filled_rate"] == 0.75
 
 
 def test_labelled_non_faces_count_where_a_worn_mask_box_of_their_photo_covers_them():
