@@ -123,8 +123,26 @@ def _first_video_stream(container: av.container.InputContainer, name: str) -> av
     return stream
 
 
+def _quarter_turns(path: Path) -> int:
+    """Counter-clockwise quarter turns that bring the pictures of the video at ``path`` upright:
+    its display matrix's rotation (phones store a portrait video as landscape pictures and a
+    rotation to show them by). PyAV reads the matrix off decoded frames, so the first is decoded."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            first = next(container.decode(video=0), None)
+    except (av.error.FFmpegError, UnicodeDecodeError):
+        return 0
+    degrees = 0 if first is None else first.rotation
+    if degrees % 90:
+        logger.warning("%s: display rotation of %s degrees is not a quarter turn; shown as stored", path, degrees)
+        return 0
+    return (degrees // 90) % 4
+
+
 class VideoFileSource(Source):
-    """A video file decoded with PyAV; every frame is kept, corrupt ones are skipped and counted."""
+    """A video file decoded with PyAV; every frame is kept, corrupt ones are skipped and counted.
+    Pictures stored turned (a display rotation) are turned upright: faces are found and filled
+    upright, and the output, which carries no rotation, shows them as the input did."""
 
     def __init__(self, path: Path) -> None:
         if not path.exists():
@@ -142,10 +160,16 @@ class VideoFileSource(Source):
         self._stream = stream
         self._path = path
         self._guard = _HandleGuard(self._container.close)
+        self._turns = _quarter_turns(path)
+        if self._turns:
+            logger.info("%s: stored turned by %d degrees; read upright", path, 90 * self._turns)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if self._turns % 2:
+            width, height = height, width
         has_audio = bool(self._container.streams.audio)
         self.info = SourceInfo(
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
+            width=width,
+            height=height,
             rate=stream.average_rate or stream.guessed_rate,
             time_base=stream.time_base,
             frame_count=stream.frames or None,
@@ -180,7 +204,10 @@ class VideoFileSource(Source):
                         logger.warning("%s: skipped a corrupt frame at pts %s", self._path, vf.pts)
                         continue
                     pts = vf.pts if vf.pts is not None else int(index / rate / tb)
-                    yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
+                    image = vf.to_ndarray(format="rgb24")
+                    if self._turns:
+                        image = np.ascontiguousarray(np.rot90(image, self._turns))
+                    yield Frame(index=index, image=image, pts=pts, time_base=tb)
                     index += 1
         except av.error.FFmpegError as exc:
             # Demuxing failures mean the rest of the file is unreadable (truncated data).
@@ -281,7 +308,10 @@ class NetworkSource(Source):
                         pts, tb = int((time.monotonic() - start) / LIVE_TIME_BASE), LIVE_TIME_BASE
                     else:
                         pts, tb = vf.pts, stream.time_base
-                    yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
+                    image = vf.to_ndarray(format="rgb24")
+                    if self._turns:
+                        image = np.ascontiguousarray(np.rot90(image, self._turns))
+                    yield Frame(index=index, image=image, pts=pts, time_base=tb)
                     index += 1
                 if not self._live:
                     return

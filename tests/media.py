@@ -18,18 +18,25 @@ def make_video(
     fps: int = 25,
     audio: bool = True,
     codec: str = "libx264",
+    display_rotation: int = 0,
 ) -> Path:
-    """A clip whose frame i shows a bar at x = i (so frames are distinguishable), with a
-    48 kHz AAC sine track of the same duration when ``audio``."""
+    """A clip whose frame i shows a bar at x = 3 i (so frames are distinguishable), with a
+    48 kHz AAC sine track of the same duration when ``audio``. ``display_rotation`` (a multiple
+    of 90): the pictures are stored turned clockwise by it, with a display matrix that turns them
+    back, as phones store portrait video; the clip shows ``width`` x ``height`` upright."""
+    turns = display_rotation // 90
     with av.open(str(path), "w") as out:
         video = out.add_stream(codec, rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.width, video.height = (height, width) if turns % 2 else (width, height)
+        video.pix_fmt = "yuv420p"
+        if display_rotation:
+            video.set_display_rotation(display_rotation)
         sound = out.add_stream("aac", rate=48000, layout="mono") if audio else None
         samples_done = 0
         for i in range(frames):
             image = np.full((height, width, 3), 40, np.uint8)
             image[:, (i * 3) % width] = 255
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, -turns)), format="rgb24")
             frame.pts = i
             frame.time_base = Fraction(1, fps)
             for packet in video.encode(frame):

@@ -239,6 +239,22 @@ def test_live_mode_queues_hold_one_frame_and_the_newest_wins():
     assert backlog >= 5
 
 
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_video_stored_turned_is_read_and_written_upright(tmp_path, tiny_weights, rotation):
+    src = make_video(tmp_path / "in.mp4", frames=6, width=96, height=64, audio=False, display_rotation=rotation)
+    with VideoFileSource(src) as source:
+        assert (source.info.width, source.info.height) == (96, 64)
+        images = [f.image for f in source]
+    for i, image in enumerate(images):
+        assert image.shape == (64, 96, 3)
+        assert int(np.argmax(image[32, :, 0])) == i * 3  # the bar stands where the upright clip has it
+    out = tmp_path / "out.mp4"
+    assert cli(tiny_weights, "--input", str(src), "--output", str(out)) == 0
+    with av.open(str(out)) as container:
+        first = next(container.decode(video=0))
+        assert (first.width, first.height, first.rotation) == (96, 64, 0)
+
+
 def test_file_source_never_drops(tmp_path):
     src = make_video(tmp_path / "in.mp4", frames=50, audio=False)
     sink = _Collect()
