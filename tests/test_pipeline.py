@@ -255,6 +255,21 @@ def test_a_video_stored_turned_is_read_and_written_upright(tmp_path, tiny_weight
         assert (first.width, first.height, first.rotation) == (96, 64, 0)
 
 
+def test_a_photo_is_read_by_its_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from stream.source import ImageSource
+
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :10] = 255  # a bar at the stored picture's left: the upright photo's top
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to show"
+    photo.save(tmp_path / "p.jpg", exif=exif)
+    (frame,) = list(ImageSource(tmp_path / "p.jpg"))
+    assert frame.image.shape == (80, 40, 3) and frame.image[:10].mean() > 200 and frame.image[20:].mean() < 30
+
+
 def test_file_source_never_drops(tmp_path):
     src = make_video(tmp_path / "in.mp4", frames=50, audio=False)
     sink = _Collect()
