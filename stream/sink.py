@@ -74,12 +74,25 @@ def _check_writable_dir(directory: Path, what: str) -> None:
 
 
 class _AudioCopier:
-    """Copies the input's audio packets into the output, untouched, interleaved with the video."""
+    """Copies the input's audio packets into the output, untouched, interleaved with the video.
+    Where the output's container cannot hold the input's audio codec (a phone's AAC into WebM),
+    the audio is decoded and encoded again in the container's own (Opus for WebM)."""
 
     def __init__(self, source: Path, output: av.container.OutputContainer) -> None:
         self._input = av.open(str(source))
         in_stream = self._input.streams.audio[0]
-        self._out_stream = output.add_stream_from_template(in_stream)
+        self._encoder: av.AudioStream | None = None
+        try:
+            self._out_stream = output.add_stream_from_template(in_stream)
+        except ValueError:
+            codec = output.default_audio_codec
+            # Opus takes 48 kHz and a few lower rates only, whatever the input's.
+            rate = 48000 if codec in ("opus", "libopus") else in_stream.rate
+            logger.info("%s cannot hold %s audio: encoding it as %s", output.name, in_stream.codec_context.name, codec)
+            self._encoder = self._out_stream = output.add_stream(codec, rate=rate, layout=in_stream.layout.name)
+            self._resampler = av.AudioResampler(format=self._encoder.format.name, layout=self._encoder.layout.name,
+                                                rate=rate)
+            self._samples: int | None = None
         self._output = output
         self._tb = in_stream.time_base
         self._packets: Iterator[av.Packet] = self._input.demux(in_stream)
@@ -98,12 +111,36 @@ class _AudioCopier:
             if seconds is not None and packet.pts is not None and float(packet.pts * self._tb) > seconds:
                 self._pending = packet
                 return
-            packet.stream = self._out_stream
-            self._output.mux(packet)
+            if self._encoder is None:
+                packet.stream = self._out_stream
+                self._output.mux(packet)
+            else:
+                for frame in packet.decode():
+                    self._encode(frame)
             self.copied += 1
 
+    def _encode(self, frame: av.AudioFrame | None) -> None:
+        """Resample and encode one decoded frame (None: flush), stamped by the samples written so
+        far from the first frame's time on."""
+        rate = self._encoder.rate
+        if frame is not None and self._samples is None:
+            self._samples = int(round((frame.time or 0.0) * rate))
+        for part in self._resampler.resample(frame):
+            part.pts, part.time_base = self._samples, Fraction(1, rate)
+            self._samples += part.samples
+            for packet in self._encoder.encode(part):
+                self._output.mux(packet)
+        if frame is None:
+            for packet in self._encoder.encode(None):
+                self._output.mux(packet)
+
     def close(self) -> None:
-        self._input.close()
+        """Flush what the encoder holds (re-encoded audio) and release the input."""
+        try:
+            if self._encoder is not None:
+                self._encode(None)
+        finally:
+            self._input.close()
 
 
 class VideoSink(Sink):

@@ -45,6 +45,17 @@ def test_file_keeps_every_frame_timestamps_and_audio(tmp_path, tiny_weights, seq
     assert not list(tmp_path.glob("*.partial*"))
 
 
+def test_audio_the_output_container_cannot_hold_is_encoded_again(tmp_path, tiny_weights):
+    src = make_video(tmp_path / "in.mp4", frames=40)  # AAC, which WebM does not take
+    out = tmp_path / "out.webm"
+    assert cli(tiny_weights, "--input", str(src), "--output", str(out)) == 0
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0]
+        assert audio.codec_context.name == "opus"
+        seconds = sum(f.samples for f in container.decode(audio)) / audio.rate
+    assert seconds == pytest.approx(40 / 25, abs=0.03)
+
+
 def test_mkv_output_and_variable_timestamps_survive(tmp_path, tiny_weights):
     src = tmp_path / "in.mkv"
     with av.open(str(src), "w") as out:
