@@ -20,6 +20,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import dataclasses
 import json
+import os
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -406,9 +407,20 @@ def _open_input(config: RunConfig) -> Source:
     return open_source(config.input, policy=config.reconnect)
 
 
+def check_output_is_not_input(config: RunConfig) -> None:
+    """Refuses an output that would replace what is read: the input video or photo itself, or for
+    a folder of photos the folder (each photo would be overwritten by its filled self)."""
+    if not (config.output and config.input):
+        return
+    source, target = Path(config.input), Path(config.output)
+    if source.exists() and target.exists() and os.path.samefile(source, target):
+        raise SinkError(f"{config.output}: is the input; write the output elsewhere, the input is kept as it is")
+
+
 def run(config: RunConfig) -> RunStats:
     if not (config.output or config.show or config.detections):
         raise SinkError("nothing to do: give --output, --show or --detections")
+    check_output_is_not_input(config)
     # The source is closed on the way out whatever happens (the pipeline closes it too; twice is safe).
     with _open_input(config) as source:
         models = load_models(config.models)

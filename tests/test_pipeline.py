@@ -381,6 +381,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_weights, capsys):
     assert "does not exist" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good),
                                     "--output", str(tmp_path / "missing" / "out.mp4"))
     assert "no known" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(tmp_path / "out.xyz"))
+    # The input is never overwritten: the video itself, or a folder of photos as its own output.
+    before = good.read_bytes()
+    assert "is the input" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(good))
+    assert "is the input" in _bad(tmp_path, tiny_weights, capsys, "--input", str(tmp_path), "--output", f"{tmp_path}/")
+    assert good.read_bytes() == before
     # A score under the model's own cut-off would silently do nothing; out of [0, 1] is nonsense.
     assert "cut-off 0.3" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(out),
                                  "--face-score", "0.1")
