@@ -105,12 +105,28 @@ class CropWindow:
 
     def cut(self, image: np.ndarray, size: int, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
         """The window resampled to (size, size, ...); edges replicated where it leaves the frame."""
+        to_frame = self._crop_to_frame(size)
         if self.side > 2 * size and interpolation == cv2.INTER_LINEAR:
-            # Pre-filter so a large face does not alias when it is shrunk to the generator size.
+            # Pre-filter so a large face does not alias when it is shrunk to the generator size;
+            # only the window and the margin the blur and the bilinear sampling reach: the whole
+            # frame took 11 ms a cut for a large face at 1080p.
             sigma = 0.5 * self.side / size
-            image = cv2.GaussianBlur(image, (0, 0), sigma)
-        return cv2.warpAffine(image, self._crop_to_frame(size), (size, size),
+            x1, y1, x2, y2 = self._reach(image.shape[:2], int(np.ceil(4 * sigma)) + 2)
+            image = cv2.GaussianBlur(image[y1:y2, x1:x2], (0, 0), sigma)
+            to_frame[:, 2] -= (x1, y1)
+        return cv2.warpAffine(image, to_frame, (size, size),
                               flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+    def _reach(self, frame_hw: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+        """(x1, y1, x2, y2), end exclusive, of the frame pixels within ``margin`` of the window's
+        part in the frame (of its nearest edge pixels where it lies outside: the border is
+        replicated from those)."""
+        h, w = frame_hw
+        x1 = min(max(int(np.floor(self.x1)), 0), w - 1)
+        y1 = min(max(int(np.floor(self.y1)), 0), h - 1)
+        x2 = max(min(int(np.ceil(self.x1 + self.side)), w), x1 + 1)
+        y2 = max(min(int(np.ceil(self.y1 + self.side)), h), y1 + 1)
+        return max(x1 - margin, 0), max(y1 - margin, 0), min(x2 + margin, w), min(y2 + margin, h)
 
     def _paste_maps(self, frame_hw: tuple[int, int], patch_side: int, detail_side: int | None,
                     detail_map: np.ndarray | None, support: tuple[int, int, int, int] | None = None,
@@ -193,15 +209,9 @@ class CropWindow:
         if self.side > 2 * size:
             # The same pre-filter as ``cut``, on the window and a margin the blur reaches into.
             sigma = 0.5 * self.side / size
-            margin = int(np.ceil(4 * sigma)) + 2
-            h, w = frame.shape[-2:]
-            x1, y1 = max(int(np.floor(self.x1)) - margin, 0), max(int(np.floor(self.y1)) - margin, 0)
-            x2 = min(int(np.ceil(self.x1 + self.side)) + margin, w)
-            y2 = min(int(np.ceil(self.y1 + self.side)) + margin, h)
-            if x2 > x1 and y2 > y1:
-                frame = gaussian_blur_tensor(frame[:, y1:y2, x1:x2], sigma, integer_image=True)
-                to_frame = to_frame.copy()
-                to_frame[:, 2] -= (x1, y1)
+            x1, y1, x2, y2 = self._reach(tuple(frame.shape[-2:]), int(np.ceil(4 * sigma)) + 2)
+            frame = gaussian_blur_tensor(frame[:, y1:y2, x1:x2], sigma, integer_image=True)
+            to_frame[:, 2] -= (x1, y1)
         return warp_tensor(frame, to_frame, (size, size), border="replicate")
 
     def paste_tensor(self, frame: torch.Tensor, patch: torch.Tensor, alpha: torch.Tensor, *,

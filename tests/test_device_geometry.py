@@ -32,6 +32,16 @@ def _tensor(image, device):
 WINDOWS = [(CropWindow(50.3, 40.7, 100.2), 64), (CropWindow(-20.5, 100.2, 130.0), 64), (CropWindow(10.0, 5.0, 220.0), 64)]
 
 
+@pytest.mark.parametrize("window", [CropWindow(60.0, 20.0, 150.0), CropWindow(-40.5, 130.2, 160.0),
+                                    CropWindow(250.0, -30.0, 150.0), CropWindow(400.0, 300.0, 150.0)])
+def test_a_large_face_is_pre_blurred_where_the_window_reaches_as_over_the_whole_frame(window):
+    image = _smooth((240, 320, 3), 5, sigma=1.0)
+    whole = cv2.GaussianBlur(image, (0, 0), 0.5 * window.side / 32)
+    expected = cv2.warpAffine(whole, window._crop_to_frame(32), (32, 32),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    assert np.array_equal(window.cut(image, 32), expected)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("window,size", WINDOWS)
 def test_tensor_cut_matches_opencv(device, window, size):
