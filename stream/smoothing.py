@@ -79,6 +79,12 @@ class SceneCutDetector:
         self._previous: np.ndarray | None = None
 
     def __call__(self, image: np.ndarray) -> bool:
+        h, w = image.shape[:2]
+        if h >= 32 and w >= 32:
+            # Shrunk by a whole factor, INTER_AREA is many times faster than by a fraction (1.4
+            # against 6.8 ms at 1080p): the few rows and columns past a multiple of 32 are left out.
+            y0, x0 = (h % 32) // 2, (w % 32) // 2
+            image = image[y0:y0 + h - h % 32, x0:x0 + w - w % 32]
         thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
         thumb = thumb.astype(np.float32) / 255.0
         previous, self._previous = self._previous, thumb

@@ -83,6 +83,26 @@ def test_warp_mask_follows_box():
     assert np.abs(got - [50, 89, 10, 49]).max() <= 1  # nearest-neighbour rounding at the edges
 
 
+def test_warp_mask_of_the_masks_extent_matches_a_whole_frame_warp():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        h, w = rng.integers(50, 300, 2)
+        mask = np.zeros((h, w), bool)
+        x0, y0 = rng.integers(-20, w), rng.integers(-20, h)
+        mask[max(y0, 0):max(y0 + rng.integers(1, 80), 0), max(x0, 0):max(x0 + rng.integers(1, 80), 0)] = True
+        mask &= rng.random((h, w)) > 0.2
+        src = np.array([rng.uniform(0, w), rng.uniform(0, h), 0, 0], np.float32)
+        src[2:] = src[:2] + rng.uniform(5, 100, 2)
+        dst = src + rng.uniform(-30, 30, 4).astype(np.float32)
+        dst[2:] = np.maximum(dst[2:], dst[:2] + 2)
+        scale = (dst[2:] - dst[:2]) / (src[2:] - src[:2])
+        matrix = np.array([[scale[0], 0, dst[0] - scale[0] * src[0]], [0, scale[1], dst[1] - scale[1] * src[1]]],
+                          np.float32)
+        whole = cv2.warpAffine(mask.astype(np.uint8), matrix, (int(w), int(h)), flags=cv2.INTER_NEAREST) > 0
+        # The same pixels but at half-pixel ties, which OpenCV's fixed-point steps may break apart.
+        assert (warp_mask(mask, src, dst) != whole).sum() <= max(0.02 * whole.sum(), 2)
+
+
 def test_the_written_mask_covers_the_detected_mask_of_a_face_that_moves():
     # The smoothed box lags a face moving steadily up; a mask moved with it alone would leave the
     # detected mask's top edge (a worn mask's hem) outside the fill.
