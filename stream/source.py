@@ -308,10 +308,7 @@ class NetworkSource(Source):
                         pts, tb = int((time.monotonic() - start) / LIVE_TIME_BASE), LIVE_TIME_BASE
                     else:
                         pts, tb = vf.pts, stream.time_base
-                    image = vf.to_ndarray(format="rgb24")
-                    if self._turns:
-                        image = np.ascontiguousarray(np.rot90(image, self._turns))
-                    yield Frame(index=index, image=image, pts=pts, time_base=tb)
+                    yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
                     index += 1
                 if not self._live:
                     return
