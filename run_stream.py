@@ -52,8 +52,10 @@ from stream.reference import (
 )
 from stream.report import RunStats
 from stream.smoothing import SceneCutDetector, TemporalConfig
-from stream.sink import DetectionsSink, EncoderSettings, PreviewSink, Sink, SinkError, open_sink
-from stream.source import ImageSource, PacedSource, ReconnectPolicy, Source, SourceError, open_source
+from stream.sink import (STREAM_FORMATS, VIDEO_CONTAINERS, DetectionsSink, EncoderSettings, PreviewSink, Sink,
+                         SinkError, open_sink)
+from stream.source import (IMAGE_EXTENSIONS, ImageSource, PacedSource, ReconnectPolicy, Source, SourceError,
+                           open_source)
 from stream.stages import DetectSchedule, DetectStage, InpaintStage, TrackStage
 from stream.track import FaceTracker, TrackerConfig
 
@@ -79,7 +81,8 @@ def _detect_every(value: str) -> DetectSchedule:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input",
-                   help="video file, image, image directory, rtsp/rtmp/http URL, webcam index or /dev/videoN "
+                   help="video file, image, folder of images and/or videos (each video written into the --output "
+                        "folder under its own name), rtsp/rtmp/http URL, webcam index or /dev/videoN "
                         "(with --serve: optional, watchable on the page)")
     p.add_argument("--serve", metavar="[HOST:]PORT",
                    help="start the web page instead of writing a file: your browser's camera in, the unmasked "
@@ -88,7 +91,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="video file (.mp4 .mkv .mov .avi .webm .ts), image, directory, or rtsp/rtmp/udp URL")
     p.add_argument("--show", action="store_true", help="preview window (needs opencv-python with GUI)")
     p.add_argument("--no-overlays", action="store_true", help="preview without boxes and track ids")
-    p.add_argument("--detections", type=Path, help="write per-frame faces as JSON lines (masks as COCO RLE)")
+    p.add_argument("--detections", type=Path, help="write per-frame faces as JSON lines (masks as COCO RLE); for a "
+                                                     "folder with videos, a folder: one NAME.jsonl per video")
     p.add_argument("--report", type=Path, help="write a JSON report: counts, FPS, per-stage latency, models")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -417,36 +421,93 @@ def check_output_is_not_input(config: RunConfig) -> None:
         raise SinkError(f"{config.output}: is the input; write the output elsewhere, the input is kept as it is")
 
 
-def run(config: RunConfig) -> RunStats:
+def run(config: RunConfig) -> list[RunStats]:
+    """Runs the input through the pipeline: one run, or one per video of an input folder (after
+    one for its photos, if it has any). Returns each run's statistics."""
     if not (config.output or config.show or config.detections):
         raise SinkError("nothing to do: give --output, --show or --detections")
     check_output_is_not_input(config)
-    # The source is closed on the way out whatever happens (the pipeline closes it too; twice is safe).
+    videos = folder_videos(config.input)
+    if videos:
+        models = load_models(config.models)
+        return run_folder(config, videos, models, load_given_references(models, config))
+    # Opened first, so a wrong input is told before the models load; closed on the way out
+    # whatever happens (the pipeline closes it too; twice is safe).
     with _open_input(config) as source:
         models = load_models(config.models)
-        given = load_given_references(models, config)
-        sinks = open_sinks(source, config)
-        try:
-            pipeline = build_pipeline(source, models, sinks, config, given=given)
-        except BaseException:
-            # Nothing was written: leave no half-made output behind the error.
-            abandon(sinks)
-            raise
-        progress = make_progress(source.info.frame_count, enabled=config.progress)
-        preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
+        return [run_one(source, models, load_given_references(models, config), config)]
 
-        def on_frame(frame: Frame) -> None:
-            progress.update(1)
-            if preview is not None and preview.closed_by_user:
-                pipeline.stop()
 
-        pipeline.on_frame = on_frame
+def folder_videos(spec: str | None) -> list[Path]:
+    """The videos in an input folder, by name; [] for any other input."""
+    path = Path(spec) if spec else None
+    if path is None or not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_CONTAINERS and p.is_file())
+
+
+def run_folder(config: RunConfig, videos: list[Path], models: Models, given: list[ReferenceFace]) -> list[RunStats]:
+    """A folder with videos: its photos as one run (as a folder of photos alone), then each video
+    into the output folder under its own name (its detections, with ``--detections DIR``, into
+    DIR/NAME.jsonl). A video that cannot be read or written is reported and skipped; the others
+    are still made, and the run then ends with an error naming what failed."""
+    for option, value in (("--output", config.output), ("--detections", config.detections)):
+        if value and (Path(value).suffix or str(value).startswith(tuple(STREAM_FORMATS))):
+            raise SinkError(f"{value}: a folder with videos is written into a folder: give {option} a folder")
+    if config.report:
+        raise SinkError("--report takes one input: give it a video, a photo or a folder of photos")
+    folders = [Path(v) for v in (config.output, config.detections) if v]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    done: list[RunStats] = []
+    failed: list[str] = []
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in Path(config.input).iterdir()):
+        photos = dataclasses.replace(
+            config, detections=config.detections / "photos.jsonl" if config.detections else None)
+        with ImageSource(Path(config.input)) as source:
+            done.append(run_one(source, models, given, photos))
+    for k, video in enumerate(videos, 1):
+        logger.info("video %d of %d: %s", k, len(videos), video.name)
+        one = dataclasses.replace(
+            config, input=str(video),
+            output=str(Path(config.output) / video.name) if config.output else None,
+            detections=config.detections / f"{video.stem}.jsonl" if config.detections else None)
         try:
-            stats = pipeline.run()
-        finally:
-            progress.close()
-            if config.report:
-                write_report(config.report, pipeline.stats, models, source, pipeline.config)
+            with _open_input(one) as source:
+                done.append(run_one(source, models, given, one))
+        except (SourceError, SinkError) as exc:
+            logger.error("%s: skipped (%s)", video.name, exc)
+            failed.append(video.name)
+    if failed:
+        raise SourceError(f"{len(failed)} of {len(videos)} videos failed: {', '.join(failed)}")
+    return done
+
+
+def run_one(source: Source, models: Models, given: list[ReferenceFace], config: RunConfig) -> RunStats:
+    """One input (``source``, opened from ``config.input``) through the pipeline into ``config``'s
+    outputs."""
+    sinks = open_sinks(source, config)
+    try:
+        pipeline = build_pipeline(source, models, sinks, config, given=given)
+    except BaseException:
+        # Nothing was written: leave no half-made output behind the error.
+        abandon(sinks)
+        raise
+    progress = make_progress(source.info.frame_count, enabled=config.progress)
+    preview = next((s for s in sinks if isinstance(s, PreviewSink)), None)
+
+    def on_frame(frame: Frame) -> None:
+        progress.update(1)
+        if preview is not None and preview.closed_by_user:
+            pipeline.stop()
+
+    pipeline.on_frame = on_frame
+    try:
+        stats = pipeline.run()
+    finally:
+        progress.close()
+        if config.report:
+            write_report(config.report, pipeline.stats, models, source, pipeline.config)
     logger.info(
         "%d frames in %.1f s (%.1f FPS), %d dropped, %d corrupt",
         stats.frames_written, stats.wall_seconds, stats.fps, stats.frames_dropped, stats.frames_corrupt,

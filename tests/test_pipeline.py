@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -392,6 +393,26 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_weights, capsys):
     assert "mask_score must be in [0, 1]" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good),
                                                   "--output", str(out), "--mask-score", "1.5")
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_a_folder_of_videos_is_written_video_by_video_and_a_bad_one_is_skipped(tmp_path, tiny_weights, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_video(folder / "a.mp4", frames=12)
+    make_video(folder / "b.mkv", frames=8, audio=False)
+    (folder / "c.mp4").write_text("not a video")
+    cv2.imwrite(str(folder / "p.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    out, faces = tmp_path / "out", tmp_path / "faces"
+    assert "1 of 3 videos failed: c.mp4" in _bad(tmp_path, tiny_weights, capsys, "--input", str(folder),
+                                                  "--output", str(out), "--detections", str(faces))
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mkv", "p.jpg"]
+    assert len(video_timestamps(out / "a.mp4")) == 12 and len(video_timestamps(out / "b.mkv")) == 8
+    assert audio_packets(out / "a.mp4") == pytest.approx(audio_packets(folder / "a.mp4"))
+    assert sorted(p.name for p in faces.iterdir()) == ["a.jsonl", "b.jsonl", "photos.jsonl"]
+    assert len((faces / "a.jsonl").read_text().splitlines()) == 12
+    # Several videos go into a folder, not into one file.
+    assert "give --output a folder" in _bad(tmp_path, tiny_weights, capsys, "--input", str(folder),
+                                            "--output", str(tmp_path / "all.mp4"))
 
 
 def test_unwritable_output_location(tmp_path, tiny_weights, capsys):
