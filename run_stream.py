@@ -464,7 +464,7 @@ def run_folder(config: RunConfig, videos: list[Path], models: Models, given: lis
     if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in Path(config.input).iterdir()):
         photos = dataclasses.replace(
             config, detections=config.detections / "photos.jsonl" if config.detections else None)
-        with ImageSource(Path(config.input)) as source:
+        with ImageSource(Path(config.input), also_read=frozenset(VIDEO_CONTAINERS)) as source:
             done.append(run_one(source, models, given, photos))
     for k, video in enumerate(videos, 1):
         logger.info("video %d of %d: %s", k, len(videos), video.name)

@@ -386,11 +386,21 @@ class WebcamSource(Source):
 class ImageSource(Source):
     """One image or every image in a directory (sorted by name); never drops a frame."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, also_read: frozenset[str] = frozenset()) -> None:
+        """``also_read``: extensions of the directory's files that are read elsewhere (its
+        videos), so not reported as left out."""
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+            files = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS)
+            # A phone's HEIC photos, say, which OpenCV cannot read: told, not silently passed over.
+            left = sorted({p.suffix.lower() or p.name for p in entries
+                           if p.suffix.lower() not in IMAGE_EXTENSIONS | also_read})
             if not files:
-                raise SourceError(f"{path}: directory has no images")
+                raise SourceError(f"{path}: directory has no images it can read ({' '.join(sorted(IMAGE_EXTENSIONS))})"
+                                  + (f"; found {' '.join(left)}" if left else ""))
+            if left:
+                logger.warning("%s: left out files of other types (%s); images read: %s", path, " ".join(left),
+                               " ".join(sorted(IMAGE_EXTENSIONS)))
         elif path.exists():
             files = [path]
         else:

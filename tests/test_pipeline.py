@@ -382,6 +382,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_weights, capsys):
     assert "does not exist" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good),
                                     "--output", str(tmp_path / "missing" / "out.mp4"))
     assert "no known" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(tmp_path / "out.xyz"))
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    (phone / "IMG_0001.HEIC").write_bytes(b"\0" * 64)
+    assert "no images it can read" in (err := _bad(tmp_path, tiny_weights, capsys, "--input", str(phone),
+                                                   "--output", str(tmp_path / "o"))) and "found .heic" in err
     # The input is never overwritten: the video itself, or a folder of photos as its own output.
     before = good.read_bytes()
     assert "is the input" in _bad(tmp_path, tiny_weights, capsys, "--input", str(good), "--output", str(good))
