@@ -509,9 +509,13 @@ def run_one(source: Source, models: Models, given: list[ReferenceFace], config: 
         if config.report:
             write_report(config.report, pipeline.stats, models, source, pipeline.config)
     logger.info(
-        "%d frames in %.1f s (%.1f FPS), %d dropped, %d corrupt",
+        "%d frames in %.1f s (%.1f FPS), %d dropped, %d corrupt; a face filled on %d",
         stats.frames_written, stats.wall_seconds, stats.fps, stats.frames_dropped, stats.frames_corrupt,
+        stats.frames_filled,
     )
+    if stats.frames_written and not stats.frames_filled:
+        # Otherwise the user gets their video back unchanged and wonders what went wrong.
+        logger.warning("%s: no masked face found on any frame; the output shows the input as it was", config.input)
     return stats
 
 

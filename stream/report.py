@@ -49,6 +49,7 @@ class RunStats:
 
     frames_dropped: frames a live source lost because the pipeline fell behind.
     frames_corrupt: frames or packets the decoder could not read and skipped.
+    frames_filled: written frames on which some face was reconstructed.
     staleness: per written frame that carried a detection, how many frames older the picture
         the detector saw is (0 unless the detector runs in the background).
     memory_mb: (frames written, resident MB) every ``MEMORY_EVERY`` frames.
@@ -59,6 +60,7 @@ class RunStats:
     frames_written: int = 0
     frames_dropped: int = 0
     frames_corrupt: int = 0
+    frames_filled: int = 0
     wall_seconds: float = 0.0
     latencies: dict[str, list[float]] = field(default_factory=dict)
     fps_timeline: list[tuple[float, float]] = field(default_factory=list)
@@ -83,6 +85,7 @@ class RunStats:
         now = time.perf_counter()
         with self._lock:
             self.frames_written += 1
+            self.frames_filled += bool(frame.filled)
             for name, value in frame.latency.items():
                 self.latencies.setdefault(name, []).append(value)
             if frame.decoded_at is not None:
@@ -130,6 +133,7 @@ class RunStats:
             "frames_written": self.frames_written,
             "frames_dropped": self.frames_dropped,
             "frames_corrupt": self.frames_corrupt,
+            "frames_filled": self.frames_filled,
             "wall_seconds": round(self.wall_seconds, 3),
             "fps": round(self.fps, 2),
             "latency_ms": {

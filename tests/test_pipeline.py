@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -36,11 +37,14 @@ def cli(tiny_weights, *args: str) -> int:
 
 
 @pytest.mark.parametrize("sequential", [False, True])
-def test_file_keeps_every_frame_timestamps_and_audio(tmp_path, tiny_weights, sequential):
+def test_file_keeps_every_frame_timestamps_and_audio(tmp_path, tiny_weights, sequential, caplog):
     src = make_video(tmp_path / "in.mp4", frames=40)
     out = tmp_path / "out.mp4"
     args = ["--input", str(src), "--output", str(out), "--report", str(tmp_path / "r.json")]
     assert cli(tiny_weights, *args, *(["--sequential"] if sequential else [])) == 0
+    # Untrained weights find no face: the report says so, and so does the log, not only the bare output.
+    assert json.loads((tmp_path / "r.json").read_text())["run"]["frames_filled"] == 0
+    assert "no masked face found on any frame" in caplog.text
     assert video_timestamps(out) == pytest.approx(video_timestamps(src), abs=1e-6)
     assert audio_packets(out) == pytest.approx(audio_packets(src))
     assert not list(tmp_path.glob("*.partial*"))

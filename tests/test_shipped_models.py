@@ -26,13 +26,15 @@ def test_shipped_weights_exist_with_model_cards():
 def test_sample_clip_is_unmasked(tmp_path):
     out = tmp_path / "out.mp4"
     faces = tmp_path / "faces.jsonl"
+    report = tmp_path / "run.json"
     code = run_stream.main(["--input", str(SAMPLE), "--output", str(out), "--detections", str(faces),
-                            "--max-frames", "12", "--no-progress", "--log-level", "WARNING"])
+                            "--report", str(report), "--max-frames", "12", "--no-progress", "--log-level", "WARNING"])
     assert code == 0
     records = [json.loads(line) for line in faces.read_text().splitlines()]
     masked = [r for r in records if any(_area(f["mask_rle"]) > 500 for f in r["faces"])]
     assert len(records) == 12 and len(masked) >= 11, "the mask on the sample clip should be found"
     assert all(f["filled"] for r in masked for f in r["faces"] if _area(f["mask_rle"]) > 500)
+    assert json.loads(report.read_text())["run"]["frames_filled"] == len(masked)
     with av.open(str(SAMPLE)) as a, av.open(str(out)) as b:
         index = masked[0]["frame"]
         before = next(f for i, f in enumerate(a.decode(video=0)) if i == index).to_ndarray(format="rgb24").astype(int)
