@@ -20,8 +20,8 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import dataclasses
 import json
-import os
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,9 +456,9 @@ def run_folder(config: RunConfig, videos: list[Path], models: Models, given: lis
             raise SinkError(f"{value}: a folder with videos is written into a folder: give {option} a folder")
     if config.report:
         raise SinkError("--report takes one input: give it a video, a photo or a folder of photos")
-    folders = [Path(v) for v in (config.output, config.detections) if v]
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
+    for folder in (config.output, config.detections):
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
     done: list[RunStats] = []
     failed: list[str] = []
     if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in Path(config.input).iterdir()):
