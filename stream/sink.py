@@ -78,7 +78,7 @@ class _AudioCopier:
     Where the output's container cannot hold the input's audio codec (a phone's AAC into WebM),
     the audio is decoded and encoded again in the container's own (Opus for WebM)."""
 
-    def __init__(self, source: Path, output: av.container.OutputContainer) -> None:
+    def __init__(self, source: Path | str, output: av.container.OutputContainer) -> None:
         self._input = av.open(str(source))
         in_stream = self._input.streams.audio[0]
         self._encoder: av.AudioStream | None = None

@@ -40,7 +40,8 @@ class SourceInfo:
 
     rate: nominal frames per second (None for still images).
     frame_count: frames expected, when the container says (None when unknown or live).
-    audio_path: a file whose audio stream is copied to the output (None when there is none).
+    audio_path: a file, or the URL of a recorded video, whose audio stream is copied to the output
+        (None when there is none, or the source is live: a camera's audio is not kept).
     """
 
     width: int
@@ -49,7 +50,7 @@ class SourceInfo:
     time_base: Fraction | None
     frame_count: int | None
     live: bool
-    audio_path: Path | None = None
+    audio_path: Path | str | None = None
 
 
 class Source(abc.ABC):
@@ -255,6 +256,8 @@ class NetworkSource(Source):
             time_base=LIVE_TIME_BASE if self._live else stream.time_base,
             frame_count=None,
             live=self._live,
+            # A recorded video over HTTP or HLS keeps its sound, as a file does.
+            audio_path=url if not self._live and container.streams.audio else None,
         )
 
     def _options(self) -> dict[str, str]:

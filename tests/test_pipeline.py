@@ -61,6 +61,24 @@ def test_audio_the_output_container_cannot_hold_is_encoded_again(tmp_path, tiny_
     assert seconds == pytest.approx(40 / 25, abs=0.03)
 
 
+def test_a_recorded_video_over_http_keeps_its_sound(tmp_path, tiny_weights):
+    import functools
+    import http.server
+
+    src = make_video(tmp_path / "in.mp4", frames=20)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "out.mp4"
+        assert cli(tiny_weights, "--input", f"http://127.0.0.1:{server.server_port}/in.mp4", "--output", str(out)) == 0
+    finally:
+        server.shutdown()
+    assert len(video_timestamps(out)) == 20
+    assert audio_packets(out) == pytest.approx(audio_packets(src))
+
+
 def test_mkv_output_and_variable_timestamps_survive(tmp_path, tiny_weights):
     src = tmp_path / "in.mkv"
     with av.open(str(src), "w") as out:
