@@ -178,10 +178,15 @@ class VideoSink(Sink):
             raise SinkError(f"{target}: cannot open for writing ({exc})") from exc
         rate = info.rate or Fraction(25)
         stream = self._container.add_stream(codec, rate=rate)
-        stream.width, stream.height = info.width, info.height
-        # yuv420p halves chroma resolution and so needs even sizes; odd frames keep full chroma.
-        even = info.width % 2 == 0 and info.height % 2 == 0
-        stream.pix_fmt = "yuv420p" if even or codec != "libx264" else "yuv444p"
+        # x264's yuv420p halves chroma resolution and so needs even sizes. An odd frame gets its last
+        # column or row repeated: H.264 in full chroma (yuv444p, used until 2026-12-07) plays in
+        # neither browsers nor phones.
+        self._pad = (info.width % 2, info.height % 2) if codec == "libx264" else (0, 0)
+        stream.width, stream.height = info.width + self._pad[0], info.height + self._pad[1]
+        stream.pix_fmt = "yuv420p"
+        if any(self._pad):
+            logger.info("%s: odd frame size %dx%d written as %dx%d (an edge pixel repeated)", target,
+                        info.width, info.height, stream.width, stream.height)
         # The muxer may pick its own stream time base when it writes the header; frames are
         # stamped in the source's time base, which the encoder keeps.
         self._time_base = info.time_base or 1 / rate
@@ -203,6 +208,8 @@ class VideoSink(Sink):
 
     def write(self, frame: Frame) -> None:
         image = frame.output if frame.output is not None else frame.image
+        if any(self._pad):
+            image = cv2.copyMakeBorder(image, 0, self._pad[1], 0, self._pad[0], cv2.BORDER_REPLICATE)
         # A copy, though it holds the GIL: a frame over the array itself (from_numpy_buffer) is only
         # safe if nothing reads it after encode() returns, which was not settled (2026-12-07).
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")

@@ -79,6 +79,29 @@ def test_a_recorded_video_over_http_keeps_its_sound(tmp_path, tiny_weights):
     assert audio_packets(out) == pytest.approx(audio_packets(src))
 
 
+def test_an_odd_frame_size_is_written_as_4_2_0_that_players_show(tmp_path, tiny_weights):
+    src = tmp_path / "odd.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)  # takes odd sizes, as phone and editor exports come
+        stream.width, stream.height, stream.pix_fmt = 97, 65, "yuv444p"
+        for i in range(5):
+            image = np.full((65, 97, 3), 40, np.uint8)
+            image[:, -1] = 250
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    written = tmp_path / "out.mp4"
+    assert cli(tiny_weights, "--input", str(src), "--output", str(written)) == 0
+    with av.open(str(written)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.pix_fmt, video.width, video.height) == ("yuv420p", 98, 66)
+        first = next(container.decode(video)).to_ndarray(format="rgb24")
+    assert first[30, -2:, 0].min() > 200 and first[30, -4, 0] < 80  # the last column, repeated
+
+
 def test_mkv_output_and_variable_timestamps_survive(tmp_path, tiny_weights):
     src = tmp_path / "in.mkv"
     with av.open(str(src), "w") as out:
