@@ -246,6 +246,8 @@ def test_viewers_of_the_input_share_one_pipeline_and_leaving_frees_it(web_server
             page.click("#watch-input")
         for page in pages:
             page.wait_for_function("window.unmask.outputFrames > 10", timeout=120_000)
+        # Only the unmasked stream comes back: no empty "original" pane beside it.
+        assert not pages[0].is_visible("#original") and pages[0].is_visible("#processed")
         assert _server_status(web_server) == {"sessions": 2, "pipelines": 1}
         pages[0].close()
         _wait_status(web_server, {"sessions": 1, "pipelines": 1})

@@ -198,6 +198,10 @@ $("start-camera").onclick = guarded(async () => {
 $("watch-input").hidden = !window.UNMASK_HAS_INPUT;
 $("watch-input").onclick = guarded(async () => {
   $("start-camera").disabled = $("watch-input").disabled = true;
+  // Only the unmasked stream comes back from the server's input: no empty "original" beside it,
+  // and no latency, which only a frame the page stamped itself can give.
+  $("original").closest("figure").hidden = true;
+  $("latency").textContent = "latency: camera only";
   await connect("input", null, false);
 });
 $("smoothing").onchange = guarded(() => control({ smoothing: $("smoothing").checked }));
