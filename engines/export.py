@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -80,11 +81,41 @@ def export_onnx(name: str, *, weights: Path | None = None, artifacts: Path = ART
     args = example_inputs(inputs)
     path = onnx_path(name, artifacts)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a name of this process's own and moved into place once checked: a second run
+    # exporting on first use at the same time, or one interrupted, never leaves a half-written
+    # model where a reader looks.
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.onnx")
+    start = time.perf_counter()
+    try:
+        _export_checked(name, module, args, inputs, outputs, partial, spec.exporter)
+        meta = {
+            "model": name,
+            "format": "onnx",
+            "weights": source.name,
+            "weights_sha256": file_sha256(source),
+            "onnx_sha256": file_sha256(partial),
+            "opset": OPSET,
+            "exporter": spec.exporter,
+            "torch_version": torch.__version__,
+            "inputs": [vars(s) for s in inputs],
+            "outputs": [vars(s) for s in outputs],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    path.with_name(path.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("%s: exported %s in %.1f s", name, path, time.perf_counter() - start)
+    return path
+
+
+def _export_checked(name: str, module: torch.nn.Module, args: tuple, inputs: list[TensorSpec],
+                    outputs: list[TensorSpec], path: Path, exporter: str) -> None:
+    """Export ``module`` to ``path`` and check the model and its output names."""
     input_names = [s.name for s in inputs]
     output_names = [s.name for s in outputs]
-    start = time.perf_counter()
     with torch.no_grad():
-        if spec.exporter == "legacy":
+        if exporter == "legacy":
             dynamic_axes = {
                 s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
                 for s in (*inputs, *outputs) if any(isinstance(d, str) for d in s.shape)
@@ -104,19 +135,3 @@ def export_onnx(name: str, *, weights: Path | None = None, artifacts: Path = ART
     got = [o.name for o in model.graph.output]
     if got != output_names:
         raise ExportError(f"{name}: exported outputs {got}, expected {output_names}")
-    meta = {
-        "model": name,
-        "format": "onnx",
-        "weights": source.name,
-        "weights_sha256": file_sha256(source),
-        "onnx_sha256": file_sha256(path),
-        "opset": OPSET,
-        "exporter": spec.exporter,
-        "torch_version": torch.__version__,
-        "inputs": [vars(s) for s in inputs],
-        "outputs": [vars(s) for s in outputs],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    path.with_name(path.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("%s: exported %s in %.1f s", name, path, time.perf_counter() - start)
-    return path

@@ -286,13 +286,21 @@ def test_first_use_exports_to_the_user_cache_once_and_falls_back_to_torch(tiny_w
     assert first.engine.backend == "onnxruntime"
     assert any("exporting to ONNX" in r.getMessage() for r in caplog.records)
     exported = list((tmp_path / "cache" / "onnx").glob("*/detector.onnx"))
-    assert len(exported) == 1
+    assert len(exported) == 1 and not list(exported[0].parent.glob(".*partial*"))
     stamp = exported[0].stat().st_mtime_ns
     again = load_model("detector", device="cpu", weights=det, artifacts=empty, export_on_first_use=True)
     assert again.engine.backend == "onnxruntime" and exported[0].stat().st_mtime_ns == stamp
 
     def broken(*args, **kwargs):
         raise RuntimeError("exporter crashed")
+
+    # A check that fails after the export leaves nothing where a reader looks.
+    monkeypatch.setenv("UNMASK_STREAM_CACHE", str(tmp_path / "checked_cache"))
+    monkeypatch.setattr("onnx.checker.check_model", broken)
+    assert load_model("detector", device="cpu", weights=det, artifacts=empty, export_on_first_use=True
+                      ).engine.backend == "torch"
+    assert [p.name for p in (tmp_path / "checked_cache").rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
 
     monkeypatch.setenv("UNMASK_STREAM_CACHE", str(tmp_path / "other_cache"))
     monkeypatch.setattr("engines.export.export_onnx", broken)
