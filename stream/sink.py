@@ -6,8 +6,9 @@ import abc
 import json
 import logging
 import os
+import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from stream.records import Frame
-from stream.source import IMAGE_EXTENSIONS, SourceInfo
+from stream.source import IMAGE_EXTENSIONS, LiveAudio, SourceInfo
 
 logger = logging.getLogger(__name__)
 
@@ -73,21 +74,37 @@ def _check_writable_dir(directory: Path, what: str) -> None:
         raise SinkError(f"{what}: directory {directory} is not writable")
 
 
+def _encoder_rate(codec: str, rate: int) -> int:
+    """The sample rate to encode ``rate`` Hz sound in with ``codec``: its own where it takes it,
+    else the lowest it takes above it (AC-3 takes 32-48 kHz only, a camera's G.711 is 8 kHz),
+    else its highest."""
+    rates = av.codec.Codec(codec, "w").audio_rates
+    if not rates or rate in rates:
+        return rate
+    above = [r for r in rates if r > rate]
+    return min(above) if above else max(rates)
+
+
 class _AudioCopier:
     """Copies the input's audio packets into the output, untouched, interleaved with the video.
-    Where the output's container cannot hold the input's audio codec (a phone's AAC into WebM),
-    the audio is decoded and encoded again in the container's own (Opus for WebM)."""
+    Where the output's container cannot hold the input's audio codec (a phone's AAC into WebM, a
+    camera's G.711 into MP4), the audio is decoded and encoded again in the container's own.
 
-    def __init__(self, source: Path | str, output: av.container.OutputContainer) -> None:
-        self._input = av.open(str(source))
-        in_stream = self._input.streams.audio[0]
+    ``packets()`` gives the next packet of ``in_stream``, stamped on the video's clock, or None:
+    at the end of a file, or, for a live source (``live``), when none has arrived yet."""
+
+    def __init__(self, in_stream: av.AudioStream, packets: Callable[[], av.Packet | None],
+                 output: av.container.OutputContainer, *, live: bool = False,
+                 release: Callable[[], None] = lambda: None) -> None:
+        self.live = live
+        self._next_packet = packets
+        self._release = release
         self._encoder: av.AudioStream | None = None
         try:
             self._out_stream = output.add_stream_from_template(in_stream)
         except ValueError:
             codec = output.default_audio_codec
-            # Opus takes 48 kHz and a few lower rates only, whatever the input's.
-            rate = 48000 if codec in ("opus", "libopus") else in_stream.rate
+            rate = _encoder_rate(codec, in_stream.rate)
             logger.info("%s cannot hold %s audio: encoding it as %s", output.name, in_stream.codec_context.name, codec)
             self._encoder = self._out_stream = output.add_stream(codec, rate=rate, layout=in_stream.layout.name)
             self._resampler = av.AudioResampler(format=self._encoder.format.name, layout=self._encoder.layout.name,
@@ -95,14 +112,30 @@ class _AudioCopier:
             self._samples: int | None = None
         self._output = output
         self._tb = in_stream.time_base
-        self._packets: Iterator[av.Packet] = self._input.demux(in_stream)
         self._pending: av.Packet | None = None
         self.copied = 0
+
+    @classmethod
+    def of_file(cls, source: Path | str, output: av.container.OutputContainer) -> _AudioCopier:
+        """The first audio stream of the file or recorded video at ``source``."""
+        container = av.open(str(source))
+        packets = container.demux(container.streams.audio[0])
+        return cls(container.streams.audio[0], lambda: next(packets, None), output, release=container.close)
+
+    @classmethod
+    def of_live(cls, audio: LiveAudio, output: av.container.OutputContainer) -> _AudioCopier:
+        def queued() -> av.Packet | None:
+            try:
+                return audio.packets.get_nowait()
+            except queue.Empty:
+                return None
+
+        return cls(audio.stream, queued, output, live=True)
 
     def copy_until(self, seconds: float | None) -> None:
         """Mux every audio packet that starts before ``seconds`` (None: all that are left)."""
         while True:
-            packet = self._pending or next(self._packets, None)
+            packet = self._pending or self._next_packet()
             self._pending = None
             if packet is None:
                 return
@@ -140,7 +173,7 @@ class _AudioCopier:
             if self._encoder is not None:
                 self._encode(None)
         finally:
-            self._input.close()
+            self._release()
 
 
 class VideoSink(Sink):
@@ -198,10 +231,11 @@ class VideoSink(Sink):
                 opts["tune"] = "zerolatency"
             stream.options = opts
         self._stream = stream
-        self._audio = (
-            _AudioCopier(info.audio_path, self._container)
-            if info.audio_path is not None and not self.live else None
-        )
+        self._audio: _AudioCopier | None = None
+        if not self.live and info.audio_path is not None:
+            self._audio = _AudioCopier.of_file(info.audio_path, self._container)
+        elif not self.live and info.live_audio is not None:
+            self._audio = _AudioCopier.of_live(info.live_audio, self._container)
         self.frames_written = 0
         self._last_seconds: float | None = None
         self._next_pts = 0
@@ -238,7 +272,8 @@ class VideoSink(Sink):
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
             if self._audio is not None:
-                self._audio.copy_until(None if complete else self._last_seconds)
+                # A live source's sound is cut where its pictures end, as an interrupted file's.
+                self._audio.copy_until(None if complete and not self._audio.live else self._last_seconds)
                 self._audio.close()
             self._container.close()
         except av.error.FFmpegError as exc:

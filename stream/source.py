@@ -6,6 +6,7 @@ import abc
 import contextlib
 import dataclasses
 import logging
+import queue
 import re
 import threading
 import time
@@ -35,13 +36,25 @@ class SourceError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LiveAudio:
+    """The sound of a live source, handed to file sinks beside its frames (which may be dropped;
+    the sound is not). stream: the input's audio stream, which the output's is made like;
+    packets: its packets as they arrive, stamped (pts and dts in ``stream.time_base``) on the
+    frames' clock, so a packet and a frame of the same moment carry the same time."""
+
+    stream: av.AudioStream
+    packets: queue.SimpleQueue
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     """What the sinks need to know about the input.
 
     rate: nominal frames per second (None for still images).
     frame_count: frames expected, when the container says (None when unknown or live).
     audio_path: a file, or the URL of a recorded video, whose audio stream is copied to the output
-        (None when there is none, or the source is live: a camera's audio is not kept).
+        (None when there is none, or the source is live).
+    live_audio: a live source's sound (None when it has none).
     """
 
     width: int
@@ -51,6 +64,7 @@ class SourceInfo:
     frame_count: int | None
     live: bool
     audio_path: Path | str | None = None
+    live_audio: LiveAudio | None = None
 
 
 class Source(abc.ABC):
@@ -249,6 +263,9 @@ class NetworkSource(Source):
         self._live = url.startswith(LIVE_SCHEMES)
         container = self._open_with_retry(deadline=time.monotonic() + policy.open_timeout, first=True)
         stream = container.streams.video[0]
+        self._audio = (LiveAudio(container.streams.audio[0], queue.SimpleQueue())
+                       if self._live and container.streams.audio else None)
+        self._last_audio: int | None = None
         self.info = SourceInfo(
             width=stream.codec_context.width,
             height=stream.codec_context.height,
@@ -258,6 +275,7 @@ class NetworkSource(Source):
             live=self._live,
             # A recorded video over HTTP or HLS keeps its sound, as a file does.
             audio_path=url if not self._live and container.streams.audio else None,
+            live_audio=self._audio,
         )
 
     def _options(self) -> dict[str, str]:
@@ -304,15 +322,22 @@ class NetworkSource(Source):
                 assert container is not None
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
-                for vf in container.decode(stream):
+                audio = container.streams.audio[0] if self._audio is not None and container.streams.audio else None
+                offset = None  # the frames' clock less the sound's own, set by this connection's first packet
+                for packet in container.demux(stream, *([audio] if audio is not None else [])):
                     if self._closed.is_set():
                         return
-                    if self._live:
-                        pts, tb = int((time.monotonic() - start) / LIVE_TIME_BASE), LIVE_TIME_BASE
-                    else:
-                        pts, tb = vf.pts, stream.time_base
-                    yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
-                    index += 1
+                    if audio is not None and packet.stream.index == audio.index:
+                        if packet.pts is not None:
+                            offset = self._queue_audio(packet, time.monotonic() - start, offset)
+                        continue
+                    for vf in packet.decode():
+                        if self._live:
+                            pts, tb = int((time.monotonic() - start) / LIVE_TIME_BASE), LIVE_TIME_BASE
+                        else:
+                            pts, tb = vf.pts, stream.time_base
+                        yield Frame(index=index, image=vf.to_ndarray(format="rgb24"), pts=pts, time_base=tb)
+                        index += 1
                 if not self._live:
                     return
                 logger.warning("%s: stream ended; reconnecting", self.url)
@@ -323,6 +348,23 @@ class NetworkSource(Source):
             self._close_container()
             self.reconnects += 1
             self._open_with_retry(deadline=time.monotonic() + self.policy.give_up_after, first=False)
+
+    def _queue_audio(self, packet: av.Packet, now: float, offset: float | None) -> float:
+        """Stamps a live audio packet on the frames' clock (``now``: seconds since reading began)
+        and queues it for the sinks; returns the offset to stamp the connection's next ones by.
+        The sound keeps its own pace (stamped by arrival, it would stutter with the network); the
+        offset is fixed at the first packet of each connection, and a packet that would go back
+        in time across a reconnect is dropped."""
+        seconds = float(packet.pts * packet.time_base)
+        if offset is None:
+            offset = now - seconds
+        stamp = int(round((seconds + offset) / packet.time_base))
+        if self._last_audio is not None and stamp <= self._last_audio:
+            return offset
+        self._last_audio = stamp
+        packet.pts = packet.dts = stamp
+        self._audio.packets.put(packet)
+        return offset
 
     def _close_container(self) -> None:
         container, self._container = self._container, None

@@ -30,11 +30,13 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 HOST = "127.0.0.1"
 
 
-def build_launch(*, width: int, height: int, fps: int, file: str | None = None) -> str:
+def build_launch(*, width: int, height: int, fps: int, file: str | None = None, audio: str | None = None) -> str:
     """Return the gst-launch description of the served media (payloader named pay0).
 
     With ``file``, that video (decoded, scaled to width x height at fps) instead of the test
-    pattern; the RTSP server paces it at its frame rate, as a camera would deliver it."""
+    pattern; the RTSP server paces it at its frame rate, as a camera would deliver it. With
+    ``audio`` ("opus" or "pcma", the G.711 a-law of many IP cameras), a live 440 Hz tone as
+    well (payloader pay1)."""
     if file is not None:
         source = (
             f"filesrc location=\"{file}\" ! decodebin ! videoconvert ! videoscale ! videorate "
@@ -46,13 +48,18 @@ def build_launch(*, width: int, height: int, fps: int, file: str | None = None) 
             f"! video/x-raw,width={width},height={height},framerate={fps}/1 "
             f"! timeoverlay font-desc=\"Sans {max(height // 12, 8)}\" "
         )
-    return (
+    video = (
         f"{source}"
         f"! videoconvert "
         f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} threads=1 "
         f"! video/x-h264,profile=constrained-baseline "
         f"! rtph264pay name=pay0 pt=96 config-interval=1"
     )
+    if audio is None:
+        return video
+    encode = {"opus": "opusenc ! rtpopuspay", "pcma": "alawenc ! rtppcmapay"}[audio]
+    return (f"{video} audiotestsrc is-live=true freq=440 ! audioconvert ! audioresample "
+            f"! audio/x-raw,rate={48000 if audio == 'opus' else 8000},channels=1 ! {encode} name=pay1 pt=97")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,6 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--file", help="serve this video file (at --fps, scaled) instead of the test pattern")
+    parser.add_argument("--audio", choices=["opus", "pcma"], help="serve a live tone as well, in this codec")
     parser.add_argument(
         "--check",
         action="store_true",
@@ -77,7 +85,7 @@ def main(argv=None) -> int:
         print(f"mount must start with '/': {args.mount!r}", file=sys.stderr)
         return 2
     Gst.init(None)
-    launch = build_launch(width=args.width, height=args.height, fps=args.fps, file=args.file)
+    launch = build_launch(width=args.width, height=args.height, fps=args.fps, file=args.file, audio=args.audio)
 
     # The RTSP server only builds the pipeline when a client connects; building it
     # once here turns a missing plugin into an immediate, visible startup failure.

@@ -56,7 +56,8 @@ class RtspTestServer:
     """Context manager running ``gst_rtsp_serve.py`` on ``rtsp://127.0.0.1:PORT/MOUNT``.
 
     The stream is a live H.264 test pattern of ``width`` x ``height`` at ``fps``, or the video
-    ``file`` scaled to that size and paced at that rate. The port
+    ``file`` scaled to that size and paced at that rate; with ``audio`` ("opus", "pcma") a live
+    tone beside it. The port
     is fixed at construction (a free one is picked when ``port`` is None), so the URL stays
     valid across :meth:`restart`.
     """
@@ -70,6 +71,7 @@ class RtspTestServer:
         height: int = 240,
         fps: int = 25,
         file: str | Path | None = None,
+        audio: str | None = None,
         start_timeout: float = 15.0,
         stop_timeout: float = 5.0,
     ) -> None:
@@ -81,6 +83,7 @@ class RtspTestServer:
         self.height = height
         self.fps = fps
         self.file = None if file is None else Path(file).resolve()
+        self.audio = audio
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._process: subprocess.Popen | None = None
@@ -108,6 +111,8 @@ class RtspTestServer:
         ]
         if self.file is not None:
             command.append(f"--file={self.file}")
+        if self.audio is not None:
+            command.append(f"--audio={self.audio}")
         # stderr is inherited so GStreamer diagnostics land in the test's captured output;
         # stdout carries only the single READY line, so the pipe can never fill up.
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

@@ -102,6 +102,14 @@ def test_an_odd_frame_size_is_written_as_4_2_0_that_players_show(tmp_path, tiny_
     assert first[30, -2:, 0].min() > 200 and first[30, -4, 0] < 80  # the last column, repeated
 
 
+def test_sound_is_encoded_again_at_a_rate_its_codec_takes():
+    from stream.sink import _encoder_rate
+
+    assert _encoder_rate("aac", 8000) == 8000  # a camera's G.711 rate, which AAC takes
+    assert _encoder_rate("ac3", 8000) == 32000 and _encoder_rate("libopus", 44100) == 48000
+    assert _encoder_rate("ac3", 96000) == 48000
+
+
 def test_mkv_output_and_variable_timestamps_survive(tmp_path, tiny_weights):
     src = tmp_path / "in.mkv"
     with av.open(str(src), "w") as out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+import av
 import pytest
 
 import run_stream
@@ -67,3 +68,24 @@ def test_rtsp_to_file_with_cli(tmp_path, tiny_weights):
     run = json.loads(report.read_text())
     assert run["mode"] == "live"
     assert run["run"]["detection_staleness_frames"]["max"] >= 0
+
+
+@pytest.mark.parametrize("codec,written", [("opus", "opus"), ("pcma", "aac")])
+def test_a_live_cameras_sound_is_recorded_beside_its_pictures(tmp_path, tiny_weights, codec, written):
+    # Opus is copied as it comes; an IP camera's G.711 a-law, which MP4 cannot hold, is encoded as AAC.
+    out = tmp_path / "live.mp4"
+    det, gen = tiny_weights
+    with RtspTestServer(width=160, height=120, fps=25, audio=codec) as server:
+        assert run_stream.main([
+            "--input", server.url, "--output", str(out), "--max-frames", "50", "--no-progress",
+            "--detector-weights", str(det), "--generator-weights", str(gen),
+        ]) == 0
+    stamps = video_timestamps(out)
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0]
+        frames = list(container.decode(audio))
+    start, end = float(frames[0].pts * audio.time_base), float(frames[-1].pts * audio.time_base)
+    assert audio.codec_context.name == written
+    # On the pictures' clock: the sound runs from when reading began to the last picture.
+    assert start <= stamps[0] + 0.05 and abs(end - stamps[-1]) < 0.3
+    assert sum(f.samples for f in frames) / audio.rate == pytest.approx(end - start, abs=0.3)
