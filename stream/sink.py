@@ -130,6 +130,7 @@ class _AudioCopier:
             except queue.Empty:
                 return None
 
+        audio.wanted.set()
         return cls(audio.stream, queued, output, live=True)
 
     def copy_until(self, seconds: float | None) -> None:

@@ -44,6 +44,9 @@ class LiveAudio:
 
     stream: av.AudioStream
     packets: queue.SimpleQueue
+    # Set by the sink that takes the packets: with none (re-streaming, a preview, the web page)
+    # nothing is queued, or a long live run would hoard every packet.
+    wanted: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,7 @@ class NetworkSource(Source):
                     if self._closed.is_set():
                         return
                     if audio is not None and packet.stream.index == audio.index:
-                        if packet.pts is not None:
+                        if packet.pts is not None and self._audio.wanted.is_set():
                             offset = self._queue_audio(packet, time.monotonic() - start, offset)
                         continue
                     for vf in packet.decode():

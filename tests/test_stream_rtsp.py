@@ -89,3 +89,11 @@ def test_a_live_cameras_sound_is_recorded_beside_its_pictures(tmp_path, tiny_wei
     # On the pictures' clock: the sound runs from when reading began to the last picture.
     assert start <= stamps[0] + 0.05 and abs(end - stamps[-1]) < 0.3
     assert sum(f.samples for f in frames) / audio.rate == pytest.approx(end - start, abs=0.3)
+
+
+def test_a_live_cameras_sound_is_not_hoarded_without_a_file_to_record_it():
+    with RtspTestServer(width=160, height=120, fps=25, audio="opus") as server:
+        source = NetworkSource(server.url, policy=ReconnectPolicy(open_timeout=10, read_timeout=3))
+        sink = _Collect()
+        Pipeline(source, [], [sink], config=PipelineConfig(max_frames=25)).run()
+    assert sink.count == 25 and source.info.live_audio is not None and source.info.live_audio.packets.empty()
