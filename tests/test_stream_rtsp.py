@@ -83,12 +83,13 @@ def test_a_live_cameras_sound_is_recorded_beside_its_pictures(tmp_path, tiny_wei
     stamps = video_timestamps(out)
     with av.open(str(out)) as container:
         audio = container.streams.audio[0]
+        codec_name, rate, tb = audio.codec_context.name, audio.rate, audio.time_base
         frames = list(container.decode(audio))
-    start, end = float(frames[0].pts * audio.time_base), float(frames[-1].pts * audio.time_base)
-    assert audio.codec_context.name == written
+    start, end = float(frames[0].pts * tb), float(frames[-1].pts * tb)
+    assert codec_name == written
     # On the pictures' clock: the sound runs from when reading began to the last picture.
     assert start <= stamps[0] + 0.05 and abs(end - stamps[-1]) < 0.3
-    assert sum(f.samples for f in frames) / audio.rate == pytest.approx(end - start, abs=0.3)
+    assert sum(f.samples for f in frames) / rate == pytest.approx(end - start, abs=0.3)
 
 
 def test_a_live_cameras_sound_is_not_hoarded_without_a_file_to_record_it():
