@@ -109,6 +109,13 @@ class _AudioCopier:
             self._encoder = self._out_stream = output.add_stream(codec, rate=rate, layout=in_stream.layout.name)
             self._resampler = av.AudioResampler(format=self._encoder.format.name, layout=self._encoder.layout.name,
                                                 rate=rate)
+            # A decoder of its own: a live source's container is closed before the sinks drain the
+            # last packets, and its streams' decoders go with it.
+            source = in_stream.codec_context
+            self._decoder = av.CodecContext.create(source.name, "r")
+            self._decoder.sample_rate, self._decoder.layout = source.sample_rate, source.layout
+            if source.extradata:
+                self._decoder.extradata = source.extradata
             self._samples: int | None = None
         self._output = output
         self._tb = in_stream.time_base
@@ -149,16 +156,18 @@ class _AudioCopier:
                 packet.stream = self._out_stream
                 self._output.mux(packet)
             else:
-                for frame in packet.decode():
+                if self._samples is None:
+                    # Stamped by the samples written from the first packet's time on.
+                    self._samples = int(round(float((packet.pts or 0) * self._tb) * self._encoder.rate))
+                for frame in self._decoder.decode(packet):
                     self._encode(frame)
             self.copied += 1
 
     def _encode(self, frame: av.AudioFrame | None) -> None:
-        """Resample and encode one decoded frame (None: flush), stamped by the samples written so
-        far from the first frame's time on."""
+        """Resample and encode one decoded frame (None: flush), stamped by the samples written."""
         rate = self._encoder.rate
-        if frame is not None and self._samples is None:
-            self._samples = int(round((frame.time or 0.0) * rate))
+        if self._samples is None:  # nothing came to flush
+            return
         for part in self._resampler.resample(frame):
             part.pts, part.time_base = self._samples, Fraction(1, rate)
             self._samples += part.samples
@@ -172,6 +181,8 @@ class _AudioCopier:
         """Flush what the encoder holds (re-encoded audio) and release the input."""
         try:
             if self._encoder is not None:
+                for frame in self._decoder.decode(None):
+                    self._encode(frame)
                 self._encode(None)
         finally:
             self._release()
