@@ -192,7 +192,8 @@ class VideoSink(Sink):
     """H.264 (or VP9 for .webm) through PyAV to a file or a live URL, keeping source timestamps.
 
     Files are written under a ``.partial`` name and renamed when finished, so an output that
-    looks complete always is; the audio of ``info.audio_path`` is copied through.
+    looks complete always is; the sound of ``info.audio_path`` or ``info.live_audio`` goes with the
+    pictures, to files and live URLs alike.
     """
 
     def __init__(self, target: str, info: SourceInfo, *, settings: EncoderSettings = EncoderSettings()) -> None:
@@ -244,9 +245,9 @@ class VideoSink(Sink):
             stream.options = opts
         self._stream = stream
         self._audio: _AudioCopier | None = None
-        if not self.live and info.audio_path is not None:
+        if info.audio_path is not None:
             self._audio = _AudioCopier.of_file(info.audio_path, self._container)
-        elif not self.live and info.live_audio is not None:
+        elif info.live_audio is not None:
             self._audio = _AudioCopier.of_live(info.live_audio, self._container)
         self.frames_written = 0
         self._last_seconds: float | None = None
