@@ -18,8 +18,8 @@ from stream.geometry import CropWindow
 from stream.inpaint import FaceInpainter
 from stream.records import Track
 from stream.reference import EXEMPLARS, References, load_exemplars
+from stream.source import IMAGE_EXTENSIONS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def load_images(directory: Path, *, limit: int = 200) -> list[np.ndarray]:
@@ -27,7 +27,7 @@ def load_images(directory: Path, *, limit: int = 200) -> list[np.ndarray]:
     (H, W, 3) uint8 RGB."""
     if not directory.is_dir():
         raise ExportError(f"calibration folder {directory} not found")
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     images = []
     for path in files:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

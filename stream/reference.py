@@ -27,6 +27,7 @@ import torch
 
 from engines.runtime import Engine
 from stream.geometry import CropWindow
+from stream.source import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ DETAIL_SIDE_MAX = 384
 EXEMPLARS = Path(__file__).resolve().parent.parent / "engines" / "weights" / "exemplars_192.npz"
 # Exemplars short-listed by the upper face before the drawn lower face picks one (References).
 EXEMPLAR_SHORTLIST = 1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Upper face (brows to nose bridge) of a crop window at crop_scale 1.2, as shares of its side:
 # the part of a masked face that is still visible, so the part references are matched on.
 _UPPER = (0.18, 0.50, 0.15, 0.85)  # y0, y1, x0, x1
@@ -235,7 +235,7 @@ def save_exemplars(path: Path, crops: list[np.ndarray], names: list[str], *, qua
 def reference_images(path: Path) -> list[Path]:
     """The image files ``--reference`` names: the file itself or the images in a folder."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise ReferenceError(f"no images in reference folder {path}")
         return files
