@@ -173,7 +173,7 @@ class CropWindow:
         ``detail`` pixels where the two are not the same window (None: they are)."""
         with_detail = detail is not None and detail_sigma > 0
         sigma = detail_sigma * self.side / patch.shape[0]
-        support = _support(alpha > 0)
+        support = extent_of(alpha > 0)
         if support is None:
             return
         maps = self._paste_maps(frame.shape[:2], patch.shape[0], detail.shape[0] if with_detail else None, detail_map,
@@ -222,7 +222,7 @@ class CropWindow:
         with_detail = detail is not None and detail_sigma > 0
         sigma = detail_sigma * self.side / patch.shape[-1]
         # One small download of the alpha's extent saves half the frame-resolution work.
-        support = _support((alpha > 0).cpu().numpy())
+        support = extent_of((alpha > 0).cpu().numpy())
         if support is None:
             return
         maps = self._paste_maps(tuple(frame.shape[-2:]), patch.shape[-1], detail.shape[-1] if with_detail else None,
@@ -240,8 +240,8 @@ class CropWindow:
         region.copy_((region + a * (p - region)).clamp_(0, 255))
 
 
-def _support(nonzero: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x1, y1, x2, y2), end exclusive, of the True pixels of an (S, S) bool map; None if none."""
+def extent_of(nonzero: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x1, y1, x2, y2), end exclusive, of the True pixels of an (H, W) bool map; None if none."""
     cols, rows = np.flatnonzero(nonzero.any(axis=0)), np.flatnonzero(nonzero.any(axis=1))
     if not len(cols):
         return None

@@ -84,7 +84,7 @@ class Frame:
     image:  (H, W, 3) uint8 RGB, the decoded frame; never modified in place.
     output: (H, W, 3) uint8 RGB, the frame to encode; set by the inpaint stage.
     filled: track ids of the faces the inpaint stage reconstructed (a track with a mask may be left
-            as it is: its eyes lie under the "mask", or none were seen above it).
+            as it is: the eye guard found its eyes under the "mask").
     scene_cut: the picture changed completely here; temporal state must not carry over.
     detected_index: index of the frame the ``detections`` were found on: this one, or an
             earlier one when the detector runs in the background (live sources).

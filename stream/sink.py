@@ -120,7 +120,6 @@ class _AudioCopier:
         self._output = output
         self._tb = in_stream.time_base
         self._pending: av.Packet | None = None
-        self.copied = 0
 
     @classmethod
     def of_file(cls, source: Path | str, output: av.container.OutputContainer) -> _AudioCopier:
@@ -161,7 +160,6 @@ class _AudioCopier:
                     self._samples = int(round(float((packet.pts or 0) * self._tb) * self._encoder.rate))
                 for frame in self._decoder.decode(packet):
                     self._encode(frame)
-            self.copied += 1
 
     def _encode(self, frame: av.AudioFrame | None) -> None:
         """Resample and encode one decoded frame (None: flush), stamped by the samples written."""

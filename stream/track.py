@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 from norfair import Detection, Tracker
 
+from stream.geometry import extent_of
 from stream.records import Detections, Track
 from stream.smoothing import OneEuroFilter, TemporalConfig
 
@@ -89,13 +90,13 @@ def warp_mask(mask: np.ndarray, src_box: np.ndarray, dst_box: np.ndarray) -> np.
         [[sx, 0, dst_box[0] - sx * src_box[0]], [0, sy, dst_box[1] - sy * src_box[1]]], np.float32
     )
     h, w = mask.shape
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
+    extent = extent_of(mask)
+    if extent is None:
         return mask
     # Only the mask's extent is warped (a full 1080p frame took 1.7 ms a mask): the pixels around
     # it land outside the mask's new extent. Nearest sampling picks the same pixels but at exact
     # half-pixel ties, which OpenCV's fixed-point steps may break the other way.
-    x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    x0, y0, x1, y1 = extent
     corners = matrix[:, :2] @ np.array([[x0, x1], [y0, y1]], np.float32) + matrix[:, 2:]
     dx0, dy0 = max(int(np.floor(corners[0].min())) - 2, 0), max(int(np.floor(corners[1].min())) - 2, 0)
     dx1, dy1 = min(int(np.ceil(corners[0].max())) + 2, w), min(int(np.ceil(corners[1].max())) + 2, h)

@@ -444,10 +444,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["photo-folder"] = photo_folder(masked_photo_files(args.data, "val"), work, extra,
                                                        crop_scale=crop_scale)
             if "masked-clips" in args.sets:
-                folder = args.data / "videos" / "masked"
-                results["masked-clips"] = clip_mask_rate(detector, folder, load_clip_annotations(), load_clip_people())
-                results["masked-clips"]["pipeline"] = clip_fills(folder, load_clip_annotations(), load_clip_people(),
-                                                                 work, extra)
+                folder, masked_from, people = args.data / "videos" / "masked", load_clip_annotations(), load_clip_people()
+                results["masked-clips"] = clip_mask_rate(detector, folder, masked_from, people)
+                results["masked-clips"]["pipeline"] = clip_fills(folder, masked_from, people, work, extra)
             if "unmasked-clips" in args.sets:
                 results["unmasked-clips"] = unmasked_clips(args.data / "videos" / "unmasked", work, args.max_frames, extra)
             if "mask-off" in args.sets:
