@@ -162,7 +162,7 @@ class CropWindow:
 
     def paste(self, frame: np.ndarray, patch: np.ndarray, alpha: np.ndarray, *,
               detail: np.ndarray | None = None, detail_map: np.ndarray | None = None, detail_sigma: float = 0.0,
-              detail_gain: float = 1.0) -> None:
+              detail_gain: float = 1.0, detail_weight: np.ndarray | None = None) -> None:
         """Blend a (S, S, 3) ``patch`` into ``frame`` in place with its (S, S) ``alpha`` in [0, 1].
 
         ``detail``: a (R, R, 3) uint8 crop of the same window at any size R (a reference face):
@@ -170,7 +170,9 @@ class CropWindow:
         ``detail``, worked out at frame resolution, so a face larger than the patch gets the
         reference's own lips, nostrils and skin texture instead of an upscaled blur; ``detail_gain``
         scales that band (below 1 for a stranger's face). ``detail_map``: 2x3 from patch pixels to
-        ``detail`` pixels where the two are not the same window (None: they are)."""
+        ``detail`` pixels where the two are not the same window (None: they are). ``detail_weight``:
+        (R, R) float32 in [0, 1], where ``detail``'s band replaces the patch's; elsewhere the patch
+        keeps its own (None: everywhere)."""
         with_detail = detail is not None and detail_sigma > 0
         sigma = detail_sigma * self.side / patch.shape[0]
         support = extent_of(alpha > 0)
@@ -186,17 +188,32 @@ class CropWindow:
                            borderMode=cv2.BORDER_REPLICATE)
         a = cv2.warpAffine(alpha.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
-        if with_detail:
-            # Bicubic: the lent band is the finest octave, which a bilinear resample at a
-            # sub-pixel shift attenuates by up to half.
-            d = cv2.warpAffine(detail.astype(np.float32), to_frame_detail, size, flags=cv2.INTER_CUBIC,
-                               borderMode=cv2.BORDER_REPLICATE)
-            if detail_gain != 1.0:
-                d *= detail_gain
+        if with_detail and detail_weight is None:
+            d = _warp_detail(detail, to_frame_detail, size, detail_gain)
             # lowpass(p) + (d - lowpass(d)) with one blur, not two: lowpass is linear.
             p -= d
             p = lowpass(p, sigma)
             p += d
+        elif with_detail:
+            w = cv2.warpAffine(detail_weight, to_frame_detail, size, flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            lends = extent_of(w > 0)
+            if lends is not None:
+                # The line above with d the detail where it lends and p elsewhere: there lowpass(p - d)
+                # is 0, so the detail is warped and the band worked out only over the weight's
+                # extent and as far as the blur reaches.
+                reach = _paste_margin(sigma)
+                bx1, by1 = max(lends[0] - reach, 0), max(lends[1] - reach, 0)
+                bx2, by2 = min(lends[2] + reach, size[0]), min(lends[3] + reach, size[1])
+                to_box = to_frame_detail.copy()
+                to_box[:, 2] -= (bx1, by1)
+                d = _warp_detail(detail, to_box, (bx2 - bx1, by2 - by1), detail_gain)
+                box = p[by1:by2, bx1:bx2]
+                w = w[by1:by2, bx1:bx2]
+                d = cv2.blendLinear(d, box, w, 1.0 - w)  # one-channel weights over three channels
+                box -= d
+                box[:] = lowpass(box, sigma)
+                box += d
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
         p -= region
         p *= a
@@ -216,9 +233,11 @@ class CropWindow:
 
     def paste_tensor(self, frame: torch.Tensor, patch: torch.Tensor, alpha: torch.Tensor, *,
                      detail: torch.Tensor | None = None, detail_map: np.ndarray | None = None,
-                     detail_sigma: float = 0.0, detail_gain: float = 1.0) -> None:
+                     detail_sigma: float = 0.0, detail_gain: float = 1.0,
+                     detail_weight: torch.Tensor | None = None) -> None:
         """``paste`` on tensors, in place: ``frame`` (3, H, W) float in [0, 255] (left unrounded),
-        ``patch`` (3, S, S), ``alpha`` (S, S), ``detail`` (3, R, R), all on ``frame``'s device."""
+        ``patch`` (3, S, S), ``alpha`` (S, S), ``detail`` (3, R, R), ``detail_weight`` (R, R), all on
+        ``frame``'s device."""
         with_detail = detail is not None and detail_sigma > 0
         sigma = detail_sigma * self.side / patch.shape[-1]
         # One small download of the alpha's extent saves half the frame-resolution work.
@@ -235,7 +254,11 @@ class CropWindow:
         a = warp_tensor(alpha[None], _invert(to_frame), size, border="zeros")
         if with_detail:
             d = warp_tensor(detail, _invert(to_frame_detail), size, border="replicate", mode="bicubic") * detail_gain
-            p = lowpass_tensor(p - d, sigma) + d
+            if detail_weight is None:
+                p = lowpass_tensor(p - d, sigma) + d
+            else:
+                x = warp_tensor(detail_weight[None], _invert(to_frame_detail), size, border="zeros") * (p - d)
+                p = p - x + lowpass_tensor(x, sigma)
         region = frame[:, fy1:fy2, fx1:fx2]
         region.copy_((region + a * (p - region)).clamp_(0, 255))
 
@@ -246,6 +269,15 @@ def extent_of(nonzero: np.ndarray) -> tuple[int, int, int, int] | None:
     if not len(cols):
         return None
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _warp_detail(detail: np.ndarray, to_frame: np.ndarray, size: tuple[int, int], gain: float) -> np.ndarray:
+    """``detail`` warped into a paste region (float32) and scaled by ``gain``. Bicubic: the lent
+    band is the finest octave, which a bilinear resample at a sub-pixel shift attenuates by up to half."""
+    d = cv2.warpAffine(detail.astype(np.float32), to_frame, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    if gain != 1.0:
+        d *= gain
+    return d
 
 
 def _paste_margin(sigma: float) -> int:

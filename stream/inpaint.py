@@ -596,9 +596,9 @@ class FaceInpainter:
                     self._states[job.track_id] = _FaceState(job.window, job.average, generated, job.crop,
                                                             reused=job.reuse)
             with steps("paste"):
-                lent, lent_map = (None, None) if guide is None else guide.lent()
+                lent, lent_map, lent_weight = (None, None, None) if guide is None else guide.lent()
                 detail = {} if guide is None else {
-                    "detail": lent, "detail_map": lent_map,
+                    "detail": lent, "detail_map": lent_map, "detail_weight": lent_weight,
                     "detail_sigma": self.settings.detail_sigma,
                     "detail_gain": self.settings.exemplar_gain if guide.reference.exemplar else 1.0}
                 if frame is None:
@@ -637,7 +637,9 @@ class FaceInpainter:
 
         with self._device.active():
             if detail:
-                detail = dict(detail, detail=up(detail["detail"]).permute(2, 0, 1))
+                weight = detail["detail_weight"]
+                detail = dict(detail, detail=up(detail["detail"]).permute(2, 0, 1),
+                              detail_weight=None if weight is None else up(weight))
             job.window.paste_tensor(frame, up(generated).permute(2, 0, 1), up(seam), **detail)
 
     def _guide(self, job: _FaceJob) -> Guide | None:

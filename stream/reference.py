@@ -56,12 +56,16 @@ class ReferenceFace:
     source: where it came from, for the log and the report; exemplar: another person's face
     (its detail is lent more softly than the person's own); detail: the same window at a larger
     side (R, R, 3) uint8 RGB, R > REFERENCE_SIDE, where the face was seen that large (None: crop
-    is all there is); only the detail band lent at frame resolution is taken from it."""
+    is all there is); only the detail band lent at frame resolution is taken from it.
+    lend_weight: (R', R') float32 in [0, 1] at the side of the image the paste lends from (detail,
+    else crop): where that image's band replaces the generated one; elsewhere the generated face
+    keeps its own (None: it lends everywhere)."""
 
     crop: np.ndarray
     source: str
     exemplar: bool = False
     detail: np.ndarray | None = field(default=None, repr=False, compare=False)
+    lend_weight: np.ndarray | None = field(default=None, repr=False, compare=False)
     signature: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,11 @@ class ReferenceFace:
                                         or self.detail.dtype != np.uint8):
             raise ValueError(f"reference detail must be (R, R, 3) uint8 with R > {REFERENCE_SIDE}, got "
                              f"{self.detail.shape} {self.detail.dtype}")
+        lent_side = (self.crop if self.detail is None else self.detail).shape[0]
+        if self.lend_weight is not None and (self.lend_weight.shape != (lent_side, lent_side)
+                                             or self.lend_weight.dtype != np.float32):
+            raise ValueError(f"reference lend_weight must be ({lent_side}, {lent_side}) float32, got "
+                             f"{self.lend_weight.shape} {self.lend_weight.dtype}")
         object.__setattr__(self, "signature", upper_face_signature(self.crop))
 
 
@@ -437,8 +446,9 @@ class PartsLocator:
         keep = 1.0 - eyes.astype(np.float32)
         kept = [_detail_kept(image, keep, image.shape[0] / size)
                 for image in (reference.crop, reference.detail) if image is not None]
-        return eye_points(labels), ReferenceFace(kept[0], reference.source, exemplar=reference.exemplar,
-                                                 detail=kept[1] if len(kept) > 1 else None)
+        return eye_points(labels), ReferenceFace(kept[0][0], reference.source, exemplar=reference.exemplar,
+                                                 detail=kept[1][0] if len(kept) > 1 else None,
+                                                 lend_weight=kept[-1][1])
 
     def __call__(self, crops: np.ndarray) -> list[np.ndarray | None]:
         """crops: (N, S, S, 3) uint8 RGB. Per crop, ``part_points`` in its pixels."""
@@ -468,18 +478,19 @@ class PartsLocator:
             rows = np.arange(size, dtype=np.float32)[:, None]
             face *= np.clip((rows - eyes) / max(nose - eyes, 1.0) - 0.8, 0.0, 0.3) / 0.3
         # A narrow edge, so the kept region does not reach up to the glasses.
-        return points, ReferenceFace(_detail_kept(exemplar.crop, face, px), exemplar.source, exemplar=True)
+        crop, weight = _detail_kept(exemplar.crop, face, px)
+        return points, ReferenceFace(crop, exemplar.source, exemplar=True, lend_weight=weight)
 
 
-def _detail_kept(image: np.ndarray, keep: np.ndarray, px: float) -> np.ndarray:
+def _detail_kept(image: np.ndarray, keep: np.ndarray, px: float) -> tuple[np.ndarray, np.ndarray]:
     """``image`` ((R, R, 3) uint8 RGB) with its fine detail kept as the ``keep`` weight ((S, S)
     float in [0, 1], px = R / S) says, given a one-pixel soft edge; elsewhere blurred well past any
-    band the paste lends (2-3 generator pixels)."""
+    band the paste lends (2-3 generator pixels); and that weight at R, the image's ``lend_weight``."""
     side = image.shape[0]
-    keep = cv2.GaussianBlur(cv2.resize(keep, (side, side), interpolation=cv2.INTER_LINEAR), (0, 0), px)[..., None]
+    keep = cv2.GaussianBlur(cv2.resize(keep, (side, side), interpolation=cv2.INTER_LINEAR), (0, 0), px)
     crop = image.astype(np.float32)
     low = cv2.GaussianBlur(crop, (0, 0), 8.0 * px)
-    return (low + keep * (crop - low) + 0.5).clip(0, 255).astype(np.uint8)
+    return (low + keep[..., None] * (crop - low) + 0.5).clip(0, 255).astype(np.uint8), keep.astype(np.float32)
 
 
 def parts_map(face: np.ndarray, reference: np.ndarray, *, scale: float) -> np.ndarray | None:
@@ -516,18 +527,18 @@ class Guide:
         return cv2.warpAffine(self.reference.crop, self.to_reference, (size, size),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
-    def lent(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def lent(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(the sharpest crop of the reference, (R, R, 3) uint8 RGB; 2x3 from pixels of the
         track's crop window at the generator's size to its pixels, None: the windows' own box
-        alignment): what the paste lends its detail band from."""
+        alignment; its ``lend_weight``): what the paste lends its detail band from, and where."""
         lend = self.reference if self.lend is None else self.lend
         detail = lend.detail
         if detail is None or self.to_reference is None:
-            return (lend.crop if detail is None else detail), self.to_reference
+            return (lend.crop if detail is None else detail), self.to_reference, lend.lend_weight
         k = detail.shape[0] / REFERENCE_SIDE
         to_detail = self.to_reference * k
         to_detail[:, 2] += 0.5 * k - 0.5  # pixel centres, as every crop here is cut
-        return detail, to_detail.astype(np.float32)
+        return detail, to_detail.astype(np.float32), lend.lend_weight
 
 
 class References:

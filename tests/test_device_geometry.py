@@ -53,18 +53,22 @@ def test_tensor_cut_matches_opencv(device, window, size):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("window,size", WINDOWS)
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("detail_map", [None, "none", np.array([[1.1, 0.05, 3.0], [-0.05, 1.05, 5.0]], np.float32)])
-def test_tensor_paste_matches_opencv(device, window, size, detail_map):
+def test_tensor_paste_matches_opencv(device, window, size, detail_map, weighted):
     image = _smooth((240, 320, 3), 1)
     patch = _smooth((size, size, 3), 2, sigma=1.0).astype(np.float32)
     alpha = np.clip(_smooth((size, size), 3, sigma=3.0).astype(np.float32) / 128.0 - 0.5, 0, 1)
     detail = _smooth((REFERENCE_SIDE, REFERENCE_SIDE, 3), 4, sigma=1.0)
+    weight = np.clip(_smooth((REFERENCE_SIDE, REFERENCE_SIDE), 5, sigma=6.0).astype(np.float32) / 64.0 - 1.5, 0, 1)
     kwargs = {} if isinstance(detail_map, str) else {"detail_sigma": 2.0, "detail_map": detail_map}
     expected = image.copy()
-    window.paste(expected, patch, alpha, detail=detail if kwargs else None, **kwargs)
+    window.paste(expected, patch, alpha, detail=detail if kwargs else None,
+                 detail_weight=weight if weighted and kwargs else None, **kwargs)
     frame = _tensor(image, device)
     window.paste_tensor(frame, torch.from_numpy(patch).permute(2, 0, 1).to(device), torch.from_numpy(alpha).to(device),
-                        detail=_tensor(detail, device) if kwargs else None, **kwargs)
+                        detail=_tensor(detail, device) if kwargs else None,
+                        detail_weight=torch.from_numpy(weight).to(device) if weighted and kwargs else None, **kwargs)
     got = (frame + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     diff = np.abs(got.astype(int) - expected.astype(int))
     assert diff.max() <= 3 and diff.mean() < 0.2

@@ -150,7 +150,8 @@ def test_a_large_face_lends_its_detail_at_its_own_resolution():
     np.testing.assert_allclose(fitted[1], [[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5]], rtol=1e-6)
     inside = (slice(180, 300), slice(180, 300))
     errors = {}
-    for name, (detail, detail_map) in {"crop": (reference.crop, None), "by box": by_box, "fitted": fitted}.items():
+    for name, (detail, detail_map, _) in {"crop": (reference.crop, None, None), "by box": by_box,
+                                           "fitted": fitted}.items():
         out = frame.copy()
         window.paste(out, generated, alpha, detail=detail, detail_map=detail_map, detail_sigma=2.0)
         errors[name] = float(np.abs(out[inside].astype(int) - frame[inside]).mean())
@@ -473,6 +474,27 @@ def test_an_exemplar_lends_its_detail_without_being_the_generators_reference():
     assert (out[:45] == 90).all() and (out[110:] == 90).all()  # far from the hole, nothing moves
 
 
+def test_where_the_reference_lends_nothing_the_generated_face_keeps_its_own_detail():
+    # An exemplar lends its band inside its lower face only: outside it the paste used to lend the
+    # blurred rest of the exemplar, a band of nothing, so the generator's own detail was wiped there.
+    rng = np.random.default_rng(4)
+    frame = np.full((300, 300, 3), 100, np.uint8)
+    window = CropWindow(22.0, 22.0, 256.0)
+    generated = np.clip(128 + rng.normal(0, 30, (128, 128, 3)), 0, 255).astype(np.float32)
+    detail = np.clip(128 + rng.normal(0, 30, (256, 256, 3)), 0, 255).astype(np.uint8)
+    weight = np.zeros((256, 256), np.float32)
+    weight[:, 128:] = 1.0  # lends on the image's right half only
+    alpha = np.ones((128, 128), np.float32)
+    outs = {}
+    for name, kwargs in {"own": {}, "lent": {"detail": detail, "detail_sigma": 2.0},
+                         "weighted": {"detail": detail, "detail_sigma": 2.0, "detail_weight": weight}}.items():
+        outs[name] = frame.copy()
+        window.paste(outs[name], generated, alpha, **kwargs)
+    left, right = (slice(40, 260), slice(40, 130)), (slice(40, 260), slice(170, 260))
+    assert np.array_equal(outs["weighted"][left], outs["own"][left])
+    assert np.abs(outs["weighted"][right].astype(int) - outs["lent"][right]).max() <= 1
+
+
 def test_the_lent_band_survives_a_sub_pixel_warp():
     # A person's reference at its own resolution is warped onto the face at some sub-pixel shift;
     # a bilinear resample there keeps about 0.7 of the very band it is lent for.
@@ -566,8 +588,9 @@ def test_a_persons_reference_lends_its_detail_without_its_eyes_and_feeds_the_gen
     visible[20:60] = True
     guide = refs.guide(1, np.full((128, 128, 3), 90, np.uint8), visible)
     assert guide.reference is own  # what the generator sees
-    lent, _ = guide.lent()
+    lent, _, weight = guide.lent()
     k = REFERENCE_SIDE / 128
+    assert weight[int(47 * k), int(44 * k)] < 0.05 and weight[int(100 * k), int(64 * k)] > 0.95
     band = np.abs(lent.astype(np.float32) - cv2.GaussianBlur(lent.astype(np.float32), (0, 0), 2 * k))
     # The eyes are drawn at rows 44-50 (crop pixels) of columns 36-52 and 76-92.
     eyes = band[int(45 * k):int(49 * k), int(38 * k):int(50 * k)].mean()
