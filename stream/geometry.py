@@ -199,9 +199,9 @@ class CropWindow:
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             lends = extent_of(w > 0)
             if lends is not None:
-                # The line above with d the detail where it lends and p elsewhere: there lowpass(p - d)
-                # is 0, so the detail is warped and the band worked out only over the weight's
-                # extent and as far as the blur reaches.
+                # As above, with d taken as the detail where it lends and as p elsewhere: p - d is 0
+                # outside the weight's extent, so the detail is warped and the band worked out only
+                # over that extent and as far as the blur reaches.
                 reach = _paste_margin(sigma)
                 bx1, by1 = max(lends[0] - reach, 0), max(lends[1] - reach, 0)
                 bx2, by2 = min(lends[2] + reach, size[0]), min(lends[3] + reach, size[1])
