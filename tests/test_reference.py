@@ -474,6 +474,15 @@ def test_an_exemplar_lends_its_detail_without_being_the_generators_reference():
     assert (out[:45] == 90).all() and (out[110:] == 90).all()  # far from the hole, nothing moves
 
 
+def test_a_lend_weight_must_cover_the_image_it_lends_from():
+    crop = np.zeros((REFERENCE_SIDE, REFERENCE_SIDE, 3), np.uint8)
+    ReferenceFace(crop, "a.png", lend_weight=np.ones((REFERENCE_SIDE, REFERENCE_SIDE), np.float32))
+    ReferenceFace(crop, "b.png", detail=np.zeros((300, 300, 3), np.uint8), lend_weight=np.ones((300, 300), np.float32))
+    with pytest.raises(ValueError, match="lend_weight"):  # the crop's side, where the detail is what is lent
+        ReferenceFace(crop, "c.png", detail=np.zeros((300, 300, 3), np.uint8),
+                      lend_weight=np.ones((REFERENCE_SIDE, REFERENCE_SIDE), np.float32))
+
+
 def test_where_the_reference_lends_nothing_the_generated_face_keeps_its_own_detail():
     # An exemplar lends its band inside its lower face only: outside it the paste used to lend the
     # blurred rest of the exemplar, a band of nothing, so the generator's own detail was wiped there.
