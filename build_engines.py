@@ -25,7 +25,7 @@ from engines.export import ExportError, example_inputs, export_onnx
 from engines.quantize import int8_error, quantize_int8
 from engines.registry import MODELS, load_model
 from engines.runtime import EngineError
-from stream.calibration import calibration_feeds, load_images
+from stream.calibration import SAMPLE_CLIP, calibration_feeds, load_images, video_frames
 
 logger = logging.getLogger("build_engines")
 # Training data of the detector (real photos of masked faces): the calibration set the issue asks for.
@@ -51,20 +51,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-SAMPLE = Path(__file__).resolve().parent / "samples" / "office_worker_720x404.mp4"
-
-
 def parity_feeds(name: str, inputs) -> dict[str, torch.Tensor]:
     """Inputs that make the model do real work: a frame of the bundled clip for the detector
     (random pixels hold no face, and parity on an empty result proves nothing)."""
     feeds = dict(zip((s.name for s in inputs), example_inputs(inputs)))
-    if name == "detector" and SAMPLE.exists():
-        import av
-
+    if name == "detector" and SAMPLE_CLIP.exists():
         from stream.detect import detector_input
 
-        with av.open(str(SAMPLE)) as container:
-            image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        (image,) = video_frames(SAMPLE_CLIP, limit=1)
         hw = tuple(inputs[0].shape[2:])
         feeds["image"], _ = detector_input(image, hw)
     return feeds

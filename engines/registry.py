@@ -170,7 +170,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _artifact_ready(path: Path, *, model: str, weights: Path) -> bool:
+def artifact_ready(path: Path, *, model: str, weights: Path) -> bool:
     try:
         check_sidecar(path, model=model, weights=weights)
     except EngineMismatchError as exc:
@@ -196,10 +196,10 @@ def resolve_backend(name: str, backend: str, device: torch.device, *, weights: P
     if device.type == "cuda":
         from engines.backends.tensorrt_backend import tensorrt_available
 
-        if tensorrt_available() and _artifact_ready(engine_path(name, artifacts), model=name, weights=weights):
+        if tensorrt_available() and artifact_ready(engine_path(name, artifacts), model=name, weights=weights):
             return "tensorrt"
         return "torch"
-    if _artifact_ready(onnx_path(name, artifacts), model=name, weights=weights):
+    if artifact_ready(onnx_path(name, artifacts), model=name, weights=weights):
         return "onnxruntime"
     return "torch"
 
@@ -209,7 +209,7 @@ def cached_export(name: str, weights: Path) -> Path | None:
     there on first use (one folder per weights hash, so a changed file never meets a stale
     export); None when the export fails, and the caller stays on torch."""
     artifacts = user_cache_dir() / "onnx" / file_sha256(weights)[:16]
-    if _artifact_ready(onnx_path(name, artifacts), model=name, weights=weights):
+    if artifact_ready(onnx_path(name, artifacts), model=name, weights=weights):
         return artifacts
     logger.info("%s: exporting to ONNX for the faster ONNX Runtime backend, once (cached in %s)", name, artifacts)
     try:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -151,14 +152,14 @@ def test_build_engines_without_tensorrt_builds_what_the_pipeline_uses(tmp_path, 
 
     if tensorrt_available() and torch.cuda.is_available():
         pytest.skip("TensorRT is available here; this checks the fallback")
-    import av
     import cv2
+
+    from stream.calibration import SAMPLE_CLIP, video_frames
 
     calibration = tmp_path / "calibration"
     calibration.mkdir()
-    with av.open(str(build_engines.SAMPLE)) as container:
-        for i, frame in zip(range(2), container.decode(video=0)):
-            cv2.imwrite(str(calibration / f"{i}.png"), frame.to_ndarray(format="bgr24"))
+    for i, frame in enumerate(video_frames(SAMPLE_CLIP, every=1, limit=2)):
+        cv2.imwrite(str(calibration / f"{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     artifacts = tmp_path / "artifacts"
     assert build_engines.main(["--artifacts", str(artifacts), "--tensorrt", "--int8",
                                "--calibration", str(calibration)]) == 0
@@ -201,18 +202,44 @@ def test_int8_is_refused_on_backends_that_have_no_such_variant(tiny_weights, exp
 
 
 def test_calibration_inputs_are_what_the_pipeline_feeds():
-    import av
+    from stream.calibration import SAMPLE_CLIP, calibration_feeds, video_frames
 
-    from build_engines import SAMPLE
-    from stream.calibration import calibration_feeds
-
-    with av.open(str(SAMPLE)) as container:
-        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    frames = video_frames(SAMPLE_CLIP, every=3, limit=4)
+    assert len(frames) == 4 and frames[0].shape == (404, 720, 3) and frames[0].dtype == np.uint8
+    frame = frames[0]
     (det,) = calibration_feeds("detector", [frame])
     assert det["image"].shape == (1, 3, 320, 320) and det["image"].dtype == "float32"
     (gen,) = calibration_feeds("generator", [frame])  # one masked face in the sample
     assert gen["image"].shape == (1, 3, 128, 128) and gen["mask"].shape == (1, 1, 128, 128)
     assert 0.05 < gen["mask"].mean() < 0.6 and 0 <= gen["image"].min() and gen["image"].max() <= 1
+
+
+def test_an_int8_variant_is_built_once_on_first_use_from_the_bundled_clip(tmp_path, monkeypatch):
+    from engines.models.generator import GeneratorConfig, build_generator, save_generator
+    from stream import calibration
+
+    monkeypatch.setenv("UNMASK_STREAM_CACHE", str(tmp_path / "cache"))
+    config = GeneratorConfig(size=128, width=8, output_blur=1.0, reference=True)
+    torch.manual_seed(4)
+    weights = tmp_path / "generator_ref.pt"
+    save_generator(build_generator(config=config), config, weights)
+    built = []
+    quantize = calibration.quantize_int8
+    monkeypatch.setattr(calibration, "quantize_int8", lambda *a, **k: built.append(a[0]) or quantize(*a, **k))
+    artifacts = calibration.cached_int8("generator_noref", weights)
+    assert artifacts is not None and built == ["generator_noref"]
+    model = load_model("generator_noref", backend="onnxruntime", device="cpu", weights=weights, artifacts=artifacts,
+                       precision="int8")
+    assert model.precision == "int8" and [s.name for s in model.engine.inputs] == ["image", "mask"]
+    assert calibration.cached_int8("generator_noref", weights) == artifacts and built == ["generator_noref"]
+
+
+def test_no_int8_variant_when_its_calibration_fails_and_fp32_runs_on(tmp_path, monkeypatch, tiny_weights):
+    from stream import calibration
+
+    monkeypatch.setenv("UNMASK_STREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(calibration, "SAMPLE_CLIP", tmp_path / "missing.mp4")
+    assert calibration.cached_int8("generator", tiny_weights[1]) is None
 
 
 def test_reference_generator_exports_with_its_named_inputs(tmp_path):

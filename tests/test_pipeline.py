@@ -634,6 +634,22 @@ def test_threads_cap_numpy_blas_as_well_as_the_models(tmp_path, capsys):
         assert blas and set(blas) == {1}
 
 
+def test_int8_by_default_only_where_its_card_measured_it(monkeypatch, tmp_path):
+    parse = run_stream.get_args_parser().parse_args
+    assert parse(["--input", "a.mp4"]).int8 == "auto" and parse(["--input", "a.mp4", "--int8"]).int8 == "on"
+    asked = []
+    monkeypatch.setattr(run_stream, "cached_int8", lambda name, weights: asked.append((name, weights.name)) or tmp_path)
+    choice = run_stream.ModelChoice(device="cpu")
+    assert run_stream._int8_artifacts("generator_noref", choice, None) == tmp_path
+    assert asked == [("generator_noref", "generator_128.pt")]
+    for name, changed in [("generator", {}), ("detector", {}), ("generator_noref", {"int8": "off"}),
+                          ("generator_noref", {"int8": "on"}), ("generator_noref", {"backend": "torch"})]:
+        assert run_stream._int8_artifacts(name, run_stream.ModelChoice(device="cpu", **changed), None) is None
+    # Other weights than the shipped ones, which the card's measure does not cover: fp32.
+    assert run_stream._int8_artifacts("generator_noref", choice, tmp_path / "mine.pt") is None
+    assert len(asked) == 1
+
+
 def test_paced_source_plays_at_its_rate_and_loops(tmp_path):
     src = make_video(tmp_path / "in.mp4", frames=10, audio=False)
     paced = PacedSource(lambda: VideoFileSource(src), loop=True)
