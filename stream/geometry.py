@@ -188,29 +188,35 @@ class CropWindow:
                            borderMode=cv2.BORDER_REPLICATE)
         a = cv2.warpAffine(alpha.astype(np.float32), to_frame, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
-        if with_detail and detail_weight is None:
-            d = _warp_detail(detail, to_frame_detail, size, detail_gain)
-            # lowpass(p) + (d - lowpass(d)) with one blur, not two: lowpass is linear.
-            p -= d
-            p = lowpass(p, sigma)
-            p += d
-        elif with_detail:
-            w = cv2.warpAffine(detail_weight, to_frame_detail, size, flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            lends = extent_of(w > 0)
-            if lends is not None:
-                # As above, with d taken as the detail where it lends and as p elsewhere: p - d is 0
-                # outside the weight's extent, so the detail is warped and the band worked out only
-                # over that extent and as far as the blur reaches.
-                reach = _paste_margin(sigma)
-                bx1, by1 = max(lends[0] - reach, 0), max(lends[1] - reach, 0)
-                bx2, by2 = min(lends[2] + reach, size[0]), min(lends[3] + reach, size[1])
+        if with_detail:
+            # lowpass(p) + (d - lowpass(d)) with one blur, not two: lowpass is linear. With a weight,
+            # d is the detail where it lends and p elsewhere, so p - d is 0 outside the weight's
+            # extent: the detail is warped and the band worked out only there, as far as the blur reaches.
+            bx1, by1, bx2, by2 = 0, 0, size[0], size[1]
+            w = None
+            if detail_weight is not None:
+                w = cv2.warpAffine(detail_weight, to_frame_detail, size, flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                lends = extent_of(w > 0)
+                if lends is None:
+                    bx2 = by2 = 0
+                else:
+                    reach = _paste_margin(sigma)
+                    bx1, by1 = max(lends[0] - reach, 0), max(lends[1] - reach, 0)
+                    bx2, by2 = min(lends[2] + reach, size[0]), min(lends[3] + reach, size[1])
+            if bx2 > bx1 and by2 > by1:
                 to_box = to_frame_detail.copy()
                 to_box[:, 2] -= (bx1, by1)
-                d = _warp_detail(detail, to_box, (bx2 - bx1, by2 - by1), detail_gain)
+                # Bicubic: the lent band is the finest octave, which a bilinear resample at a
+                # sub-pixel shift attenuates by up to half.
+                d = cv2.warpAffine(detail.astype(np.float32), to_box, (bx2 - bx1, by2 - by1), flags=cv2.INTER_CUBIC,
+                                   borderMode=cv2.BORDER_REPLICATE)
+                if detail_gain != 1.0:
+                    d *= detail_gain
                 box = p[by1:by2, bx1:bx2]
-                w = w[by1:by2, bx1:bx2]
-                d = cv2.blendLinear(d, box, w, 1.0 - w)  # one-channel weights over three channels
+                if w is not None:
+                    w = w[by1:by2, bx1:bx2]
+                    d = cv2.blendLinear(d, box, w, 1.0 - w)  # one-channel weights over three channels
                 box -= d
                 box[:] = lowpass(box, sigma)
                 box += d
@@ -269,15 +275,6 @@ def extent_of(nonzero: np.ndarray) -> tuple[int, int, int, int] | None:
     if not len(cols):
         return None
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def _warp_detail(detail: np.ndarray, to_frame: np.ndarray, size: tuple[int, int], gain: float) -> np.ndarray:
-    """``detail`` warped into a paste region (float32) and scaled by ``gain``. Bicubic: the lent
-    band is the finest octave, which a bilinear resample at a sub-pixel shift attenuates by up to half."""
-    d = cv2.warpAffine(detail.astype(np.float32), to_frame, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    if gain != 1.0:
-        d *= gain
-    return d
 
 
 def _paste_margin(sigma: float) -> int:
